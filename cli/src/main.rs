@@ -1,0 +1,200 @@
+//! The `statehouse` binary: parses the command line, loads and validates the configuration,
+//! starts telemetry and hands over to a role's library (`run(config, shutdown)`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use statehouse_core::ServiceName;
+use statehouse_runtime::config::{Config, Role, Sources};
+
+#[derive(Parser)]
+#[command(name = "statehouse", version, about = "Stateful serverless services on Kafka", long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Default: $STATEHOUSE_CONFIG, else ./statehouse.toml if present.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set kafka.bootstrap-servers=kafka:9092` (repeatable;
+    /// beats the file and STATEHOUSE__* environment variables).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: the client front door (gRPC, gRPC-Web, HTTP/JSON).
+    Gateway(RoleArgs),
+    /// Run a processor: the sidecar of one user function.
+    Processor(RoleArgs),
+    /// Run the projector: projections and event-log eventing.
+    Projector(RoleArgs),
+    /// Prepare and inspect Kafka and Cassandra.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the effective configuration (secrets masked).
+    Config {
+        /// Validate it for this role as well.
+        #[arg(long, value_enum)]
+        role: Option<RoleName>,
+    },
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// Load and validate the configuration, print it (secrets masked), and exit: 0 if valid.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Create or upgrade the Cassandra keyspace and tables (idempotent).
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create a service's topics and the shared registry/routing topics (idempotent; verifies
+    /// the partition count and cleanup policy of topics that exist).
+    Create {
+        /// The service name.
+        #[arg(long)]
+        service: String,
+        /// Partitions (default: processor.partitions).
+        #[arg(long)]
+        partitions: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleName {
+    Gateway,
+    Processor,
+    Projector,
+    Admin,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Self {
+        match r {
+            RoleName::Gateway => Role::Gateway,
+            RoleName::Processor => Role::Processor,
+            RoleName::Projector => Role::Projector,
+            RoleName::Admin => Role::Admin,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli, role: Role) -> anyhow::Result<Config> {
+    let sources = Sources {
+        file: cli.config.clone(),
+        overrides: cli.overrides.clone(),
+    };
+    let config = Config::load(&sources)?;
+    config.validate(role)?;
+    Ok(config)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Gateway(args) => run_role(&cli, Role::Gateway, "gateway", args),
+        Command::Processor(args) => run_role(&cli, Role::Processor, "processor", args),
+        Command::Projector(args) => run_role(&cli, Role::Projector, "projector", args),
+        Command::Config { role } => {
+            let config = match role {
+                Some(role) => load(&cli, (*role).into())?,
+                None => Config::load(&Sources {
+                    file: cli.config.clone(),
+                    overrides: cli.overrides.clone(),
+                })?,
+            };
+            print!("{}", config.masked_toml());
+            Ok(())
+        }
+        Command::Admin { command } => {
+            let config = load(&cli, Role::Admin)?;
+            let _telemetry = statehouse_runtime::telemetry::init(&config.telemetry, "admin")
+                .map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(admin(command, &config))
+        }
+    }
+}
+
+fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Result<()> {
+    let config = load(cli, role).with_context(|| format!("configuration of the {name}"))?;
+    if args.check_config {
+        print!("{}", config.masked_toml());
+        eprintln!("statehouse {name}: configuration OK");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the {name} role is not available in this build yet; only `statehouse {name} --check-config` and `statehouse admin` work"
+    )
+}
+
+async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Topics {
+            command: TopicsCommand::Create {
+                service,
+                partitions,
+            },
+        } => {
+            let service = ServiceName::new(service.clone())?;
+            let partitions = partitions.unwrap_or(config.processor.partitions);
+            let admin = statehouse_kafka::admin::Admin::new(&config.kafka)?;
+            let outcomes = admin
+                .ensure_service(&service, partitions)
+                .await
+                .with_context(|| format!("creating the topics of {service}"))?;
+            for (topic, outcome) in outcomes {
+                let what = match outcome {
+                    statehouse_kafka::admin::Outcome::Created => "created",
+                    statehouse_kafka::admin::Outcome::AlreadyExists => "exists (verified)",
+                };
+                println!("{topic}: {what}");
+            }
+            Ok(())
+        }
+        AdminCommand::Migrate => {
+            let report = statehouse_store::migrations::run(&config.cassandra)
+                .await
+                .context("migrating Cassandra")?;
+            for v in &report.applied {
+                println!("keyspace {}: applied migration {v}", report.keyspace);
+            }
+            for v in &report.already_applied {
+                println!("keyspace {}: migration {v} already applied", report.keyspace);
+            }
+            Ok(())
+        }
+    }
+}

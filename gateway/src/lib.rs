@@ -1,0 +1,1 @@
+//! Statehouse gateway: the client front door (gRPC, gRPC-Web, HTTP/JSON).

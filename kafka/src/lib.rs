@@ -1,0 +1,20 @@
+//! Statehouse's Kafka layer — the only crate that configures rdkafka.
+//!
+//! * [`Options`] — typed client options plus a librdkafka passthrough map; builds the producer,
+//!   consumer and admin configurations every other part uses (so the safety settings —
+//!   idempotence, `acks=all`, `read_committed` — cannot be forgotten or overridden).
+//! * [`admin`] — creates a service's topics with the policies of DESIGN §2, idempotently.
+//! * [`partition_writer`] — the fenced, transactional writer of one partition, with group commit.
+//! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
+//! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
+
+pub mod admin;
+mod error;
+pub mod headers;
+pub mod metrics;
+mod options;
+pub mod partition_writer;
+pub mod reader;
+
+pub use error::Error;
+pub use options::{Options, WriterOptions};

@@ -1,0 +1,556 @@
+//! The transactional writer of one partition, with group commit (DESIGN §2).
+//!
+//! A [`Writer`] owns a transactional producer whose `transactional.id` is the partition's
+//! (`statehouse.<service>.p<partition>`). Starting it calls `init_transactions`, which bumps the
+//! producer epoch, aborts the previous owner's open transaction and fences that owner: it can
+//! never commit again. Callers [`Handle::append`] groups of records (the events of one command,
+//! which may go to the journal and the values topic of the same partition); the writer gathers
+//! the appends of many callers into one transaction — bounded by a linger, a record count and a
+//! byte count — and answers every caller only after that transaction committed. While one
+//! transaction commits, the next batch fills (pipelining).
+//!
+//! Failure handling, per librdkafka's transactional API and its missing KIP-890:
+//! * abortable error → the transaction is aborted, its callers get [`Error::Aborted`];
+//! * fatal error (fenced, or any fatal producer error) → every pending and future append gets
+//!   [`Error::Fenced`]; the writer stops and the partition must be given up;
+//! * indefinite error (e.g. a commit timeout) → the outcome is unknown: the producer is destroyed
+//!   and re-created (its `init_transactions` fences the in-flight request), the callers get
+//!   [`Error::Indefinite`] — never OK. The producer is only re-created while the [`Lease`] says
+//!   this process still owns the partition, so a deposed owner cannot fence the new one.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{Error, Options, WriterOptions, metrics as m};
+
+/// One Kafka record to write in the writer's partition.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Topic name (the journal or the values topic of the writer's service).
+    pub topic: Arc<str>,
+    pub key: Bytes,
+    /// `None` writes a tombstone.
+    pub value: Option<Bytes>,
+    pub headers: Vec<(&'static str, Bytes)>,
+}
+
+impl Record {
+    fn size(&self) -> usize {
+        self.key.len()
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// The result of a committed append: the offset of each record, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offsets: Vec<i64>,
+    /// Number of the transaction (1 = the first this writer committed).
+    pub transaction: u64,
+}
+
+/// Shared flag saying this process still owns the partition. The ownership layer clears it on
+/// revoke; the writer then never re-creates its producer (which would fence the new owner).
+#[derive(Debug, Clone)]
+pub struct Lease(Arc<AtomicBool>);
+
+impl Lease {
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+    pub fn is_held(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+    pub fn release(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters of one writer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub transactions: u64,
+    pub records: u64,
+    pub appends: u64,
+    pub aborted: u64,
+    pub indefinite: u64,
+    pub recreated: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    transactions: AtomicU64,
+    records: AtomicU64,
+    appends: AtomicU64,
+    aborted: AtomicU64,
+    indefinite: AtomicU64,
+    recreated: AtomicU64,
+}
+
+/// Why a writer stopped for good.
+#[derive(Debug, Clone)]
+enum Terminal {
+    Fenced(String),
+    Closed,
+}
+
+struct Shared {
+    transactional_id: String,
+    counters: Counters,
+    terminal: OnceLock<Terminal>,
+}
+
+impl Shared {
+    fn terminal_error(&self) -> Error {
+        match self.terminal.get() {
+            Some(Terminal::Fenced(reason)) => Error::Fenced {
+                transactional_id: self.transactional_id.clone(),
+                reason: reason.clone(),
+            },
+            Some(Terminal::Closed) | None => Error::Closed {
+                transactional_id: self.transactional_id.clone(),
+            },
+        }
+    }
+}
+
+struct Append {
+    records: Vec<Record>,
+    reply: oneshot::Sender<Result<Committed, Error>>,
+}
+
+/// A cheap-to-clone handle on a running writer.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Append>,
+    shared: Arc<Shared>,
+    limits: WriterOptions,
+    stopped: CancellationToken,
+}
+
+impl Handle {
+    /// Append `records` in the next transaction; resolves once it committed.
+    ///
+    /// The records of one append are contiguous and in order in their topics' partition, and
+    /// are committed atomically with the rest of their transaction.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Committed, Error> {
+        let bytes: usize = records.iter().map(Record::size).sum();
+        if records.len() > self.limits.max_records || bytes > self.limits.max_bytes {
+            return Err(Error::TooLarge {
+                records: records.len(),
+                bytes,
+                max_records: self.limits.max_records,
+                max_bytes: self.limits.max_bytes,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Append { records, reply }).await.is_err() {
+            return Err(self.shared.terminal_error());
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(self.shared.terminal_error()),
+        }
+    }
+
+    pub fn transactional_id(&self) -> &str {
+        &self.shared.transactional_id
+    }
+
+    /// Whether the writer was fenced by a newer owner.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.shared.terminal.get(), Some(Terminal::Fenced(_)))
+    }
+
+    /// Resolves when the writer has stopped (shutdown, fenced, or failed for good).
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            appends: c.appends.load(Ordering::Relaxed),
+            aborted: c.aborted.load(Ordering::Relaxed),
+            indefinite: c.indefinite.load(Ordering::Relaxed),
+            recreated: c.recreated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The writer of one partition. See the module docs.
+pub struct Writer {
+    options: Options,
+    partition: i32,
+    lease: Lease,
+    shared: Arc<Shared>,
+    producer: Arc<FutureProducer>,
+    rx: mpsc::Receiver<Append>,
+    shutdown: CancellationToken,
+    stopped: CancellationToken,
+}
+
+/// How a transaction ended.
+enum Outcome {
+    Committed(Vec<Vec<i64>>),
+    Aborted(String),
+    Fatal(String),
+    Indefinite(String),
+}
+
+impl Writer {
+    /// Create the producer, fence every previous owner (`init_transactions`) and start the
+    /// writer task. Returns once this writer is the only one that can commit to the partition.
+    pub async fn start(
+        options: &Options,
+        transactional_id: String,
+        partition: u32,
+        lease: Lease,
+        shutdown: CancellationToken,
+    ) -> Result<Handle, Error> {
+        options.validate()?;
+        let producer = create_producer(options, &transactional_id).await?;
+        let (tx, rx) = mpsc::channel(options.writer.queue_capacity);
+        let shared = Arc::new(Shared {
+            transactional_id,
+            counters: Counters::default(),
+            terminal: OnceLock::new(),
+        });
+        let stopped = CancellationToken::new();
+        let writer = Writer {
+            options: options.clone(),
+            partition: partition as i32,
+            lease,
+            shared: Arc::clone(&shared),
+            producer,
+            rx,
+            shutdown,
+            stopped: stopped.clone(),
+        };
+        info!(transactional_id = %shared.transactional_id, partition, "partition writer started");
+        tokio::spawn(writer.run());
+        Ok(Handle {
+            tx,
+            shared,
+            limits: options.writer.clone(),
+            stopped,
+        })
+    }
+
+    async fn run(mut self) {
+        let limits = self.options.writer.clone();
+        let linger = Duration::from_millis(limits.linger_ms);
+        let mut pending: Vec<Append> = Vec::new();
+        let (mut pending_records, mut pending_bytes) = (0usize, 0usize);
+        let mut first_at: Option<Instant> = None;
+        let mut inflight: Option<JoinHandle<(Vec<Append>, Outcome)>> = None;
+        let mut closing = false;
+        let mut input_done = false;
+
+        loop {
+            let room = pending_records < limits.max_records && pending_bytes < limits.max_bytes;
+            let linger_at = first_at.map(|t| tokio::time::Instant::from_std(t + linger));
+            tokio::select! {
+                biased;
+                joined = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    let (batch, outcome) = joined.expect("commit task panicked");
+                    if !self.finish(batch, outcome).await {
+                        break;
+                    }
+                }
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    self.rx.close();
+                }
+                append = self.rx.recv(), if room && !input_done => match append {
+                    Some(append) => {
+                        pending_records += append.records.len();
+                        pending_bytes += append.records.iter().map(Record::size).sum::<usize>();
+                        pending.push(append);
+                        first_at.get_or_insert_with(Instant::now);
+                    }
+                    None => input_done = true,
+                },
+                _ = tokio::time::sleep_until(linger_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if linger_at.is_some() && inflight.is_none() => {}
+            }
+            let due = first_at.is_some_and(|t| t.elapsed() >= linger)
+                || !room
+                || closing
+                || input_done;
+            if inflight.is_none() && !pending.is_empty() && due {
+                let batch = std::mem::take(&mut pending);
+                pending_records = 0;
+                pending_bytes = 0;
+                first_at = None;
+                inflight = Some(tokio::spawn(commit(
+                    Arc::clone(&self.producer),
+                    self.partition,
+                    batch,
+                    self.options.request_timeout(),
+                )));
+            }
+            if input_done && inflight.is_none() && pending.is_empty() {
+                break;
+            }
+        }
+        // Whatever is left (only when fenced or failed) is answered with the terminal error.
+        let _ = self.shared.terminal.set(Terminal::Closed);
+        self.rx.close();
+        let err_of = |shared: &Shared| shared.terminal_error();
+        for append in pending {
+            let _ = append.reply.send(Err(err_of(&self.shared)));
+        }
+        while let Ok(append) = self.rx.try_recv() {
+            let _ = append.reply.send(Err(err_of(&self.shared)));
+        }
+        if let Some(task) = inflight
+            && let Ok((batch, _)) = task.await
+        {
+            for append in batch {
+                let _ = append.reply.send(Err(err_of(&self.shared)));
+            }
+        }
+        info!(transactional_id = %self.shared.transactional_id, "partition writer stopped");
+        self.stopped.cancel();
+    }
+
+    /// Answer a finished batch. Returns false when the writer must stop.
+    async fn finish(&mut self, batch: Vec<Append>, outcome: Outcome) -> bool {
+        let c = &self.shared.counters;
+        let tid = &self.shared.transactional_id;
+        match outcome {
+            Outcome::Committed(offsets) => {
+                let transaction = c.transactions.fetch_add(1, Ordering::Relaxed) + 1;
+                let records: usize = offsets.iter().map(Vec::len).sum();
+                c.records.fetch_add(records as u64, Ordering::Relaxed);
+                c.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics::counter!(m::WRITER_TRANSACTIONS).increment(1);
+                metrics::counter!(m::WRITER_RECORDS).increment(records as u64);
+                metrics::histogram!(m::WRITER_BATCH_RECORDS).record(records as f64);
+                for (append, offsets) in batch.into_iter().zip(offsets) {
+                    let _ = append.reply.send(Ok(Committed {
+                        offsets,
+                        transaction,
+                    }));
+                }
+                true
+            }
+            Outcome::Aborted(reason) => {
+                c.aborted.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::WRITER_FAILURES, "outcome" => "aborted").increment(1);
+                warn!(transactional_id = %tid, %reason, "transaction aborted");
+                for append in batch {
+                    let _ = append.reply.send(Err(Error::Aborted {
+                        reason: reason.clone(),
+                    }));
+                }
+                true
+            }
+            Outcome::Fatal(reason) => {
+                metrics::counter!(m::WRITER_FAILURES, "outcome" => "fenced").increment(1);
+                warn!(transactional_id = %tid, %reason, "partition writer fenced or fatally failed; giving up the partition");
+                let _ = self.shared.terminal.set(Terminal::Fenced(reason));
+                for append in batch {
+                    let _ = append.reply.send(Err(self.shared.terminal_error()));
+                }
+                false
+            }
+            Outcome::Indefinite(reason) => {
+                c.indefinite.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::WRITER_FAILURES, "outcome" => "indefinite").increment(1);
+                warn!(transactional_id = %tid, %reason, "transaction outcome unknown; re-creating the producer");
+                for append in batch {
+                    let _ = append.reply.send(Err(Error::Indefinite {
+                        reason: reason.clone(),
+                    }));
+                }
+                self.recreate().await
+            }
+        }
+    }
+
+    /// Destroy the producer and create a new one (KIP-890 remedy). Only while the lease holds.
+    async fn recreate(&mut self) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=8 {
+            if !self.lease.is_held() {
+                let _ = self.shared.terminal.set(Terminal::Fenced(
+                    "partition lease released; not re-creating the producer".into(),
+                ));
+                return false;
+            }
+            if self.shutdown.is_cancelled() && attempt > 1 {
+                return false;
+            }
+            match create_producer(&self.options, &self.shared.transactional_id).await {
+                Ok(producer) => {
+                    self.producer = producer;
+                    self.shared.counters.recreated.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(m::WRITER_RECREATED).increment(1);
+                    return true;
+                }
+                Err(err) => {
+                    warn!(transactional_id = %self.shared.transactional_id, attempt, %err, "re-creating the producer failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let _ = self.shared.terminal.set(Terminal::Fenced(
+            "could not re-create the transactional producer".into(),
+        ));
+        false
+    }
+}
+
+async fn create_producer(
+    options: &Options,
+    transactional_id: &str,
+) -> Result<Arc<FutureProducer>, Error> {
+    let producer: FutureProducer = options
+        .transactional_producer_config(transactional_id)
+        .create()
+        .map_err(|e| Error::kafka(format!("creating producer {transactional_id}"), e))?;
+    let producer = Arc::new(producer);
+    let p = Arc::clone(&producer);
+    let timeout = options.request_timeout();
+    tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+        .await
+        .expect("init_transactions task panicked")
+        .map_err(|e| Error::kafka(format!("init_transactions for {transactional_id}"), e))?;
+    debug!(transactional_id, "transactions initialised (previous owner fenced)");
+    Ok(producer)
+}
+
+/// Run one transaction holding every record of `batch`.
+async fn commit(
+    producer: Arc<FutureProducer>,
+    partition: i32,
+    batch: Vec<Append>,
+    timeout: Duration,
+) -> (Vec<Append>, Outcome) {
+    let started = Instant::now();
+    let p = Arc::clone(&producer);
+    if let Err(e) = tokio::task::spawn_blocking(move || p.begin_transaction())
+        .await
+        .expect("begin task panicked")
+    {
+        let outcome = classify(&producer, e, timeout).await;
+        return (batch, outcome);
+    }
+    let mut deliveries: Vec<Vec<DeliveryFuture>> = Vec::with_capacity(batch.len());
+    for append in &batch {
+        let mut futures = Vec::with_capacity(append.records.len());
+        for record in &append.records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(&value[..]),
+                });
+            }
+            let mut fr = FutureRecord::to(&record.topic)
+                .partition(partition)
+                .key(&record.key[..])
+                .headers(headers);
+            if let Some(value) = &record.value {
+                fr = fr.payload(&value[..]);
+            }
+            match producer.send_result(fr) {
+                Ok(delivery) => futures.push(delivery),
+                Err((e, _)) => {
+                    let reason = format!("enqueueing a record failed: {e}");
+                    let outcome = abort(&producer, reason, timeout).await;
+                    return (batch, outcome);
+                }
+            }
+        }
+        deliveries.push(futures);
+    }
+    let p = Arc::clone(&producer);
+    let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
+        .await
+        .expect("commit task panicked");
+    if let Err(e) = committed {
+        let outcome = classify(&producer, e, timeout).await;
+        return (batch, outcome);
+    }
+    metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    let mut offsets = Vec::with_capacity(deliveries.len());
+    for futures in deliveries {
+        let mut these = Vec::with_capacity(futures.len());
+        for result in join_all(futures).await {
+            match result {
+                Ok(Ok(delivery)) => these.push(delivery.offset),
+                // The commit succeeded, so every record was delivered; a missing report means
+                // we cannot name the offset, not that the record is missing.
+                Ok(Err((e, _))) => {
+                    return (
+                        batch,
+                        Outcome::Indefinite(format!("delivery report after commit: {e}")),
+                    );
+                }
+                Err(_) => {
+                    return (
+                        batch,
+                        Outcome::Indefinite("delivery report lost after commit".into()),
+                    );
+                }
+            }
+        }
+        offsets.push(these);
+    }
+    (batch, Outcome::Committed(offsets))
+}
+
+/// Turn a transactional error into an outcome, aborting where the API asks for it.
+async fn classify(producer: &Arc<FutureProducer>, err: KafkaError, timeout: Duration) -> Outcome {
+    match &err {
+        KafkaError::Transaction(e) if e.is_fatal() => Outcome::Fatal(e.to_string()),
+        KafkaError::Transaction(e) if e.txn_requires_abort() => {
+            abort(producer, e.to_string(), timeout).await
+        }
+        KafkaError::Transaction(e) if e.is_retriable() => Outcome::Indefinite(e.to_string()),
+        _ => abort(producer, err.to_string(), timeout).await,
+    }
+}
+
+async fn abort(producer: &Arc<FutureProducer>, reason: String, timeout: Duration) -> Outcome {
+    let p = Arc::clone(producer);
+    match tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
+        .await
+        .expect("abort task panicked")
+    {
+        Ok(()) => Outcome::Aborted(reason),
+        Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+            Outcome::Fatal(format!("{reason}; abort: {e}"))
+        }
+        Err(e) => Outcome::Indefinite(format!("{reason}; abort failed: {e}")),
+    }
+}

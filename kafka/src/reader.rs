@@ -1,0 +1,88 @@
+//! Read a partition from an offset to its current end — with `read_committed` by default, so
+//! records of aborted or fenced transactions are never returned. Used by recovery, the
+//! reliability checkers and tests.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{Error, Options};
+
+/// Which records a read may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Only records of committed transactions (and non-transactional ones). The default.
+    ReadCommitted,
+    /// Every record written, including aborted ones. Only for checkers that must prove a record
+    /// exists in the log although no committed reader can see it.
+    ReadUncommitted,
+}
+
+/// Read `topic`/`partition` from `from` up to the end it has when the read starts (the last
+/// stable offset for `ReadCommitted`). Gives up after `deadline` if the end is never reached.
+pub async fn read_to_end(
+    options: &Options,
+    topic: &str,
+    partition: u32,
+    from: i64,
+    isolation: Isolation,
+    deadline: Duration,
+) -> Result<Vec<OwnedMessage>, Error> {
+    let mut config = options.consumer_config(&format!(
+        "{}reader-{}",
+        options.topic_prefix,
+        uuid_like()
+    ));
+    config.set("enable.partition.eof", "true");
+    if isolation == Isolation::ReadUncommitted {
+        config.set("isolation.level", "read_uncommitted");
+    }
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| Error::kafka("creating a reader", e))?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(from))
+            .map_err(|e| Error::kafka("building the assignment", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assigning {topic}/{partition}"), e))?;
+        let started = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            if started.elapsed() > deadline {
+                return Err(Error::kafka(
+                    format!("reading {topic}/{partition} to its end within {deadline:?}"),
+                    KafkaError::Global(rdkafka::types::RDKafkaErrorCode::OperationTimedOut),
+                ));
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Ok(message)) => out.push(message.detach()),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+                Some(Err(e)) => {
+                    return Err(Error::kafka(format!("reading {topic}/{partition}"), e));
+                }
+            }
+        }
+    })
+    .await
+    .expect("reader task panicked")
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,1 @@
+//! Statehouse processor: partitions, entities and the user-function sidecar.

@@ -1,0 +1,1 @@
+//! Statehouse projector: read models built from journal topics.

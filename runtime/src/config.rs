@@ -1,0 +1,478 @@
+//! Layered configuration (DESIGN §8).
+//!
+//! Precedence, lowest first: compiled defaults → the TOML file (`--config`, else
+//! `STATEHOUSE_CONFIG`, else `./statehouse.toml` if present) → environment variables
+//! `STATEHOUSE__<SECTION>__<KEY>` (e.g. `STATEHOUSE__KAFKA__BOOTSTRAP_SERVERS`; `_` in a key
+//! stands for `-`; under `KAFKA__LIBRDKAFKA__` it stands for `.`, so
+//! `STATEHOUSE__KAFKA__LIBRDKAFKA__SASL_PASSWORD` sets `sasl.password`) → `--set
+//! section.key=value` flags. Unknown keys are errors, so a typo never goes unnoticed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "STATEHOUSE__";
+/// Environment variable naming the config file.
+pub const CONFIG_FILE_ENV: &str = "STATEHOUSE_CONFIG";
+const LIBRDKAFKA_ENV_PREFIX: &str = "STATEHOUSE__KAFKA__LIBRDKAFKA__";
+
+/// The roles of the `statehouse` binary; each validates the sections it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Processor,
+    Projector,
+    /// `statehouse admin …`: Kafka and Cassandra only.
+    Admin,
+    /// Everything in one process (`statehouse dev`).
+    Dev,
+}
+
+/// Configuration errors: always say which key or file is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("bad --set {0:?}: expected section.key=value")]
+    BadOverride(String),
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+}
+
+/// The whole configuration (`statehouse.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: statehouse_kafka::Options,
+    pub cassandra: statehouse_store::Options,
+    pub telemetry: TelemetryOptions,
+    pub gateway: GatewayOptions,
+    pub processor: ProcessorOptions,
+    pub projector: ProjectorOptions,
+}
+
+/// `[telemetry]`: logs and traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TelemetryOptions {
+    /// `text` (for people) or `json` (for log pipelines).
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,statehouse_kafka=debug`. `RUST_LOG` wins if set.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://otel-collector:4317`); unset = no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported traces; defaults to `statehouse-<role>`.
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for TelemetryOptions {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: None,
+        }
+    }
+}
+
+/// `[gateway]`: the client front door.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GatewayOptions {
+    /// Client port: gRPC, gRPC-Web and HTTP/JSON (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Metrics and health port.
+    pub metrics_listen: SocketAddr,
+    /// Deadline of a client call that sets none, ms.
+    pub default_timeout_ms: u64,
+    /// Largest accepted request message, bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9000".parse().expect("static address"),
+            metrics_listen: "0.0.0.0:9090".parse().expect("static address"),
+            default_timeout_ms: 30_000,
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[processor]`: the sidecar of one user function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ProcessorOptions {
+    /// The service name; unset = `ServiceInfo.service_name` reported by the user function.
+    pub service: Option<String>,
+    /// Internal gRPC port (gateway → processor, processor → processor).
+    pub listen: SocketAddr,
+    /// The address other pods reach this processor at (e.g. the pod IP and port); unset =
+    /// derived from `listen`.
+    pub advertise_address: Option<String>,
+    /// Metrics and health port.
+    pub metrics_listen: SocketAddr,
+    /// Where the user function listens (the sidecar model: localhost).
+    pub user_function_host: String,
+    pub user_function_port: u16,
+    /// Partitions of the service's topics (fixed once the topics exist).
+    pub partitions: u32,
+    /// Idle time after which an entity is passivated, ms, when discovery gives none.
+    pub passivation_timeout_ms: u64,
+    /// Refuse user functions that speak a protocol older than 0.2 (legacy SDKs).
+    pub strict_protocol_version: bool,
+    /// How often committed events are backed up to Cassandra, ms.
+    pub backup_interval_ms: u64,
+    /// Most active entities held in memory; beyond it the idlest are passivated.
+    pub max_active_entities: usize,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        Self {
+            service: None,
+            listen: "0.0.0.0:9100".parse().expect("static address"),
+            advertise_address: None,
+            metrics_listen: "0.0.0.0:9091".parse().expect("static address"),
+            user_function_host: "127.0.0.1".into(),
+            user_function_port: 8080,
+            partitions: 12,
+            passivation_timeout_ms: 30_000,
+            strict_protocol_version: false,
+            backup_interval_ms: 1_000,
+            max_active_entities: 100_000,
+        }
+    }
+}
+
+/// `[projector]`: projections and event-log eventing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ProjectorOptions {
+    /// Metrics and health port.
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        Self {
+            metrics_listen: "0.0.0.0:9092".parse().expect("static address"),
+        }
+    }
+}
+
+/// Where configuration comes from besides the defaults and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--set section.key=value`, in order.
+    pub overrides: Vec<String>,
+}
+
+impl Config {
+    /// Load the layers of [`Sources`] and the process environment.
+    pub fn load(sources: &Sources) -> Result<Self, Error> {
+        Self::load_with_env(sources, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with an explicit environment (tests).
+    pub fn load_with_env(
+        sources: &Sources,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let file = sources.file.clone().or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == CONFIG_FILE_ENV)
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Error::MissingFile { path });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new("statehouse.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("statehouse.toml"));
+            }
+            None => {}
+        }
+        // Environment: the general sections, then librdkafka passthrough keys (with dots).
+        let mut rdkafka_env = BTreeMap::new();
+        for (key, value) in &env {
+            if let Some(rest) = key.strip_prefix(LIBRDKAFKA_ENV_PREFIX) {
+                rdkafka_env.insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
+            }
+        }
+        let general: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(LIBRDKAFKA_ENV_PREFIX))
+            .cloned()
+            .collect();
+        // Each pair is fed as a serialized value (not figment's `Env`), so tests can pass an
+        // explicit environment and librdkafka keys keep their dots.
+        for (key, value) in general {
+            let path = key[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".")
+                .replace('_', "-");
+            figment = figment.merge(Serialized::default(&path, parse_value(&value)));
+        }
+        for (key, value) in rdkafka_env {
+            figment = figment.merge(Serialized::default(
+                "kafka.librdkafka",
+                BTreeMap::from([(key, value)]),
+            ));
+        }
+        for item in &sources.overrides {
+            let (key, value) = item
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| Error::BadOverride(item.clone()))?;
+            let key = key.trim();
+            if let Some(rd) = key.strip_prefix("kafka.librdkafka.") {
+                figment = figment.merge(Serialized::default(
+                    "kafka.librdkafka",
+                    BTreeMap::from([(rd.to_string(), value.to_string())]),
+                ));
+            } else {
+                figment = figment.merge(Serialized::default(key, parse_value(value)));
+            }
+        }
+        figment.extract().map_err(|e| Error::Load(Box::new(e)))
+    }
+
+    /// Check the sections `role` uses; the error names the bad key.
+    pub fn validate(&self, role: Role) -> Result<(), Error> {
+        let invalid = |e: &dyn std::fmt::Display| Error::Invalid(e.to_string());
+        self.kafka.validate().map_err(|e| invalid(&e))?;
+        if matches!(role, Role::Processor | Role::Projector | Role::Admin | Role::Dev) {
+            self.cassandra.validate().map_err(|e| invalid(&e))?;
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(Error::Invalid(format!(
+                "telemetry.otlp-endpoint {endpoint:?} must be an http:// or https:// URL"
+            )));
+        }
+        if self.telemetry.log_filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(Error::Invalid(format!(
+                "telemetry.log-filter {:?} is not a valid tracing filter",
+                self.telemetry.log_filter
+            )));
+        }
+        if matches!(role, Role::Gateway | Role::Dev) {
+            let g = &self.gateway;
+            if g.default_timeout_ms == 0 || g.max_request_bytes == 0 {
+                return Err(Error::Invalid(
+                    "gateway.default-timeout-ms and gateway.max-request-bytes must be positive"
+                        .into(),
+                ));
+            }
+            if g.listen == g.metrics_listen {
+                return Err(Error::Invalid(
+                    "gateway.listen and gateway.metrics-listen must differ".into(),
+                ));
+            }
+        }
+        if matches!(role, Role::Processor | Role::Dev) {
+            let p = &self.processor;
+            if let Some(service) = &p.service {
+                statehouse_core::ServiceName::new(service.clone())
+                    .map_err(|e| Error::Invalid(format!("processor.service: {e}")))?;
+            }
+            if p.partitions == 0 || p.partitions > 10_000 {
+                return Err(Error::Invalid(format!(
+                    "processor.partitions {} must be between 1 and 10000",
+                    p.partitions
+                )));
+            }
+            if p.user_function_host.is_empty() || p.user_function_port == 0 {
+                return Err(Error::Invalid(
+                    "processor.user-function-host and user-function-port must be set".into(),
+                ));
+            }
+            if p.passivation_timeout_ms == 0
+                || p.backup_interval_ms == 0
+                || p.max_active_entities == 0
+            {
+                return Err(Error::Invalid(
+                    "processor.passivation-timeout-ms, backup-interval-ms and max-active-entities must be positive"
+                        .into(),
+                ));
+            }
+            if p.listen == p.metrics_listen {
+                return Err(Error::Invalid(
+                    "processor.listen and processor.metrics-listen must differ".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets masked — safe to log.
+    pub fn masked_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("the config serializes to TOML");
+        mask(&mut value, "");
+        toml::to_string(&value).expect("a TOML value renders")
+    }
+}
+
+/// Keys whose values are never logged.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential", "private", "key.pem", "sasl.oauthbearer.config"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+fn mask(value: &mut toml::Value, key: &str) {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                mask(v, k);
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| mask(v, key)),
+        other if is_secret(key) => *other = toml::Value::String("***".into()),
+        _ => {}
+    }
+}
+
+/// A `--set`/env value: a TOML literal if it parses as one (numbers, booleans, arrays, inline
+/// tables), else the raw string.
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("statehouse-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("statehouse.toml");
+        std::fs::write(
+            &file,
+            r#"
+[kafka]
+bootstrap-servers = "file:9092"
+session-timeout-ms = 6000
+[kafka.librdkafka]
+"security.protocol" = "SASL_SSL"
+[processor]
+partitions = 24
+user-function-port = 8081
+"#,
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(file),
+            overrides: vec!["processor.partitions=48".into(), "kafka.librdkafka.sasl.mechanism=PLAIN".into()],
+        };
+        let config = Config::load_with_env(
+            &sources,
+            env(&[
+                ("STATEHOUSE__KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
+                ("STATEHOUSE__PROCESSOR__PARTITIONS", "36"),
+                ("STATEHOUSE__KAFKA__LIBRDKAFKA__SASL_PASSWORD", "hunter2"),
+                ("STATEHOUSE__CASSANDRA__CONTACT_POINTS", "[\"c1:9042\", \"c2:9042\"]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "env:9092", "env beats the file");
+        assert_eq!(config.kafka.session_timeout_ms, 6000, "the file beats defaults");
+        assert_eq!(config.processor.partitions, 48, "--set beats env");
+        assert_eq!(config.processor.user_function_port, 8081);
+        assert_eq!(config.cassandra.contact_points, ["c1:9042", "c2:9042"]);
+        assert_eq!(config.kafka.librdkafka["security.protocol"], "SASL_SSL");
+        assert_eq!(config.kafka.librdkafka["sasl.mechanism"], "PLAIN");
+        assert_eq!(config.kafka.librdkafka["sasl.password"], "hunter2");
+        config.validate(Role::Processor).unwrap();
+
+        let masked = config.masked_toml();
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert!(masked.contains("\"sasl.password\" = \"***\""), "{masked}");
+        assert!(masked.contains("SASL_SSL"), "non-secrets stay visible");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let typo = Config::load_with_env(
+            &Sources {
+                file: None,
+                overrides: vec!["processor.partiton=3".into()],
+            },
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("partiton"), "{typo}");
+
+        let missing = Config::load_with_env(
+            &Sources {
+                file: Some("/nonexistent/statehouse.toml".into()),
+                overrides: vec![],
+            },
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(missing, Error::MissingFile { .. }));
+
+        let bad = Config::load_with_env(
+            &Sources {
+                file: None,
+                overrides: vec!["processor.partitions=0".into()],
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        let err = bad.validate(Role::Processor).unwrap_err().to_string();
+        assert!(err.contains("processor.partitions"), "{err}");
+        // The gateway does not care about processor settings.
+        bad.validate(Role::Gateway).unwrap();
+
+        assert!(matches!(
+            Config::load_with_env(&Sources { file: None, overrides: vec!["novalue".into()] }, Vec::new()),
+            Err(Error::BadOverride(_))
+        ));
+        let wrong_type = Config::load_with_env(
+            &Sources { file: None, overrides: vec!["processor.partitions=many".into()] },
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(wrong_type.contains("partitions"), "{wrong_type}");
+    }
+}

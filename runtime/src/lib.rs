@@ -1,0 +1,18 @@
+//! Statehouse runtime: what every role (gateway, processor, projector) needs to run.
+//!
+//! * [`config`] — layered configuration: compiled defaults → `statehouse.toml` →
+//!   `STATEHOUSE__SECTION__KEY` environment variables → `--set section.key=value` flags;
+//!   validated at start with errors that name the bad value; logged with secrets masked.
+//! * [`telemetry`] — `tracing` set up once (text or JSON logs, optional OTLP traces).
+//! * [`shutdown`] — the cancellation token threaded through every `run`, cancelled on
+//!   SIGINT/SIGTERM.
+//! * [`admin_server`] — the metrics and health port: Prometheus `/metrics`, `/healthz`
+//!   (liveness) and `/readyz` (readiness: only after discovery and recovery).
+
+pub mod admin_server;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin_server::Health;
+pub use config::{Config, Role};

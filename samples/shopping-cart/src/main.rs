@@ -1,0 +1,2 @@
+//! The Cloudstate shopping cart sample.
+fn main() {}

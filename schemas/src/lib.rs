@@ -1,0 +1,1 @@
+//! Statehouse wire schemas: the Cloudstate protocol, Statehouse APIs, Avro records.

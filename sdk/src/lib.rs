@@ -1,0 +1,1 @@
+//! Write Cloudstate user functions in Rust.

@@ -1,0 +1,23 @@
+//! Statehouse's Cassandra / ScyllaDB store — the only crate that uses the `scylla` driver.
+//!
+//! Kafka is the source of truth; this store is a rebuildable, durable index that bounds
+//! recovery time (DESIGN §5):
+//! * [`migrations`] — creates the keyspace and tables, idempotently, recording what ran;
+//! * [`Store`] — the journal (rows per `(service, entity_id)` ordered by `seq`), immutable
+//!   snapshots (newest first), value-entity state, and per-partition checkpoints ("everything
+//!   before this offset is in Cassandra").
+//!
+//! Writes are idempotent: a journal row is keyed by `(service, entity_id, seq)`, a snapshot by
+//! `(service, entity_id, seq)`; checkpoints and values are written `USING TIMESTAMP <offset>`, so a
+//! late write of an older offset can never replace a newer one, whatever the order of arrival.
+
+mod error;
+pub mod migrations;
+mod options;
+mod rows;
+mod store;
+
+pub use error::Error;
+pub use options::Options;
+pub use rows::{JournalRow, SnapshotRow, ValueRow};
+pub use store::Store;

@@ -1,0 +1,45 @@
+use bytes::Bytes;
+
+/// One event of an entity's journal, as backed up from the Kafka journal topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    pub service: String,
+    pub entity_id: String,
+    /// Sequence number within the entity, from 1.
+    pub seq: i64,
+    pub type_url: String,
+    pub payload: Bytes,
+    pub command_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// Event time, ms since the epoch.
+    pub timestamp_ms: i64,
+    pub writer_id: String,
+    pub writer_epoch: i64,
+    /// Where the event is in Kafka.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An immutable snapshot of an entity at `seq` (= the fold of events 1..=seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub service: String,
+    pub entity_id: String,
+    pub seq: i64,
+    pub type_url: String,
+    pub snapshot: Bytes,
+    pub timestamp_ms: i64,
+}
+
+/// The current state of a value entity (`None` payload = deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueRow {
+    pub service: String,
+    pub entity_id: String,
+    pub seq: i64,
+    pub type_url: String,
+    pub value: Option<Bytes>,
+    pub partition: i32,
+    /// Offset of the value record in Kafka: newer offsets always win.
+    pub offset: i64,
+}
