@@ -40,6 +40,18 @@ pub struct EventRecord {
     pub snapshot: Option<Snapshot>,
     /// W3C trace context of the command. (Schema version 2.)
     pub traceparent: Option<String>,
+    /// The reply the command gave its client, on the command's last event, so an idempotent
+    /// retry gets the original reply after a restart. (Schema version 2.)
+    pub reply: Option<Reply>,
+}
+
+/// A command's reply to its client (`dev.statehouse.v1.Reply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The reply's `Any` type URL.
+    pub type_url: String,
+    /// The reply message bytes.
+    pub payload: Bytes,
 }
 
 /// The partition owner that wrote a record (`dev.statehouse.v1.Writer`).
