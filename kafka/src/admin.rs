@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use statehouse_core::topics::{routing_topic, services_topic};
@@ -33,7 +31,11 @@ pub struct TopicSpec {
 
 /// The topics of one service: journal and values (compacted; the journal's keys are unique per
 /// event so compaction never drops one), CRDT deltas (deleted after the retention).
-pub fn service_topic_specs(options: &Options, service: &ServiceName, partitions: u32) -> Vec<TopicSpec> {
+pub fn service_topic_specs(
+    options: &Options,
+    service: &ServiceName,
+    partitions: u32,
+) -> Vec<TopicSpec> {
     let topics = Topics::new(options.topic_prefix.clone(), service.clone());
     let compacted = |name: String| TopicSpec {
         name,
@@ -60,14 +62,17 @@ pub fn service_topic_specs(options: &Options, service: &ServiceName, partitions:
 /// The topics every service shares: the service registry and the routing table (compacted, one
 /// partition each so readers see one total order).
 pub fn shared_topic_specs(options: &Options) -> Vec<TopicSpec> {
-    [services_topic(&options.topic_prefix), routing_topic(&options.topic_prefix)]
-        .into_iter()
-        .map(|name| TopicSpec {
-            name,
-            partitions: 1,
-            config: with_isr(options, [("cleanup.policy", "compact".to_string())]),
-        })
-        .collect()
+    [
+        services_topic(&options.topic_prefix),
+        routing_topic(&options.topic_prefix),
+    ]
+    .into_iter()
+    .map(|name| TopicSpec {
+        name,
+        partitions: 1,
+        config: with_isr(options, [("cleanup.policy", "compact".to_string())]),
+    })
+    .collect()
 }
 
 fn with_isr<const N: usize>(
@@ -185,7 +190,16 @@ impl Admin {
     }
 
     async fn verify(&self, spec: &TopicSpec) -> Result<(), Error> {
-        let actual = self.partition_count(&spec.name).await?.unwrap_or(0);
+        // A topic created a moment ago (e.g. by a concurrent `ensure`) may not be in the
+        // metadata of every broker yet: give it a few seconds before calling it a mismatch.
+        let mut actual = 0;
+        for _ in 0..50 {
+            actual = self.partition_count(&spec.name).await?.unwrap_or(0);
+            if actual != 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         if actual != spec.partitions {
             return Err(Error::PartitionMismatch {
                 topic: spec.name.clone(),

@@ -21,14 +21,18 @@ pub enum Error {
     #[error("partition writer {transactional_id} is closed")]
     Closed { transactional_id: String },
     /// A batch larger than the writer accepts.
-    #[error("append of {records} records / {bytes} bytes exceeds the writer limits ({max_records} records / {max_bytes} bytes)")]
+    #[error(
+        "append of {records} records / {bytes} bytes exceeds the writer limits ({max_records} records / {max_bytes} bytes)"
+    )]
     TooLarge {
         records: usize,
         bytes: usize,
         max_records: usize,
         max_bytes: usize,
     },
-    #[error("topic {topic} has {actual} partitions, but {expected} are configured; partition counts of a service cannot change")]
+    #[error(
+        "topic {topic} has {actual} partitions, but {expected} are configured; partition counts of a service cannot change"
+    )]
     PartitionMismatch {
         topic: String,
         expected: u32,

@@ -5,6 +5,8 @@
 //!   idempotence, `acks=all`, `read_committed` — cannot be forgotten or overridden).
 //! * [`admin`] — creates a service's topics with the policies of DESIGN §2, idempotently.
 //! * [`partition_writer`] — the fenced, transactional writer of one partition, with group commit.
+//! * [`ownership`] — partition ownership through the service's consumer group.
+//! * [`publisher`] — idempotent publishing of registry and routing records.
 //! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
 //! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
 
@@ -13,7 +15,9 @@ mod error;
 pub mod headers;
 pub mod metrics;
 mod options;
+pub mod ownership;
 pub mod partition_writer;
+pub mod publisher;
 pub mod reader;
 
 pub use error::Error;

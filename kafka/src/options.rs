@@ -111,9 +111,11 @@ impl Options {
                 }
             }
         }
-        if self.topic_prefix.chars().any(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        }) {
+        if self
+            .topic_prefix
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
             return bad(format!(
                 "kafka.topic-prefix {:?} may only contain ASCII letters, digits, '.', '_' and '-'",
                 self.topic_prefix
@@ -241,25 +243,27 @@ mod tests {
     #[test]
     fn validation_names_the_bad_value() {
         let mut o = Options::default();
-        o.librdkafka.insert("isolation.level".into(), "read_uncommitted".into());
+        o.librdkafka
+            .insert("isolation.level".into(), "read_uncommitted".into());
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("isolation.level"), "{err}");
 
-        let mut o = Options::default();
-        o.bootstrap_servers = "localhost".into();
+        let o = Options {
+            bootstrap_servers: "localhost".into(),
+            ..Options::default()
+        };
         assert!(o.validate().unwrap_err().to_string().contains("host:port"));
 
-        let mut o = Options::default();
-        o.min_insync_replicas = Some(2);
+        let o = Options {
+            min_insync_replicas: Some(2),
+            ..Options::default()
+        };
         assert!(o.validate().is_err(), "min ISR above RF must fail");
 
         let mut o = Options::default();
         o.librdkafka
             .insert("security.protocol".into(), "SASL_SSL".into());
         o.validate().unwrap();
-        assert_eq!(
-            o.client_config().get("security.protocol"),
-            Some("SASL_SSL")
-        );
+        assert_eq!(o.client_config().get("security.protocol"), Some("SASL_SSL"));
     }
 }

@@ -88,6 +88,13 @@ impl Default for Lease {
     }
 }
 
+/// Sees every committed append, in commit (= offset) order, before its caller is answered.
+/// The processor uses it to feed the asynchronous backup and the in-memory journal tail.
+pub trait Observer: Send + Sync + 'static {
+    /// `records` were committed at `offsets` (same order, same length).
+    fn committed(&self, records: &[Record], offsets: &[i64]);
+}
+
 /// Counters of one writer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -207,6 +214,7 @@ pub struct Writer {
     options: Options,
     partition: i32,
     lease: Lease,
+    observer: Option<Arc<dyn Observer>>,
     shared: Arc<Shared>,
     producer: Arc<FutureProducer>,
     rx: mpsc::Receiver<Append>,
@@ -232,6 +240,18 @@ impl Writer {
         lease: Lease,
         shutdown: CancellationToken,
     ) -> Result<Handle, Error> {
+        Self::start_observed(options, transactional_id, partition, lease, None, shutdown).await
+    }
+
+    /// Like [`Writer::start`], with an [`Observer`] of every committed append.
+    pub async fn start_observed(
+        options: &Options,
+        transactional_id: String,
+        partition: u32,
+        lease: Lease,
+        observer: Option<Arc<dyn Observer>>,
+        shutdown: CancellationToken,
+    ) -> Result<Handle, Error> {
         options.validate()?;
         let producer = create_producer(options, &transactional_id).await?;
         let (tx, rx) = mpsc::channel(options.writer.queue_capacity);
@@ -245,6 +265,7 @@ impl Writer {
             options: options.clone(),
             partition: partition as i32,
             lease,
+            observer,
             shared: Arc::clone(&shared),
             producer,
             rx,
@@ -299,10 +320,8 @@ impl Writer {
                 _ = tokio::time::sleep_until(linger_at.unwrap_or_else(tokio::time::Instant::now)),
                     if linger_at.is_some() && inflight.is_none() => {}
             }
-            let due = first_at.is_some_and(|t| t.elapsed() >= linger)
-                || !room
-                || closing
-                || input_done;
+            let due =
+                first_at.is_some_and(|t| t.elapsed() >= linger) || !room || closing || input_done;
             if inflight.is_none() && !pending.is_empty() && due {
                 let batch = std::mem::take(&mut pending);
                 pending_records = 0;
@@ -354,6 +373,9 @@ impl Writer {
                 metrics::counter!(m::WRITER_RECORDS).increment(records as u64);
                 metrics::histogram!(m::WRITER_BATCH_RECORDS).record(records as f64);
                 for (append, offsets) in batch.into_iter().zip(offsets) {
+                    if let Some(observer) = &self.observer {
+                        observer.committed(&append.records, &offsets);
+                    }
                     let _ = append.reply.send(Ok(Committed {
                         offsets,
                         transaction,
@@ -411,7 +433,10 @@ impl Writer {
             match create_producer(&self.options, &self.shared.transactional_id).await {
                 Ok(producer) => {
                     self.producer = producer;
-                    self.shared.counters.recreated.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .recreated
+                        .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::WRITER_RECREATED).increment(1);
                     return true;
                 }
@@ -444,7 +469,10 @@ async fn create_producer(
         .await
         .expect("init_transactions task panicked")
         .map_err(|e| Error::kafka(format!("init_transactions for {transactional_id}"), e))?;
-    debug!(transactional_id, "transactions initialised (previous owner fenced)");
+    debug!(
+        transactional_id,
+        "transactions initialised (previous owner fenced)"
+    );
     Ok(producer)
 }
 

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::{Error, Options};
 
@@ -21,6 +22,50 @@ pub enum Isolation {
     ReadUncommitted,
 }
 
+/// A record read from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    /// `None` for a tombstone.
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+    /// Record timestamp, ms since the epoch, if the record has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Message {
+    fn from_borrowed(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            value: m.payload().map(Bytes::copy_from_slice),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
+    /// The value of the first header named `key`.
+    pub fn header(&self, key: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
 /// Read `topic`/`partition` from `from` up to the end it has when the read starts (the last
 /// stable offset for `ReadCommitted`). Gives up after `deadline` if the end is never reached.
 pub async fn read_to_end(
@@ -30,12 +75,9 @@ pub async fn read_to_end(
     from: i64,
     isolation: Isolation,
     deadline: Duration,
-) -> Result<Vec<OwnedMessage>, Error> {
-    let mut config = options.consumer_config(&format!(
-        "{}reader-{}",
-        options.topic_prefix,
-        uuid_like()
-    ));
+) -> Result<Vec<Message>, Error> {
+    let mut config =
+        options.consumer_config(&format!("{}reader-{}", options.topic_prefix, uuid_like()));
     config.set("enable.partition.eof", "true");
     if isolation == Isolation::ReadUncommitted {
         config.set("isolation.level", "read_uncommitted");
@@ -62,7 +104,7 @@ pub async fn read_to_end(
             }
             match consumer.poll(Duration::from_millis(200)) {
                 None => continue,
-                Some(Ok(message)) => out.push(message.detach()),
+                Some(Ok(message)) => out.push(Message::from_borrowed(&message)),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
                 Some(Err(e)) => {
                     return Err(Error::kafka(format!("reading {topic}/{partition}"), e));

@@ -25,25 +25,45 @@ async fn service_topics_are_created_once_and_verified_after() {
 
     let first = admin.ensure_service(&service, 6).await.unwrap();
     assert_eq!(first.len(), 5);
-    assert!(first.iter().all(|(_, o)| *o == Outcome::Created), "{first:?}");
+    assert!(
+        first.iter().all(|(_, o)| *o == Outcome::Created),
+        "{first:?}"
+    );
     let second = admin.ensure_service(&service, 6).await.unwrap();
     assert!(
         second.iter().all(|(_, o)| *o == Outcome::AlreadyExists),
         "{second:?}"
     );
     for topic in topics.service_topics() {
-        assert_eq!(admin.partition_count(&topic).await.unwrap(), Some(6), "{topic}");
+        assert_eq!(
+            admin.partition_count(&topic).await.unwrap(),
+            Some(6),
+            "{topic}"
+        );
     }
-    assert_eq!(admin.partition_count(&topics.routing()).await.unwrap(), Some(1));
     assert_eq!(
-        admin.partition_count(&format!("{}nope", options.topic_prefix)).await.unwrap(),
+        admin.partition_count(&topics.routing()).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        admin
+            .partition_count(&format!("{}nope", options.topic_prefix))
+            .await
+            .unwrap(),
         None
     );
 
     // A different partition count for an existing service is refused, not silently accepted.
     let err = admin.ensure_service(&service, 8).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PartitionMismatch { expected: 8, actual: 6, .. }),
+        matches!(
+            &err,
+            Error::PartitionMismatch {
+                expected: 8,
+                actual: 6,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(admin.ensure_service(&service, 0).await.is_err());

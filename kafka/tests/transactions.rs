@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::Message;
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use statehouse_core::{ServiceName, Topics};
 use statehouse_kafka::admin::Admin;
 use statehouse_kafka::partition_writer::{Lease, Record, Writer};
-use statehouse_kafka::reader::{Isolation, read_to_end};
+use statehouse_kafka::reader::{Isolation, Message, read_to_end};
 use statehouse_kafka::{Error, Options, headers};
 use statehouse_test_support::{kafka_bootstrap, unique};
 use tokio_util::sync::CancellationToken;
@@ -48,10 +46,10 @@ fn record(topic: &str, key: &str, value: &str) -> Record {
     }
 }
 
-fn keys(messages: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+fn keys(messages: &[Message]) -> Vec<String> {
     messages
         .iter()
-        .map(|m| String::from_utf8(m.key().unwrap().to_vec()).unwrap())
+        .map(|m| String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap())
         .collect()
 }
 
@@ -97,18 +95,32 @@ async fn a_second_writer_fences_the_first() {
         .await
         .unwrap();
 
-    let visible = read_to_end(&options, &journal, 1, 0, Isolation::ReadCommitted, READ_DEADLINE)
-        .await
-        .unwrap();
+    let visible = read_to_end(
+        &options,
+        &journal,
+        1,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
     let values: Vec<_> = visible
         .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .map(|m| String::from_utf8(m.value.clone().unwrap().to_vec()).unwrap())
         .collect();
     assert_eq!(values, ["first-1", "second-2"]);
     // The other partition saw nothing.
-    let other = read_to_end(&options, &journal, 0, 0, Isolation::ReadCommitted, READ_DEADLINE)
-        .await
-        .unwrap();
+    let other = read_to_end(
+        &options,
+        &journal,
+        0,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
     assert!(other.is_empty());
     shutdown.cancel();
 }
@@ -167,9 +179,16 @@ async fn read_committed_never_sees_aborted_or_fenced_records() {
             .unwrap();
     }
 
-    let committed = read_to_end(&options, &journal, 0, 0, Isolation::ReadCommitted, READ_DEADLINE)
-        .await
-        .unwrap();
+    let committed = read_to_end(
+        &options,
+        &journal,
+        0,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         keys(&committed),
         ["committed#0", "committed#1", "committed#2"]
@@ -188,7 +207,10 @@ async fn read_committed_never_sees_aborted_or_fenced_records() {
     let all = keys(&everything);
     assert_eq!(all.iter().filter(|k| k.starts_with("aborted#")).count(), 5);
     assert_eq!(all.iter().filter(|k| k.starts_with("zombie#")).count(), 5);
-    assert_eq!(all.iter().filter(|k| k.starts_with("committed#")).count(), 3);
+    assert_eq!(
+        all.iter().filter(|k| k.starts_with("committed#")).count(),
+        3
+    );
     shutdown.cancel();
 }
 
@@ -234,12 +256,26 @@ async fn concurrent_appends_commit_atomically_in_shared_transactions() {
         "group commit should share transactions between appends: {stats:?}"
     );
 
-    let journal_msgs = read_to_end(&options, &journal, 0, 0, Isolation::ReadCommitted, READ_DEADLINE)
-        .await
-        .unwrap();
-    let values_msgs = read_to_end(&options, &values, 0, 0, Isolation::ReadCommitted, READ_DEADLINE)
-        .await
-        .unwrap();
+    let journal_msgs = read_to_end(
+        &options,
+        &journal,
+        0,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
+    let values_msgs = read_to_end(
+        &options,
+        &values,
+        0,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
     assert_eq!(journal_msgs.len(), 2 * APPENDS);
     assert_eq!(values_msgs.len(), APPENDS);
     for (i, committed) in &results {
@@ -248,17 +284,19 @@ async fn concurrent_appends_commit_atomically_in_shared_transactions() {
             panic!("three offsets expected, got {:?}", committed.offsets)
         };
         assert_eq!(o2, o1 + 1, "an append's journal records are contiguous");
-        let at = |msgs: &[rdkafka::message::OwnedMessage], offset: i64| {
-            let m = msgs.iter().find(|m| m.offset() == offset).unwrap();
-            String::from_utf8(m.key().unwrap().to_vec()).unwrap()
+        let at = |msgs: &[Message], offset: i64| {
+            let m = msgs.iter().find(|m| m.offset == offset).unwrap();
+            String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap()
         };
         assert_eq!(at(&journal_msgs, o1), format!("e{i}#1"));
         assert_eq!(at(&journal_msgs, o2), format!("e{i}#2"));
         assert_eq!(at(&values_msgs, o3), format!("e{i}"));
     }
     // Headers travel with the records.
-    let h = journal_msgs[0].headers().unwrap();
-    assert_eq!(h.get(0).key, headers::ENTITY);
+    assert_eq!(
+        journal_msgs[0].header(headers::ENTITY).map(|v| &v[..]),
+        Some(&b"e"[..])
+    );
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), writer.stopped())
         .await

@@ -1,1 +1,472 @@
-//! Statehouse processor: partitions, entities and the user-function sidecar.
+//! Statehouse processor: the sidecar of one user function.
+//!
+//! [`run`] connects to the user function (h2c on localhost), runs discovery and validates the
+//! entity spec, makes sure the service's topics exist, publishes the service to the registry
+//! topic, joins the service's ownership group and serves the internal `Processor` API. For each
+//! partition the group assigns, [`partition::Partition`] fences the previous owner, recovers the
+//! journal tail after the Cassandra checkpoint, publishes a routing record and serves; each
+//! active entity is an [`entity`] task with a mailbox and one `handle` stream to the user
+//! function. Events are committed through the partition's transactional writer (group commit)
+//! before a reply is released, and backed up to Cassandra asynchronously ([`backup`]).
+
+mod backup;
+mod effects;
+mod entity;
+mod error;
+mod metrics;
+mod partition;
+mod server;
+mod tail;
+mod user_function;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use statehouse_core::{ServiceName, Topics, partition_for};
+use statehouse_kafka::admin::Admin;
+use statehouse_kafka::ownership::{Event, Membership};
+use statehouse_kafka::publisher::Publisher;
+use statehouse_runtime::config::Config;
+use statehouse_runtime::method_index::{MethodIndex, MethodInfo};
+use statehouse_runtime::{Health, admin_server};
+use statehouse_schemas::avro::{self, AvroRecord};
+use statehouse_schemas::cloudstate as cs;
+use statehouse_schemas::protocol;
+use statehouse_schemas::statehouse::processor::v1::processor_server::ProcessorServer;
+use statehouse_store::Store;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use error::Error;
+
+use crate::entity::{Command, Outcome};
+use crate::partition::Partition;
+use crate::user_function::UserFunction;
+
+/// The entity types this processor implements (sent in `ProxyInfo`).
+pub const SUPPORTED_ENTITY_TYPES: &[&str] = &[protocol::EVENT_SOURCED];
+
+/// Forward/side-effect chains longer than this are refused (a loop).
+const MAX_HOPS: u32 = 32;
+
+/// State shared by every part of a running processor.
+pub(crate) struct Node {
+    pub(crate) config: Config,
+    pub(crate) service: ServiceName,
+    pub(crate) topics: Topics,
+    pub(crate) index: MethodIndex,
+    pub(crate) processor_id: String,
+    pub(crate) endpoint: String,
+    pub(crate) store: Store,
+    pub(crate) uf: UserFunction,
+    pub(crate) partition_count: u32,
+    pub(crate) shutdown: CancellationToken,
+    partitions: RwLock<HashMap<u32, Arc<Partition>>>,
+    active_entities: AtomicUsize,
+    commands: AtomicU64,
+}
+
+/// A command on its way to an entity.
+pub(crate) struct Request {
+    pub(crate) method: Arc<MethodInfo>,
+    pub(crate) entity_id: String,
+    pub(crate) payload: Bytes,
+    /// Request metadata (not sent to entities: the reference proxy does not; actions will).
+    pub(crate) _metadata: Option<cs::Metadata>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) hops: u32,
+}
+
+impl Node {
+    /// Run a command on the entity it addresses, in the partition this processor owns.
+    pub(crate) async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Outcome, Error> {
+        if request.hops > MAX_HOPS {
+            return Err(Error::InvalidArgument(format!(
+                "more than {MAX_HOPS} forwards/side effects in a chain (a loop?)"
+            )));
+        }
+        if request.entity_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} needs an entity key",
+                request.method.path
+            )));
+        }
+        let id = partition_for(request.entity_id.as_bytes(), self.partition_count);
+        let partition = self
+            .partitions
+            .read()
+            .expect("partitions lock")
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::NotOwner {
+                service: self.service.to_string(),
+                partition: id as i32,
+                owner_endpoint: String::new(),
+            })?;
+        let key = tail::entity_key(&request.method.entity.persistence_id, &request.entity_id);
+        let (reply, rx) = oneshot::channel();
+        partition.send(
+            self,
+            key,
+            request.entity_id,
+            Command {
+                method: request.method,
+                payload: request.payload,
+                idempotency_key: request.idempotency_key,
+                deadline: request.deadline,
+                traceparent: request.traceparent,
+                hops: request.hops,
+                reply,
+            },
+        )?;
+        rx.await
+            .unwrap_or_else(|_| Err(Error::EntityFailure("Entity terminated".into())))
+    }
+
+    pub(crate) fn next_command_id(&self) -> String {
+        let n = self.commands.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.processor_id)
+    }
+
+    pub(crate) fn active_entities(&self) -> usize {
+        self.active_entities.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn entity_started(&self) {
+        let n = self.active_entities.fetch_add(1, Ordering::Relaxed) + 1;
+        ::metrics::gauge!(metrics::ACTIVE_ENTITIES).set(n as f64);
+    }
+
+    pub(crate) fn entity_stopped(&self) {
+        let n = self.active_entities.fetch_sub(1, Ordering::Relaxed) - 1;
+        ::metrics::gauge!(metrics::ACTIVE_ENTITIES).set(n as f64);
+    }
+}
+
+/// A processor started by [`start`].
+pub struct Running {
+    /// The internal gRPC address (for routers).
+    pub internal_addr: SocketAddr,
+    /// The metrics and health address.
+    pub metrics_addr: SocketAddr,
+    /// The service this processor serves.
+    pub service: String,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Wait until the processor has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(Error::Config(format!("processor task failed: {e}"))))
+    }
+}
+
+/// Run a processor until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Start a processor: returns once discovery succeeded and the internal port is bound (the
+/// partitions are then assigned and recovered in the background; readiness follows).
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let health = Health::new();
+    let (metrics_addr, _metrics_task) = admin_server::serve(
+        config.processor.metrics_listen,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| {
+        Error::Config(format!(
+            "binding processor.metrics-listen {}: {e}",
+            config.processor.metrics_listen
+        ))
+    })?;
+    let p = &config.processor;
+    let uf = UserFunction::new(&p.user_function_host, p.user_function_port)?;
+    let spec = uf.discover(&shutdown).await?;
+    let info = spec.service_info.clone().unwrap_or_default();
+    let version = (info.protocol_major_version, info.protocol_minor_version);
+    if version != (protocol::MAJOR_VERSION, protocol::MINOR_VERSION) {
+        let message = format!(
+            "Incompatible protocol version {}.{}, only {}.{} is supported",
+            version.0,
+            version.1,
+            protocol::MAJOR_VERSION,
+            protocol::MINOR_VERSION
+        );
+        if p.strict_protocol_version || version.0 > protocol::MAJOR_VERSION {
+            uf.report_error(&message).await;
+            return Err(Error::UserFunction(message));
+        }
+        warn!(library = %info.support_library_name, version = %info.support_library_version, "{message}; accepting a legacy SDK (processor.strict-protocol-version = false)");
+    }
+    let index = match MethodIndex::build(&spec.proto, &spec.entities, SUPPORTED_ENTITY_TYPES) {
+        Ok(index) => index,
+        Err(e) => {
+            let message = format!("Invalid entity spec: {e}");
+            uf.report_error(&message).await;
+            return Err(Error::UserFunction(message));
+        }
+    };
+    let service_name = p
+        .service
+        .clone()
+        .or_else(|| (!info.service_name.is_empty()).then(|| info.service_name.clone()))
+        .ok_or_else(|| {
+            Error::Config("the user function reports no service name; set processor.service".into())
+        })?;
+    let service = ServiceName::new(service_name.clone()).map_err(|e| {
+        Error::Config(format!(
+            "service name {service_name:?} from the user function is not usable ({e}); set processor.service"
+        ))
+    })?;
+    let topics = Topics::new(config.kafka.topic_prefix.clone(), service.clone());
+    let admin = Admin::new(&config.kafka)?;
+    admin.ensure_service(&service, p.partitions).await?;
+    let store = Store::connect(&config.cassandra).await?;
+
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .map_err(|e| Error::Config(format!("binding processor.listen {}: {e}", p.listen)))?;
+    let internal_addr = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let endpoint = match &p.advertise_address {
+        Some(a) if a.starts_with("http://") || a.starts_with("https://") => a.clone(),
+        Some(a) => format!("http://{a}"),
+        None if internal_addr.ip().is_unspecified() => {
+            format!("http://127.0.0.1:{}", internal_addr.port())
+        }
+        None => format!("http://{internal_addr}"),
+    };
+    let processor_id = format!(
+        "{}-{}",
+        service,
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let node = Arc::new(Node {
+        partition_count: p.partitions,
+        config: config.clone(),
+        service: service.clone(),
+        topics,
+        index,
+        processor_id,
+        endpoint,
+        store,
+        uf,
+        shutdown: shutdown.clone(),
+        partitions: RwLock::new(HashMap::new()),
+        active_entities: AtomicUsize::new(0),
+        commands: AtomicU64::new(0),
+    });
+    let publisher = Publisher::new(&config.kafka)?;
+    publish_service(&node, &publisher, &spec).await?;
+    info!(service = %service, processor = %node.processor_id, endpoint = %node.endpoint, partitions = p.partitions, "processor started");
+
+    let server_shutdown = CancellationToken::new();
+    let server = {
+        let service = ProcessorServer::new(server::Service {
+            node: Arc::clone(&node),
+        })
+        .max_decoding_message_size(16 * 1024 * 1024);
+        let stop = server_shutdown.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+        })
+    };
+    let task = tokio::spawn(own_partitions(
+        node,
+        publisher,
+        health,
+        server,
+        server_shutdown,
+    ));
+    Ok(Running {
+        internal_addr,
+        metrics_addr,
+        service: service.to_string(),
+        task,
+    })
+}
+
+/// Follow the ownership group until shutdown, then hand every partition over.
+async fn own_partitions(
+    node: Arc<Node>,
+    publisher: Publisher,
+    health: Health,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server_shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (membership, mut events) = Membership::join(
+        &node.config.kafka,
+        &node.topics.owners_group(),
+        &node.topics.journal(),
+        &node.processor_id,
+        Duration::from_secs(30),
+    )?;
+    let mut leaving: Option<tokio::task::JoinHandle<()>> = None;
+    let mut membership = Some(membership);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = node.shutdown.cancelled(), if membership.is_some() => {
+                // Leave the group: the revocations arrive as events while it runs.
+                health.set_ready(false);
+                let m = membership.take().expect("checked");
+                leaving = Some(tokio::spawn(m.leave()));
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match event {
+            Event::Assigned(ids) => {
+                let started = std::time::Instant::now();
+                let results = futures::future::join_all(
+                    ids.iter().map(|&id| Partition::take_over(&node, id)),
+                )
+                .await;
+                for (id, result) in ids.iter().zip(results) {
+                    match result {
+                        Ok(partition) => {
+                            node.partitions
+                                .write()
+                                .expect("partitions lock")
+                                .insert(*id, Arc::clone(&partition));
+                            if let Err(e) = publish_route(&node, &publisher, &partition).await {
+                                warn!(partition = id, error = %e, "publishing the routing record failed");
+                            }
+                        }
+                        Err(e) => {
+                            error!(partition = id, error = %e, "taking the partition over failed")
+                        }
+                    }
+                }
+                let owned = node.partitions.read().expect("partitions lock").len();
+                ::metrics::gauge!(metrics::OWNED_PARTITIONS).set(owned as f64);
+                info!(partitions = ?ids, owned, took = ?started.elapsed(), "partitions serving");
+                health.set_ready(true);
+            }
+            Event::Revoked { partitions, done } => {
+                let released: Vec<Arc<Partition>> = {
+                    let mut map = node.partitions.write().expect("partitions lock");
+                    partitions.iter().filter_map(|id| map.remove(id)).collect()
+                };
+                futures::future::join_all(released.iter().map(|p| p.release(&node))).await;
+                let _ = done.send(());
+                let owned = node.partitions.read().expect("partitions lock").len();
+                ::metrics::gauge!(metrics::OWNED_PARTITIONS).set(owned as f64);
+            }
+        }
+        if leaving.as_ref().is_some_and(|t| t.is_finished()) {
+            break;
+        }
+    }
+    if let Some(task) = leaving {
+        let _ = task.await;
+    }
+    // Whatever is left (e.g. the group never assigned, or leave timed out) is released now.
+    let rest: Vec<Arc<Partition>> = node
+        .partitions
+        .write()
+        .expect("partitions lock")
+        .drain()
+        .map(|(_, p)| p)
+        .collect();
+    futures::future::join_all(rest.iter().map(|p| p.release(&node))).await;
+    server_shutdown.cancel();
+    let _ = server.await;
+    info!(service = %node.service, "processor stopped");
+    Ok(())
+}
+
+async fn publish_service(
+    node: &Node,
+    publisher: &Publisher,
+    spec: &cs::EntitySpec,
+) -> Result<(), Error> {
+    let info = spec.service_info.clone().unwrap_or_default();
+    let record = avro::ServiceRecord {
+        service: node.service.to_string(),
+        descriptor_set: Bytes::copy_from_slice(node.index.file_descriptor_set()),
+        entities: spec
+            .entities
+            .iter()
+            .map(|e| avro::Entity {
+                entity_type: e.entity_type.clone(),
+                service_name: e.service_name.clone(),
+                persistence_id: e.persistence_id.clone(),
+                passivation_timeout_ms: e
+                    .passivation_strategy
+                    .as_ref()
+                    .and_then(|p| p.strategy.as_ref())
+                    .map(|cs::entity_passivation_strategy::Strategy::Timeout(t)| t.timeout),
+            })
+            .collect(),
+        processors: vec![avro::Processor {
+            processor_id: node.processor_id.clone(),
+            endpoint: node.endpoint.clone(),
+        }],
+        protocol_major: info.protocol_major_version,
+        protocol_minor: info.protocol_minor_version,
+        support_library_name: info.support_library_name,
+        support_library_version: info.support_library_version,
+        updated_at_ms: now_ms(),
+    };
+    let value = record
+        .encode()
+        .map_err(|e| Error::Journal(format!("encoding the service record: {e}")))?;
+    publisher
+        .publish(&node.topics.services(), node.service.as_str(), &value)
+        .await?;
+    Ok(())
+}
+
+async fn publish_route(
+    node: &Node,
+    publisher: &Publisher,
+    partition: &Partition,
+) -> Result<(), Error> {
+    let record = avro::RoutingRecord {
+        service: node.service.to_string(),
+        partition: partition.id as i32,
+        owner_processor_id: node.processor_id.clone(),
+        owner_endpoint: node.endpoint.clone(),
+        epoch: partition.epoch,
+        updated_at_ms: now_ms(),
+    };
+    let value = record
+        .encode()
+        .map_err(|e| Error::Journal(format!("encoding a routing record: {e}")))?;
+    publisher
+        .publish(
+            &node.topics.routing(),
+            &format!("{}/{}", node.service, partition.id),
+            &value,
+        )
+        .await?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

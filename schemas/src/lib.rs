@@ -103,6 +103,41 @@ pub mod google {
     }
 }
 
+/// gRPC's own services that the gateway serves: server reflection (v1 and
+/// v1alpha) and health checking.
+// Generated code: allow what prost/tonic output and proto comments may trip.
+#[allow(
+    clippy::doc_lazy_continuation,
+    clippy::doc_overindented_list_items,
+    clippy::large_enum_variant,
+    clippy::derive_partial_eq_without_eq,
+    rustdoc::bare_urls,
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links
+)]
+pub mod grpc {
+    /// Server reflection.
+    pub mod reflection {
+        /// `grpc.reflection.v1`.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+        }
+
+        /// `grpc.reflection.v1alpha` (what the Cloudstate TCK and older tools call).
+        pub mod v1alpha {
+            include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1alpha.rs"));
+        }
+    }
+
+    /// Health checking.
+    pub mod health {
+        /// `grpc.health.v1`.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+        }
+    }
+}
+
 /// Statehouse's own gRPC APIs.
 // Generated code: allow what prost/tonic output and proto comments may trip.
 #[allow(

@@ -10,7 +10,9 @@ pub enum Error {
     Query { context: String, reason: String },
     #[error("unexpected data in Cassandra ({context}): {reason}")]
     Data { context: String, reason: String },
-    #[error("keyspace {keyspace} is not migrated (table {table} missing); run `statehouse admin migrate`")]
+    #[error(
+        "keyspace {keyspace} is not migrated (table {table} missing); run `statehouse admin migrate`"
+    )]
     NotMigrated { keyspace: String, table: String },
     #[error("invalid Cassandra option: {0}")]
     InvalidOption(String),

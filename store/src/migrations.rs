@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             type_url text, payload blob,
             command_id text, idempotency_key text, event_time timestamp,
             writer_id text, writer_epoch bigint,
+            reply_type_url text, reply blob,
             kafka_partition int, kafka_offset bigint,
             PRIMARY KEY ((service, entity_id), seq)
         ) WITH CLUSTERING ORDER BY (seq ASC)",
@@ -163,5 +164,10 @@ async fn ddl(session: &Session, statement: &str) -> Result<(), Error> {
 }
 
 fn first_line(statement: &str) -> String {
-    statement.lines().next().unwrap_or_default().trim().to_string()
+    statement
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }

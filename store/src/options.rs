@@ -55,7 +55,11 @@ impl Options {
         for cp in &self.contact_points {
             match cp.rsplit_once(':') {
                 Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-                _ => return bad(format!("cassandra.contact-points entry {cp:?} is not host:port")),
+                _ => {
+                    return bad(format!(
+                        "cassandra.contact-points entry {cp:?} is not host:port"
+                    ));
+                }
             }
         }
         let ks = &self.keyspace;

@@ -15,6 +15,8 @@ pub struct JournalRow {
     pub timestamp_ms: i64,
     pub writer_id: String,
     pub writer_epoch: i64,
+    /// The reply the command gave, on the command's last event (for idempotent retries).
+    pub reply: Option<(String, Bytes)>,
     /// Where the event is in Kafka.
     pub partition: i32,
     pub offset: i64,

@@ -28,6 +28,8 @@ type JournalTuple = (
     CqlTimestamp,
     String,
     i64,
+    Option<String>,
+    Option<Bytes>,
     i32,
     i64,
 );
@@ -85,7 +87,9 @@ impl Store {
     pub async fn connect(options: &Options) -> Result<Self, Error> {
         let session = match connect(options, true).await {
             Ok(session) => session,
-            Err(Error::Connect { reason, .. }) if reason.contains("Keyspace") || reason.contains("keyspace") => {
+            Err(Error::Connect { reason, .. })
+                if reason.contains("Keyspace") || reason.contains("keyspace") =>
+            {
                 return Err(Error::NotMigrated {
                     keyspace: options.keyspace.clone(),
                     table: "(keyspace)".into(),
@@ -115,13 +119,14 @@ impl Store {
         let inner = Inner {
             insert_journal: prepare(
                 "INSERT INTO journal (service, entity_id, seq, type_url, payload, command_id, \
-                 idempotency_key, event_time, writer_id, writer_epoch, kafka_partition, kafka_offset) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 idempotency_key, event_time, writer_id, writer_epoch, reply_type_url, reply, \
+                 kafka_partition, kafka_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .await?,
             select_journal: prepare(
                 "SELECT service, entity_id, seq, type_url, payload, command_id, idempotency_key, \
-                 event_time, writer_id, writer_epoch, kafka_partition, kafka_offset FROM journal \
+                 event_time, writer_id, writer_epoch, reply_type_url, reply, kafka_partition, \
+                 kafka_offset FROM journal \
                  WHERE service = ? AND entity_id = ? AND seq >= ?",
             )
             .await?,
@@ -182,8 +187,11 @@ impl Store {
                 .or_default()
                 .push(row);
         }
-        stream::iter(by_entity.into_values())
+        let batches: Vec<_> = by_entity
+            .into_values()
             .map(|rows| self.write_entity_batch(rows))
+            .collect();
+        stream::iter(batches)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -206,6 +214,8 @@ impl Store {
                 CqlTimestamp(row.timestamp_ms),
                 &row.writer_id,
                 row.writer_epoch,
+                row.reply.as_ref().map(|(t, _)| t),
+                row.reply.as_ref().map(|(_, p)| p),
                 row.partition,
                 row.offset,
             ));
@@ -251,8 +261,9 @@ impl Store {
                 timestamp_ms: r.7.0,
                 writer_id: r.8,
                 writer_epoch: r.9,
-                partition: r.10,
-                offset: r.11,
+                reply: r.10.zip(r.11),
+                partition: r.12,
+                offset: r.13,
             });
         }
         Ok(out)
@@ -340,7 +351,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn read_value(&self, service: &str, entity_id: &str) -> Result<Option<ValueRow>, Error> {
+    pub async fn read_value(
+        &self,
+        service: &str,
+        entity_id: &str,
+    ) -> Result<Option<ValueRow>, Error> {
         let result = self
             .inner
             .session
@@ -353,15 +368,17 @@ impl Store {
         let row = rows
             .maybe_first_row::<(i64, String, Option<Bytes>, bool, i32, i64)>()
             .map_err(|e| Error::data("entity_values", e))?;
-        Ok(row.map(|(seq, type_url, value, deleted, partition, offset)| ValueRow {
-            service: service.to_string(),
-            entity_id: entity_id.to_string(),
-            seq,
-            type_url,
-            value: if deleted { None } else { value },
-            partition,
-            offset,
-        }))
+        Ok(row.map(
+            |(seq, type_url, value, deleted, partition, offset)| ValueRow {
+                service: service.to_string(),
+                entity_id: entity_id.to_string(),
+                seq,
+                type_url,
+                value: if deleted { None } else { value },
+                partition,
+                offset,
+            },
+        ))
     }
 
     /// Record that everything of `topic`/`partition` before `offset` is in Cassandra. Only call
@@ -385,7 +402,11 @@ impl Store {
     }
 
     /// The checkpoints of every partition of `topic` (partitions never backed up are absent).
-    pub async fn checkpoints(&self, service: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Error> {
+    pub async fn checkpoints(
+        &self,
+        service: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, Error> {
         let result = self
             .inner
             .session
@@ -407,7 +428,12 @@ impl Store {
     }
 
     /// The checkpoint of one partition: 0 if it was never backed up.
-    pub async fn checkpoint(&self, service: &str, topic: &str, partition: i32) -> Result<i64, Error> {
+    pub async fn checkpoint(
+        &self,
+        service: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<i64, Error> {
         Ok(self
             .checkpoints(service, topic)
             .await?

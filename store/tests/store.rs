@@ -25,6 +25,12 @@ fn event(entity: &str, seq: i64) -> JournalRow {
         timestamp_ms: 1_700_000_000_000 + seq,
         writer_id: "p1".into(),
         writer_epoch: 3,
+        reply: (seq % 3 == 0).then(|| {
+            (
+                "type.googleapis.com/google.protobuf.Empty".to_string(),
+                Bytes::new(),
+            )
+        }),
         partition: 2,
         offset: 100 + seq,
     }
@@ -34,9 +40,15 @@ fn event(entity: &str, seq: i64) -> JournalRow {
 async fn migrations_are_idempotent_and_required() {
     let options = options();
     // Before migrating, the store refuses to start and says what to run.
-    let err = Store::connect(&options).await.err().expect("unmigrated keyspace accepted");
+    let err = Store::connect(&options)
+        .await
+        .err()
+        .expect("unmigrated keyspace accepted");
     assert!(matches!(err, Error::NotMigrated { .. }), "{err}");
-    assert!(err.to_string().contains("statehouse admin migrate"), "{err}");
+    assert!(
+        err.to_string().contains("statehouse admin migrate"),
+        "{err}"
+    );
 
     let first = migrations::run(&options).await.unwrap();
     assert_eq!(first.applied, vec![migrations::latest_version()]);
@@ -66,12 +78,30 @@ async fn journal_and_snapshots_round_trip() {
 
     let a = store.read_journal("cart", "a", 1).await.unwrap();
     assert_eq!(a.len(), 20, "duplicates must not add rows");
-    assert_eq!(a.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
     assert_eq!(a[4], event("a", 5), "every column round-trips");
     let tail = store.read_journal("cart", "c#1", 18).await.unwrap();
-    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![18, 19, 20]);
-    assert!(store.read_journal("cart", "nobody", 1).await.unwrap().is_empty());
-    assert!(store.read_journal("other-service", "a", 1).await.unwrap().is_empty());
+    assert_eq!(
+        tail.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![18, 19, 20]
+    );
+    assert!(
+        store
+            .read_journal("cart", "nobody", 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_journal("other-service", "a", 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let snapshot = |seq: i64| SnapshotRow {
         service: "cart".into(),
@@ -84,10 +114,22 @@ async fn journal_and_snapshots_round_trip() {
     for seq in [5, 15, 10] {
         store.write_snapshot(&snapshot(seq)).await.unwrap();
     }
-    assert_eq!(store.latest_snapshot("cart", "a", None).await.unwrap(), Some(snapshot(15)));
-    assert_eq!(store.latest_snapshot("cart", "a", Some(12)).await.unwrap(), Some(snapshot(10)));
-    assert_eq!(store.latest_snapshot("cart", "a", Some(4)).await.unwrap(), None);
-    assert_eq!(store.latest_snapshot("cart", "b", None).await.unwrap(), None);
+    assert_eq!(
+        store.latest_snapshot("cart", "a", None).await.unwrap(),
+        Some(snapshot(15))
+    );
+    assert_eq!(
+        store.latest_snapshot("cart", "a", Some(12)).await.unwrap(),
+        Some(snapshot(10))
+    );
+    assert_eq!(
+        store.latest_snapshot("cart", "a", Some(4)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.latest_snapshot("cart", "b", None).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +160,10 @@ async fn checkpoints_and_values_never_go_backwards() {
     };
     store.write_value(&value(10, Some("ten"))).await.unwrap();
     store.write_value(&value(5, Some("five"))).await.unwrap();
-    assert_eq!(store.read_value("cart", "v1").await.unwrap(), Some(value(10, Some("ten"))));
+    assert_eq!(
+        store.read_value("cart", "v1").await.unwrap(),
+        Some(value(10, Some("ten")))
+    );
     store.write_value(&value(20, None)).await.unwrap();
     let deleted = store.read_value("cart", "v1").await.unwrap().unwrap();
     assert_eq!((deleted.value, deleted.offset), (None, 20));

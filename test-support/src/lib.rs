@@ -7,6 +7,8 @@
 //! Every test makes its own names ([`unique`]) for topics, groups, transactional ids and
 //! keyspaces, so tests run in parallel and repeat without cleaning up.
 
+pub mod user_function;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -74,7 +76,11 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("t-") && a.len() == 14, "{a}");
         let k = unique_keyspace("Statehouse-Test");
-        assert!(k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{k}");
+        assert!(
+            k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{k}"
+        );
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! Publishes registry records (`<prefix>services`, `<prefix>routing`) with an idempotent
+//! producer, waiting for the broker's acknowledgement (`acks=all`).
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::{Error, Options};
+
+/// An idempotent producer for small, keyed, compacted records.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(options: &Options) -> Result<Self, Error> {
+        options.validate()?;
+        let producer = options
+            .idempotent_producer_config()
+            .create()
+            .map_err(|e| Error::kafka("creating the registry publisher", e))?;
+        Ok(Self {
+            producer,
+            timeout: options.request_timeout(),
+        })
+    }
+
+    /// Write `value` under `key` to `topic` and wait until it is acknowledged. Returns
+    /// `(partition, offset)`.
+    pub async fn publish(&self, topic: &str, key: &str, value: &[u8]) -> Result<(i32, i64), Error> {
+        let delivery = self
+            .producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(value),
+                self.timeout,
+            )
+            .await
+            .map_err(|(e, _)| Error::kafka(format!("publishing {key} to {topic}"), e))?;
+        Ok((delivery.partition, delivery.offset))
+    }
+}

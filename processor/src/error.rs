@@ -1,0 +1,72 @@
+use statehouse_schemas::statehouse::processor::v1::NotOwner;
+
+/// Errors of the processor. Each maps to one gRPC status, chosen on purpose (see the `From`
+/// implementation): `UNAVAILABLE` means "retry, possibly elsewhere".
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This processor does not own (or is not yet serving) the command's partition.
+    #[error("partition {partition} of {service} is not served here")]
+    NotOwner {
+        service: String,
+        partition: i32,
+        owner_endpoint: String,
+    },
+    #[error("no method {0}")]
+    UnknownMethod(String),
+    #[error("bad request: {0}")]
+    InvalidArgument(String),
+    #[error("deadline exceeded before the command ran")]
+    DeadlineExceeded,
+    #[error("{0}")]
+    Overloaded(String),
+    /// The entity's stream to the user function failed (fixed texts of protocol §2.10).
+    #[error("{0}")]
+    EntityFailure(String),
+    /// The events could not be committed; nothing the command did is durable.
+    #[error("the command's events were not committed: {0}")]
+    NotCommitted(#[from] statehouse_kafka::Error),
+    #[error("the backup store is unavailable: {0}")]
+    Store(#[from] statehouse_store::Error),
+    #[error("user function: {0}")]
+    UserFunction(String),
+    #[error("corrupt journal: {0}")]
+    Journal(String),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::{Code, Status};
+        let message = err.to_string();
+        match err {
+            Error::NotOwner {
+                service,
+                partition,
+                owner_endpoint,
+            } => NotOwner {
+                service,
+                partition,
+                owner_endpoint,
+                owner_epoch: 0,
+                owner_processor_id: String::new(),
+            }
+            .into_status(Code::Unavailable, message),
+            Error::UnknownMethod(_) => Status::unimplemented(message),
+            Error::InvalidArgument(_) => Status::invalid_argument(message),
+            Error::DeadlineExceeded => Status::deadline_exceeded(message),
+            Error::Overloaded(_) => Status::resource_exhausted(message),
+            Error::EntityFailure(_) => Status::unknown(message),
+            // Not committed (aborted, fenced, outcome unknown): retry with the same idempotency
+            // key; never OK.
+            Error::NotCommitted(_) | Error::Store(_) | Error::ShuttingDown => {
+                Status::unavailable(message)
+            }
+            Error::UserFunction(_) => Status::unavailable(message),
+            Error::Journal(_) => Status::internal(message),
+            Error::Config(_) => Status::failed_precondition(message),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask ci`: the whole local verification, in order, failing fast: formatting,
+//! clippy, the infra (reused when healthy), then every test of the workspace (doc tests
+//! included) against the real Kafka and Cassandra. `.ci/run` calls this.
+//!
+//! To add a check, add a [`Step`] to [`steps`].
+
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::infra;
+use crate::layout::Layout;
+
+/// Options of `cargo xtask ci`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// Skip a step by name (repeatable); see `--list`.
+    #[arg(long, value_name = "STEP")]
+    skip: Vec<String>,
+    /// List the steps and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// One named check.
+pub(crate) struct Step {
+    name: &'static str,
+    what: String,
+    run: Box<dyn Fn() -> Result<()>>,
+}
+
+impl Step {
+    fn new(
+        name: &'static str,
+        what: impl Into<String>,
+        run: impl Fn() -> Result<()> + 'static,
+    ) -> Self {
+        Self {
+            name,
+            what: what.into(),
+            run: Box::new(run),
+        }
+    }
+
+    /// A `cargo …` invocation in the workspace, with extra environment.
+    fn cargo(name: &'static str, args: &[&str], env: Vec<(&'static str, String)>) -> Self {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let what = format!("cargo {}", args.join(" "));
+        let layout = Layout::from_env();
+        Self::new(name, what.clone(), move || {
+            let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+            let status = Command::new(cargo)
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .current_dir(&layout.workspace)
+                .status()
+                .with_context(|| format!("cannot run `{what}`"))?;
+            if !status.success() {
+                bail!("`{what}` failed ({status})");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The CI steps, in order.
+fn steps(layout: &Layout) -> Result<Vec<Step>> {
+    let infra_layout = layout.clone();
+    Ok(vec![
+        Step::cargo("fmt", &["fmt", "--all", "--", "--check"], Vec::new()),
+        Step::cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            Vec::new(),
+        ),
+        Step::new("infra", "cargo xtask infra up", move || {
+            infra::up(&infra_layout, 1)
+        }),
+        Step::cargo(
+            "test",
+            &["test", "--workspace", "--no-fail-fast"],
+            infra::test_env()?,
+        ),
+    ])
+}
+
+/// Runs the steps, printing the wall time of each and a summary.
+pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
+    let steps = steps(layout)?;
+    for name in &args.skip {
+        if !steps.iter().any(|s| s.name == name) {
+            let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
+            bail!("unknown step `{name}`; steps are: {}", names.join(", "));
+        }
+    }
+    if args.list {
+        for step in &steps {
+            println!("{:<8} {}", step.name, step.what);
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut report: Vec<(&str, String)> = Vec::new();
+    let mut failed = None;
+    for step in &steps {
+        if args.skip.iter().any(|s| s == step.name) {
+            report.push((step.name, "skipped".to_owned()));
+            continue;
+        }
+        println!("\n==> ci step `{}`: {}", step.name, step.what);
+        let step_started = Instant::now();
+        let result = (step.run)();
+        let secs = step_started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                println!("==> ci step `{}` ok in {secs:.1}s", step.name);
+                report.push((step.name, format!("ok      {secs:>7.1}s")));
+            }
+            Err(err) => {
+                eprintln!("==> ci step `{}` FAILED in {secs:.1}s: {err:#}", step.name);
+                report.push((step.name, format!("FAILED  {secs:>7.1}s")));
+                failed = Some((step.name, err));
+                break;
+            }
+        }
+    }
+    println!("\nci summary:");
+    for (name, outcome) in &report {
+        println!("  {name:<8} {outcome}");
+    }
+    println!("  total    {:.1}s", started.elapsed().as_secs_f64());
+    match failed {
+        Some((name, err)) => Err(err.context(format!("ci step `{name}` failed"))),
+        None => Ok(()),
+    }
+}
