@@ -59,7 +59,10 @@ mod tests {
             ("foobar", -790_332_482),
             ("a-little-bit-long-string", -985_981_536),
             ("a-little-bit-longer-string", -1_486_304_829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             ("abc", 479_470_107),
         ];
         for (input, expected) in cases {
@@ -81,6 +84,9 @@ mod tests {
             let p = partition_for(format!("cart-{i}").as_bytes(), 12);
             seen[p as usize] += 1;
         }
-        assert!(seen.iter().all(|&n| n > 600), "skewed distribution: {seen:?}");
+        assert!(
+            seen.iter().all(|&n| n > 600),
+            "skewed distribution: {seen:?}"
+        );
     }
 }
