@@ -66,6 +66,25 @@ impl Step {
     }
 }
 
+impl Step {
+    /// `bash <script>` from the workspace root.
+    fn script(name: &'static str, script: &'static str, about: &str) -> Self {
+        let layout = Layout::from_env();
+        Self::new(name, format!("bash {script} ({about})"), move || {
+            let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let status = Command::new("bash")
+                .arg(script)
+                .current_dir(&layout.workspace)
+                .status()
+                .with_context(|| format!("cannot run `bash {script}`"))?;
+            if !status.success() {
+                bail!("`bash {script}` failed ({status})");
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The CI steps, in order.
 fn steps(layout: &Layout) -> Result<Vec<Step>> {
     let infra_layout = layout.clone();
@@ -86,11 +105,18 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
         Step::new("infra", "cargo xtask infra up", move || {
             infra::up(&infra_layout, 1)
         }),
+        Step::script(
+            "sdks",
+            "e2e/user-functions/install.sh",
+            "the Go and Python SDK user functions",
+        ),
         Step::cargo(
             "test",
             &["test", "--workspace", "--no-fail-fast"],
             infra::test_env()?,
         ),
+        Step::cargo("build", &["build", "-p", "statehouse-cli"], Vec::new()),
+        Step::script("helm", "helm/ci.sh", "the Helm chart checks"),
     ])
 }
 

@@ -3,12 +3,14 @@
 //! * `infra up|down|status|logs`: a local Kafka (KRaft) and Cassandra for development and
 //!   the integration tests, without Docker ([`infra`]).
 //! * `ci`: everything CI checks, in order ([`ci`]).
+//! * `dev`: Statehouse with its sample service, for trying it out ([`dev`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod ci;
+mod dev;
 mod infra;
 mod layout;
 
@@ -28,6 +30,8 @@ enum Command {
     },
     /// Run what CI runs: fmt, clippy, infra up, the workspace tests.
     Ci(ci::Args),
+    /// Run Statehouse with the sample shopping cart (infra, user function, processor, gateway).
+    Dev(dev::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,5 +82,6 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             InfraCommand::Logs { lines } => infra::logs(&layout, lines).map(|()| true),
         },
         Command::Ci(args) => ci::run(&layout, &args).map(|()| true),
+        Command::Dev(args) => dev::run(&layout, &args).map(|()| true),
     }
 }
