@@ -7,6 +7,9 @@
 //! Every test makes its own names ([`unique`]) for topics, groups, transactional ids and
 //! keyspaces, so tests run in parallel and repeat without cleaning up.
 
+pub mod http;
+pub mod process;
+pub mod proxy;
 pub mod user_function;
 
 use std::net::{TcpStream, ToSocketAddrs};

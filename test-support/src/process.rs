@@ -1,0 +1,162 @@
+//! The `statehouse` binary as a child process (processor, gateway), for whole-stack and fault
+//! tests: start with `--set` overrides, SIGKILL, SIGTERM, SIGSTOP/SIGCONT, restart, read its log.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `statehouse` binary of this workspace (`target/debug/statehouse`).
+///
+/// # Panics
+/// If it is not built, with the command that builds it.
+pub fn binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::user_function::repo_root().join("target"));
+    let bin = target.join("debug").join("statehouse");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p statehouse-cli` (`cargo test --workspace` builds it too)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A running `statehouse <role>`. SIGKILLed when dropped.
+pub struct Statehouse {
+    role: String,
+    sets: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+    starts: u32,
+}
+
+impl Statehouse {
+    /// Start `statehouse <role>` with `--set` overrides (`section.key=value`).
+    pub fn start(role: &str, sets: &[String]) -> Self {
+        let dir = std::env::temp_dir().join("statehouse-e2e");
+        fs::create_dir_all(&dir).expect("creating the e2e log folder");
+        let mut s = Self {
+            role: role.to_string(),
+            sets: sets.to_vec(),
+            child: None,
+            log_path: dir.join(format!("{}.log", crate::unique(role))),
+            starts: 0,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the process log");
+        let err = log.try_clone().expect("cloning the log handle");
+        let mut command = Command::new(binary());
+        for set in &self.sets {
+            command.arg("--set").arg(set);
+        }
+        command
+            .arg(&self.role)
+            .env(
+                "RUST_LOG",
+                std::env::var("STATEHOUSE_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        self.child = Some(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting statehouse {}: {e}", self.role)),
+        );
+        self.starts += 1;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// `kill -9`: no cleanup at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("TERM");
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Start it again with the same arguments (after a kill or terminate).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log_path
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Statehouse {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("statehouse {} log: {}", self.role, self.log_path.display());
+        }
+        self.kill9();
+    }
+}
