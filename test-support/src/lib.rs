@@ -10,6 +10,7 @@
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod stack;
 pub mod user_function;
 
 use std::net::{TcpStream, ToSocketAddrs};

@@ -56,6 +56,8 @@ pub enum Kind {
     GoShoppingCart,
     /// Our shopping cart (`e2e/user-functions/python/shoppingcart`) on PyPI `cloudstate==0.1.1`.
     PythonShoppingCart,
+    /// The Rust sample (`samples/shopping-cart`) on `statehouse-sdk`.
+    RustShoppingCart,
 }
 
 impl Kind {
@@ -67,6 +69,7 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => "go-shoppingcart",
             Kind::PythonShoppingCart => "python-shoppingcart",
+            Kind::RustShoppingCart => "rust-shoppingcart",
         }
     }
 
@@ -75,6 +78,7 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => "github.com/cloudstateio/go-support v0.3.0",
             Kind::PythonShoppingCart => "PyPI cloudstate 0.1.1",
+            Kind::RustShoppingCart => "statehouse-sdk (this workspace)",
         }
     }
 
@@ -84,6 +88,7 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => (0, 2),
             Kind::PythonShoppingCart => (0, 0),
+            Kind::RustShoppingCart => (0, 2),
         }
     }
 
@@ -93,6 +98,7 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => 1080,
             Kind::PythonShoppingCart => 50002,
+            Kind::RustShoppingCart => 1080,
         }
     }
 
@@ -100,7 +106,7 @@ impl Kind {
     pub fn persistence_id(self) -> &'static str {
         match self {
             Kind::GoShoppingCart => "ShoppingCart",
-            Kind::PythonShoppingCart => "shopping-cart",
+            Kind::PythonShoppingCart | Kind::RustShoppingCart => "shopping-cart",
         }
     }
 
@@ -111,7 +117,7 @@ impl Kind {
     /// `['Cannot add negative quantity of to item <id>']`.
     pub fn add_negative_quantity_failure(self, product_id: &str) -> String {
         match self {
-            Kind::GoShoppingCart => {
+            Kind::GoShoppingCart | Kind::RustShoppingCart => {
                 format!("cannot add negative quantity of to item \"{product_id}\"")
             }
             Kind::PythonShoppingCart => {
@@ -123,7 +129,7 @@ impl Kind {
     /// The `Failure.description` for `RemoveItem` of a product not in the cart.
     pub fn remove_missing_item_failure(self, product_id: &str) -> String {
         match self {
-            Kind::GoShoppingCart => {
+            Kind::GoShoppingCart | Kind::RustShoppingCart => {
                 format!("cannot remove item {product_id} because it is not in the cart")
             }
             Kind::PythonShoppingCart => {
@@ -185,6 +191,19 @@ fn launch(kind: Kind) -> Launch {
                 kind,
                 &dir.join("go").join(".stamp"),
                 &[uf_src.join("go/go.mod"), uf_src.join("go/go.sum")],
+            );
+            Launch {
+                program: bin,
+                args: vec![],
+                env: vec![],
+            }
+        }
+        Kind::RustShoppingCart => {
+            let bin = crate::process::binary().with_file_name("statehouse-sample-shopping-cart");
+            assert!(
+                bin.is_file(),
+                "{} is missing: build it with `cargo build -p statehouse-sample-shopping-cart` (`cargo test --workspace` builds it too)",
+                bin.display()
             );
             Launch {
                 program: bin,

@@ -1,0 +1,181 @@
+//! A whole Statehouse stack as real processes, for end-to-end and fault tests: a user
+//! function, N `statehouse processor`s (its sidecars) and a `statehouse gateway`, on the real
+//! Kafka and Cassandra, with topics and keyspace of their own.
+
+use std::time::{Duration, Instant};
+
+use crate::process::{Statehouse, free_port};
+use crate::user_function::{Kind, UserFunction};
+use crate::{cassandra_contact_point, kafka_bootstrap, unique, unique_keyspace};
+
+/// Settings of a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub kind: Kind,
+    pub service: String,
+    pub partitions: u32,
+    pub processors: usize,
+    /// Consumer-group session timeout: how fast a killed processor's partitions move.
+    pub session_timeout_ms: u32,
+    /// Extra `--set` overrides for every processor.
+    pub processor_sets: Vec<String>,
+}
+
+impl Options {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            service: "shopping-cart".into(),
+            partitions: 4,
+            processors: 1,
+            session_timeout_ms: 6_000,
+            processor_sets: Vec::new(),
+        }
+    }
+}
+
+/// One processor with its own user function (the sidecar pair of a pod).
+pub struct Pod {
+    pub user_function: UserFunction,
+    pub processor: Statehouse,
+    pub internal_port: u16,
+    pub metrics_port: u16,
+}
+
+/// See the module docs. Everything is killed when dropped.
+pub struct Stack {
+    pub options: Options,
+    pub prefix: String,
+    pub keyspace: String,
+    pub pods: Vec<Pod>,
+    pub gateway: Statehouse,
+    /// `127.0.0.1:<port>` of the gateway.
+    pub gateway_addr: String,
+}
+
+impl Stack {
+    /// Start the stack and wait until the gateway routes a command.
+    pub fn start(options: Options) -> Self {
+        let prefix = format!("{}.", unique("e2e"));
+        let keyspace = unique_keyspace("e2e");
+        let common = common_sets(&prefix, &keyspace, &options);
+        let status = std::process::Command::new(crate::process::binary())
+            .args(common.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+            .args(["admin", "migrate"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("running statehouse admin migrate");
+        assert!(status.success(), "statehouse admin migrate failed");
+        let pods = (0..options.processors)
+            .map(|_| start_pod(&common, &options))
+            .collect();
+        let gateway_port = free_port();
+        let mut sets = common.clone();
+        sets.push(format!("gateway.listen=\"127.0.0.1:{gateway_port}\""));
+        sets.push(format!(
+            "gateway.metrics-listen=\"127.0.0.1:{}\"",
+            free_port()
+        ));
+        let gateway = Statehouse::start("gateway", &sets);
+        let stack = Self {
+            options,
+            prefix,
+            keyspace,
+            pods,
+            gateway,
+            gateway_addr: format!("127.0.0.1:{gateway_port}"),
+        };
+        stack.wait_for_port(gateway_port);
+        stack
+    }
+
+    /// The `--set` overrides every component of this stack shares.
+    pub fn common_sets(&self) -> Vec<String> {
+        common_sets(&self.prefix, &self.keyspace, &self.options)
+    }
+
+    /// Add another pod (scale out).
+    pub fn add_pod(&mut self) -> usize {
+        let pod = start_pod(&self.common_sets(), &self.options);
+        self.pods.push(pod);
+        self.pods.len() - 1
+    }
+
+    fn wait_for_port(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen on {port}; log: {}",
+                self.gateway.log_path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether pod `i`'s processor reports ready (`/readyz`).
+    pub fn is_ready(&self, i: usize) -> bool {
+        crate::http::request(
+            &format!("127.0.0.1:{}", self.pods[i].metrics_port),
+            "GET",
+            "/readyz",
+            &[],
+            None,
+        )
+        .is_ok_and(|r| r.status == 200)
+    }
+
+    /// Wait until pod `i` is ready.
+    pub fn wait_ready(&mut self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready(i) {
+            assert!(
+                self.pods[i].processor.is_running(),
+                "processor {i} exited; log: {}",
+                self.pods[i].processor.log_path().display()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "processor {i} not ready within {timeout:?}; log: {}",
+                self.pods[i].processor.log_path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn common_sets(prefix: &str, keyspace: &str, options: &Options) -> Vec<String> {
+    vec![
+        format!("kafka.bootstrap-servers={}", kafka_bootstrap()),
+        format!("kafka.topic-prefix={prefix}"),
+        format!("kafka.session-timeout-ms={}", options.session_timeout_ms),
+        format!(
+            "cassandra.contact-points=[\"{}\"]",
+            cassandra_contact_point()
+        ),
+        format!("cassandra.keyspace={keyspace}"),
+        format!("processor.partitions={}", options.partitions),
+    ]
+}
+
+fn start_pod(common: &[String], options: &Options) -> Pod {
+    let user_function = UserFunction::start(options.kind);
+    let internal_port = free_port();
+    let metrics_port = free_port();
+    let mut sets = common.to_vec();
+    sets.extend([
+        format!("processor.service={}", options.service),
+        format!("processor.listen=\"127.0.0.1:{internal_port}\""),
+        format!("processor.metrics-listen=\"127.0.0.1:{metrics_port}\""),
+        format!("processor.user-function-port={}", user_function.port()),
+        "processor.backup-interval-ms=200".to_string(),
+    ]);
+    sets.extend(options.processor_sets.iter().cloned());
+    let processor = Statehouse::start("processor", &sets);
+    Pod {
+        user_function,
+        processor,
+        internal_port,
+        metrics_port,
+    }
+}
