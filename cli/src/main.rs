@@ -155,18 +155,33 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
         eprintln!("statehouse {name}: configuration OK");
         return Ok(());
     }
-    anyhow::bail!(
-        "the {name} role is not available in this build yet; only `statehouse {name} --check-config` and `statehouse admin` work"
-    )
+    let _telemetry =
+        statehouse_runtime::telemetry::init(&config.telemetry, name).map_err(anyhow::Error::msg)?;
+    tracing::info!(role = name, config = %config.masked_toml(), "starting");
+    runtime()?.block_on(async move {
+        let shutdown = statehouse_runtime::shutdown::on_signals();
+        match role {
+            Role::Processor => statehouse_processor::run(config, shutdown)
+                .await
+                .context("processor"),
+            Role::Gateway => statehouse_gateway::run(config, shutdown)
+                .await
+                .context("gateway"),
+            _ => anyhow::bail!(
+                "the {name} role is not available in this build yet; only `statehouse {name} --check-config` works"
+            ),
+        }
+    })
 }
 
 async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         AdminCommand::Topics {
-            command: TopicsCommand::Create {
-                service,
-                partitions,
-            },
+            command:
+                TopicsCommand::Create {
+                    service,
+                    partitions,
+                },
         } => {
             let service = ServiceName::new(service.clone())?;
             let partitions = partitions.unwrap_or(config.processor.partitions);
@@ -192,7 +207,10 @@ async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
                 println!("keyspace {}: applied migration {v}", report.keyspace);
             }
             for v in &report.already_applied {
-                println!("keyspace {}: migration {v} already applied", report.keyspace);
+                println!(
+                    "keyspace {}: migration {v} already applied",
+                    report.keyspace
+                );
             }
             Ok(())
         }

@@ -89,9 +89,11 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -101,9 +103,13 @@ mod tests {
     async fn readiness_follows_health_and_metrics_render() {
         let health = Health::new();
         let shutdown = CancellationToken::new();
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), health.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         health.set_ready(true);

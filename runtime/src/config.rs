@@ -265,7 +265,10 @@ impl Config {
     pub fn validate(&self, role: Role) -> Result<(), Error> {
         let invalid = |e: &dyn std::fmt::Display| Error::Invalid(e.to_string());
         self.kafka.validate().map_err(|e| invalid(&e))?;
-        if matches!(role, Role::Processor | Role::Projector | Role::Admin | Role::Dev) {
+        if matches!(
+            role,
+            Role::Processor | Role::Projector | Role::Admin | Role::Dev
+        ) {
             self.cassandra.validate().map_err(|e| invalid(&e))?;
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
@@ -275,7 +278,12 @@ impl Config {
                 "telemetry.otlp-endpoint {endpoint:?} must be an http:// or https:// URL"
             )));
         }
-        if self.telemetry.log_filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .telemetry
+            .log_filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return Err(Error::Invalid(format!(
                 "telemetry.log-filter {:?} is not a valid tracing filter",
                 self.telemetry.log_filter
@@ -341,9 +349,17 @@ impl Config {
 /// Keys whose values are never logged.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential", "private", "key.pem", "sasl.oauthbearer.config"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "private",
+        "key.pem",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 fn mask(value: &mut toml::Value, key: &str) {
@@ -364,7 +380,9 @@ fn mask(value: &mut toml::Value, key: &str) {
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -374,7 +392,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -398,7 +419,10 @@ user-function-port = 8081
         .unwrap();
         let sources = Sources {
             file: Some(file),
-            overrides: vec!["processor.partitions=48".into(), "kafka.librdkafka.sasl.mechanism=PLAIN".into()],
+            overrides: vec![
+                "processor.partitions=48".into(),
+                "kafka.librdkafka.sasl.mechanism=PLAIN".into(),
+            ],
         };
         let config = Config::load_with_env(
             &sources,
@@ -406,13 +430,22 @@ user-function-port = 8081
                 ("STATEHOUSE__KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
                 ("STATEHOUSE__PROCESSOR__PARTITIONS", "36"),
                 ("STATEHOUSE__KAFKA__LIBRDKAFKA__SASL_PASSWORD", "hunter2"),
-                ("STATEHOUSE__CASSANDRA__CONTACT_POINTS", "[\"c1:9042\", \"c2:9042\"]"),
+                (
+                    "STATEHOUSE__CASSANDRA__CONTACT_POINTS",
+                    "[\"c1:9042\", \"c2:9042\"]",
+                ),
                 ("UNRELATED", "x"),
             ]),
         )
         .unwrap();
-        assert_eq!(config.kafka.bootstrap_servers, "env:9092", "env beats the file");
-        assert_eq!(config.kafka.session_timeout_ms, 6000, "the file beats defaults");
+        assert_eq!(
+            config.kafka.bootstrap_servers, "env:9092",
+            "env beats the file"
+        );
+        assert_eq!(
+            config.kafka.session_timeout_ms, 6000,
+            "the file beats defaults"
+        );
         assert_eq!(config.processor.partitions, 48, "--set beats env");
         assert_eq!(config.processor.user_function_port, 8081);
         assert_eq!(config.cassandra.contact_points, ["c1:9042", "c2:9042"]);
@@ -464,11 +497,20 @@ user-function-port = 8081
         bad.validate(Role::Gateway).unwrap();
 
         assert!(matches!(
-            Config::load_with_env(&Sources { file: None, overrides: vec!["novalue".into()] }, Vec::new()),
+            Config::load_with_env(
+                &Sources {
+                    file: None,
+                    overrides: vec!["novalue".into()]
+                },
+                Vec::new()
+            ),
             Err(Error::BadOverride(_))
         ));
         let wrong_type = Config::load_with_env(
-            &Sources { file: None, overrides: vec!["processor.partitions=many".into()] },
+            &Sources {
+                file: None,
+                overrides: vec!["processor.partitions=many".into()],
+            },
             Vec::new(),
         )
         .unwrap_err()

@@ -6,11 +6,14 @@
 //! * [`telemetry`] — `tracing` set up once (text or JSON logs, optional OTLP traces).
 //! * [`shutdown`] — the cancellation token threaded through every `run`, cancelled on
 //!   SIGINT/SIGTERM.
+//! * [`method_index`] — a user function's validated methods by gRPC path: descriptors, entity
+//!   key fields, HTTP rules; shared by the gateway and the processor.
 //! * [`admin_server`] — the metrics and health port: Prometheus `/metrics`, `/healthz`
 //!   (liveness) and `/readyz` (readiness: only after discovery and recovery).
 
 pub mod admin_server;
 pub mod config;
+pub mod method_index;
 pub mod shutdown;
 pub mod telemetry;
 

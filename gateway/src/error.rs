@@ -1,0 +1,269 @@
+//! The gateway's errors, and the one place they become gRPC statuses and HTTP answers.
+
+use http::StatusCode;
+use tonic::{Code, Status};
+
+use crate::router;
+
+/// Everything that can go wrong in the gateway: starting it, or serving one call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The client port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Kafka (registry topics, partition counts) failed.
+    #[error(transparent)]
+    Kafka(#[from] statehouse_kafka::Error),
+
+    /// The service registry consumer failed.
+    #[error(transparent)]
+    Feed(#[from] router::feed::Error),
+
+    /// A gRPC path no discovered service serves.
+    #[error("unknown method {path}")]
+    UnknownMethod {
+        /// The request path.
+        path: String,
+    },
+
+    /// A health check for a service the gateway does not route.
+    #[error("service {service:?} is unknown")]
+    UnknownService {
+        /// The full gRPC service name.
+        service: String,
+    },
+
+    /// No HTTP rule matches the request.
+    #[error("no HTTP rule matches {method} {path}")]
+    NoRoute {
+        /// The HTTP method.
+        method: String,
+        /// The request path.
+        path: String,
+    },
+
+    /// A streamed method, which the gateway does not serve yet.
+    #[error("{path} is a streaming method; the gateway serves unary methods only")]
+    StreamingUnsupported {
+        /// The gRPC path.
+        path: String,
+    },
+
+    /// A compressed gRPC message.
+    #[error("compressed gRPC messages are not supported (send grpc-encoding: identity)")]
+    Compressed,
+
+    /// A request message above `gateway.max-request-bytes`.
+    #[error("the request message is larger than the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// The request body is not one well-formed gRPC message.
+    #[error("malformed gRPC request body: {reason}")]
+    BadFrame {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The client went away (or sent a broken body) while the request was read.
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+
+    /// The request cannot be turned into the method's input message (HTTP/JSON, or a
+    /// gRPC-Web text body that is not base64).
+    #[error("Malformed request: {0}")]
+    MalformedRequest(String),
+
+    /// An HTTP request with a body whose Content-Type is not JSON.
+    #[error("Content-Type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+
+    /// The request message does not yield an entity id.
+    #[error(transparent)]
+    EntityKey(#[from] statehouse_runtime::method_index::Error),
+
+    /// Routing the command to its processor failed.
+    #[error(transparent)]
+    Route(#[from] router::Error),
+
+    /// The user function failed the command (`Failure.description`, with the processor's code;
+    /// a user failure is UNKNOWN).
+    #[error("{description}")]
+    Failure {
+        /// The gRPC status code.
+        code: Code,
+        /// The failure description, for the client.
+        description: String,
+    },
+
+    /// A reply that does not decode as the method's output type (HTTP/JSON only: gRPC
+    /// replies are passed through untouched).
+    #[error("the reply is not a valid {message}: {reason}")]
+    BadReply {
+        /// The output type.
+        message: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The HTTP status of this error for HTTP/JSON clients (protocol §2.2.3: a user failure is
+    /// 500 with its description, a malformed request 400).
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::UnknownMethod { .. } | Error::NoRoute { .. } | Error::UnknownService { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Error::StreamingUnsupported { .. } | Error::Compressed => StatusCode::NOT_IMPLEMENTED,
+            Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadFrame { .. }
+            | Error::MalformedRequest(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::EntityKey(_) => StatusCode::BAD_REQUEST,
+            Error::Body(_) => StatusCode::BAD_REQUEST,
+            Error::Failure { code, .. } => http_status_of(*code),
+            Error::Bind { .. } | Error::BadReply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Kafka(_) | Error::Feed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Route(e) => http_status_of(route_code(e)),
+        }
+    }
+}
+
+/// The gRPC code of a routing error.
+fn route_code(error: &router::Error) -> Code {
+    match error {
+        // Retry elsewhere / later: nobody can run the command right now.
+        router::Error::NoOwner { .. }
+        | router::Error::NoProcessor { .. }
+        | router::Error::Unreachable { .. }
+        | router::Error::UnknownService { .. }
+        | router::Error::BadEndpoint { .. }
+        | router::Error::Kafka(_) => Code::Unavailable,
+        router::Error::BadServiceName { .. } => Code::FailedPrecondition,
+        // The owner kept moving until the deadline.
+        router::Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        // The processor chose the code.
+        router::Error::Processor(status) => status.code(),
+    }
+}
+
+/// The HTTP status for a gRPC code (the mapping grpc-gateway and Envoy use).
+pub fn http_status_of(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The gRPC code of an error (see `From<Error> for Status`).
+pub(crate) fn code_of(error: &Error) -> Code {
+    match error {
+        // Not a call; never sent, but mapped on purpose all the same.
+        Error::Bind { .. } => Code::Internal,
+        Error::Kafka(_) | Error::Feed(_) => Code::Unavailable,
+        // gRPC's own answer for a method the server does not have.
+        Error::UnknownMethod { .. } | Error::NoRoute { .. } => Code::Unimplemented,
+        // What the health protocol asks for an unknown service.
+        Error::UnknownService { .. } => Code::NotFound,
+        Error::StreamingUnsupported { .. } | Error::Compressed => Code::Unimplemented,
+        // Shed: the client must send less.
+        Error::RequestTooLarge { .. } => Code::ResourceExhausted,
+        Error::BadFrame { .. }
+        | Error::MalformedRequest(_)
+        | Error::UnsupportedMediaType(_)
+        | Error::EntityKey(_) => Code::InvalidArgument,
+        Error::Body(_) => Code::Cancelled,
+        Error::Failure { code, .. } => *code,
+        Error::BadReply { .. } => Code::Internal,
+        Error::Route(e) => route_code(e),
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        if let Error::Route(router::Error::Processor(status)) = &error {
+            // Pass the processor's status on as it is (details included).
+            return Status::with_details(
+                status.code(),
+                status.message(),
+                status.details().to_vec().into(),
+            );
+        }
+        Status::new(code_of(&error), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_http_statuses_are_chosen_per_error() {
+        let failure = Error::Failure {
+            code: Code::Unknown,
+            description: "boom".into(),
+        };
+        assert_eq!(failure.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let status = Status::from(failure);
+        assert_eq!((status.code(), status.message()), (Code::Unknown, "boom"));
+
+        let too_large = Error::RequestTooLarge { limit: 10 };
+        assert_eq!(too_large.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(Status::from(too_large).code(), Code::ResourceExhausted);
+
+        let deadline = Error::Route(router::Error::DeadlineExceeded {
+            service: "cart".into(),
+            partition: 3,
+            last: "not owner".into(),
+        });
+        assert_eq!(deadline.http_status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(Status::from(deadline).code(), Code::DeadlineExceeded);
+
+        let no_owner = Error::Route(router::Error::NoOwner {
+            service: "cart".into(),
+            partition: 3,
+        });
+        assert_eq!(no_owner.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let processor = Error::Route(router::Error::Processor(Status::resource_exhausted("full")));
+        assert_eq!(processor.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        let status = Status::from(processor);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::ResourceExhausted, "full")
+        );
+
+        assert_eq!(
+            Error::MalformedRequest("bad JSON".into()).to_string(),
+            "Malformed request: bad JSON"
+        );
+        assert_eq!(http_status_of(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status_of(Code::InvalidArgument),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

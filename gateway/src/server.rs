@@ -1,0 +1,396 @@
+//! The client port: HTTP/1.1 and h2c on one listener, routes tried in the order of protocol
+//! §2.2:
+//!
+//! 1. gRPC (HTTP/2, `application/grpc[+proto]`) for every routable user method, then gRPC
+//!    reflection v1 / v1alpha and `grpc.health.v1.Health`; any other gRPC path is UNIMPLEMENTED;
+//! 2. gRPC-Web (`application/grpc-web[+proto]`, `application/grpc-web-text[+proto]`, HTTP/1.1
+//!    or HTTP/2) for the user methods;
+//! 3. HTTP/JSON transcoding ([`crate::transcode`]);
+//! 4. `K-Network-Probe: queue` → `queue` (Knative);
+//! 5. `GET /` → 200 once a service is routable, else 503 (readiness for the Cloudstate TCK and
+//!    plain HTTP probes);
+//! 6. 404.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use statehouse_runtime::config::GatewayOptions;
+use statehouse_schemas::grpc::health::v1::health_check_response::ServingStatus;
+use statehouse_schemas::statehouse::processor::v1::{Reply, handle_response::Outcome};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::codegen::Service as _;
+
+use crate::error::code_of;
+use crate::grpc::{self, Protocol};
+use crate::router::{Route, Router};
+use crate::transcode::{self, Binding};
+use crate::{Error, health, metadata, reflection};
+
+/// How long in-flight calls may take to finish once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request handler shares.
+struct Shared {
+    router: Router,
+    max_request_bytes: usize,
+    default_timeout: Duration,
+    transcoder: transcode::Cache,
+    health: health::Health,
+    health_server: health::Server<health::Health>,
+    reflection_v1: reflection::v1::Server<reflection::v1::Reflection>,
+    reflection_v1alpha: reflection::v1alpha::Server<reflection::v1alpha::Reflection>,
+}
+
+/// A running client port.
+#[derive(Debug)]
+pub struct Gateway {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds `options.listen` (port 0 picks a free port) and serves until `shutdown`, then
+    /// stops accepting and lets in-flight calls finish (at most 10 s).
+    pub async fn bind(
+        options: &GatewayOptions,
+        router: Router,
+        shutdown: CancellationToken,
+    ) -> Result<Gateway, Error> {
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: options.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let registry = router.registry().clone();
+        let health = health::Health {
+            registry: registry.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let shared = Arc::new(Shared {
+            max_request_bytes: options.max_request_bytes,
+            default_timeout: Duration::from_millis(options.default_timeout_ms),
+            transcoder: transcode::Cache::default(),
+            health_server: health::Server::new(health.clone()),
+            health,
+            reflection_v1: reflection::v1::Server::new(reflection::v1::Reflection {
+                registry: registry.clone(),
+            }),
+            reflection_v1alpha: reflection::v1alpha::Server::new(reflection::v1alpha::Reflection {
+                registry,
+            }),
+            router,
+        });
+        tracing::info!(%local_addr, "gateway listening (HTTP/1.1 and h2c)");
+        let task = tokio::spawn(serve(listener, shared, shutdown));
+        Ok(Gateway { local_addr, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the server has stopped (after shutdown, once calls drained).
+    pub async fn stopped(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "gateway server task failed");
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("gateway stopped"),
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("gateway stopped with calls still in flight"),
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    Ok(match Protocol::of(request.headers()) {
+        Some(Protocol::Grpc) if request.version() == Version::HTTP_2 => {
+            grpc_call(&shared, request, Protocol::Grpc).await
+        }
+        Some(protocol @ Protocol::Web { .. }) => grpc_call(&shared, request, protocol).await,
+        _ => http_call(&shared, request).await,
+    })
+}
+
+async fn grpc_call(
+    shared: &Shared,
+    request: Request<Incoming>,
+    protocol: Protocol,
+) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let route = shared.router.registry().routes().method(&path).cloned();
+    if let Some(route) = route {
+        return unary_grpc(shared, route, request, protocol).await;
+    }
+    if protocol == Protocol::Grpc {
+        let service = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let served = match service {
+            reflection::v1::SERVICE => Some(shared.reflection_v1.clone().call(request).await),
+            reflection::v1alpha::SERVICE => {
+                Some(shared.reflection_v1alpha.clone().call(request).await)
+            }
+            health::SERVICE => Some(shared.health_server.clone().call(request).await),
+            _ => None,
+        };
+        if let Some(Ok(response)) = served {
+            return response;
+        }
+    }
+    grpc::respond(
+        protocol,
+        Err(Error::UnknownMethod { path }.into()),
+        HeaderMap::new(),
+    )
+}
+
+async fn unary_grpc(
+    shared: &Shared,
+    route: Route,
+    request: Request<Incoming>,
+    protocol: Protocol,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let outcome = async {
+        if !route.method.is_unary() {
+            return Err(Error::StreamingUnsupported {
+                path: route.method.path.clone(),
+            });
+        }
+        let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
+        call(shared, &route, &parts.headers, payload).await
+    }
+    .await;
+    let label = match protocol {
+        Protocol::Grpc => "grpc",
+        Protocol::Web { .. } => "grpc-web",
+    };
+    record(label, &outcome, started);
+    match outcome {
+        Ok(Some(reply)) => {
+            let headers = metadata::to_headers(reply.metadata.as_ref());
+            grpc::respond(protocol, Ok(Some(reply.payload)), headers)
+        }
+        Ok(None) => grpc::respond(protocol, Ok(None), HeaderMap::new()),
+        Err(e) => {
+            tracing::debug!(method = %route.method.path, error = %e, "call failed");
+            grpc::respond(protocol, Err(e.into()), HeaderMap::new())
+        }
+    }
+}
+
+/// Routes one command; `None` when the user function sent no reply message.
+async fn call(
+    shared: &Shared,
+    route: &Route,
+    headers: &HeaderMap,
+    payload: Bytes,
+) -> Result<Option<Reply>, Error> {
+    let entity_id = route.method.entity_id(&payload)?;
+    let deadline = metadata::deadline(headers, shared.default_timeout);
+    let response = shared
+        .router
+        .call(
+            &route.method,
+            &entity_id,
+            payload,
+            metadata::from_headers(headers),
+            metadata::idempotency_key(headers),
+            deadline,
+        )
+        .await?;
+    match response.outcome {
+        Some(Outcome::Reply(reply)) => Ok(Some(reply)),
+        Some(Outcome::Failure(failure)) => Err(Error::Failure {
+            // A failure without a code is a user-function failure: UNKNOWN (protocol §2.10).
+            code: match failure.grpc_code {
+                0 => tonic::Code::Unknown,
+                code => tonic::Code::from_i32(code),
+            },
+            description: failure.description,
+        }),
+        None => Ok(None),
+    }
+}
+
+async fn http_call(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let routes = shared.router.registry().routes();
+    let table = shared.transcoder.table(&routes);
+    if let Some((binding, variables)) = table.find(request.method(), request.uri().path()) {
+        return json_call(shared, binding.clone(), variables, request).await;
+    }
+    if request
+        .headers()
+        .get("k-network-probe")
+        .is_some_and(|v| v.as_bytes() == b"queue")
+    {
+        return text(StatusCode::OK, "queue");
+    }
+    if request.uri().path() == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return match shared.health.status("") {
+            Some(ServingStatus::Serving) => text(StatusCode::OK, "ok"),
+            _ => text(StatusCode::SERVICE_UNAVAILABLE, "no service discovered yet"),
+        };
+    }
+    text(StatusCode::NOT_FOUND, "Not Found")
+}
+
+async fn json_call(
+    shared: &Shared,
+    binding: Binding,
+    variables: Vec<(String, String)>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let outcome = async {
+        let body = if binding.expects_body() {
+            let content_type = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !is_json(content_type) {
+                return Err(Error::UnsupportedMediaType(content_type.to_string()));
+            }
+            let limit = shared.max_request_bytes;
+            Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        Error::RequestTooLarge { limit }
+                    } else {
+                        Error::Body(e.to_string())
+                    }
+                })?
+                .to_bytes()
+        } else {
+            Bytes::new()
+        };
+        let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
+        match call(shared, &binding.route, &parts.headers, payload).await? {
+            Some(reply) => {
+                let (content_type, body) = transcode::response_body(&binding, &reply.payload)?;
+                Ok(Some((
+                    content_type,
+                    body,
+                    metadata::to_headers(reply.metadata.as_ref()),
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+    .await;
+    record("http", &outcome, started);
+    match outcome {
+        Ok(Some((content_type, body, headers))) => {
+            let mut response = Response::new(Body::new(Full::new(body)));
+            response.headers_mut().extend(headers);
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
+                response.headers_mut().insert(CONTENT_TYPE, value);
+            }
+            response
+        }
+        Ok(None) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        Err(e) => {
+            tracing::debug!(method = %binding.route.method.path, error = %e, "HTTP call failed");
+            text(e.http_status(), &e.to_string())
+        }
+    }
+}
+
+/// Counts a finished call and its duration.
+fn record<T>(protocol: &'static str, outcome: &Result<T, Error>, started: std::time::Instant) {
+    let code = match outcome {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => code_of(e),
+    };
+    ::metrics::counter!(crate::metrics::CALLS, "protocol" => protocol, "code" => format!("{code:?}"))
+        .increment(1);
+    ::metrics::histogram!(crate::metrics::CALL_SECONDS, "protocol" => protocol)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Body::new(Full::new(Bytes::copy_from_slice(
+        body.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
