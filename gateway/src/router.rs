@@ -477,6 +477,9 @@ impl Router {
         let channel = self.channel(&target.endpoint)?;
         let mut client = ProcessorClient::new(channel)
             .max_decoding_message_size(self.inner.options.max_reply_bytes);
+        // Retrying a command that may already have run is only safe when the processor can
+        // recognise it: with an idempotency key.
+        let has_key = !request.idempotency_key.is_empty();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut grpc_request = tonic::Request::new(request);
         grpc_request.set_timeout(remaining);
@@ -498,14 +501,34 @@ impl Router {
                 message: status.message().to_string(),
             }));
         }
-        if status.code() == Code::Unavailable && status.metadata().is_empty() {
-            // Made by the client: no server sent headers, so the request never reached a
-            // processor (connection refused / reset before a response). Safe to retry.
+        // Client-made statuses carry the transport error as their source (a status sent by a
+        // processor is parsed from trailers and has none) or no server headers at all.
+        let client_made =
+            status.metadata().is_empty() || std::error::Error::source(&status).is_some();
+        if client_made
+            && matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            )
+            && !(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
+                && Instant::now() >= deadline)
+        {
+            // Made by the client, not by a processor (no server sent headers): the connection
+            // failed. If it never connected, nothing ran and a retry is safe; if it broke
+            // mid-call, the command may have been committed, so only a command with an
+            // idempotency key is retried — otherwise the caller learns the outcome is unknown.
             self.forget_channel(&target.endpoint);
-            return Ok(Attempt::Retry(Retry::Unreachable {
-                endpoint: target.endpoint.clone(),
-                reason: status.message().to_string(),
-            }));
+            if has_key || never_connected(&status) {
+                return Ok(Attempt::Retry(Retry::Unreachable {
+                    endpoint: target.endpoint.clone(),
+                    reason: status.message().to_string(),
+                }));
+            }
+            return Err(Error::Processor(tonic::Status::unavailable(format!(
+                "the connection to processor {} broke during the call ({}); the command's outcome is unknown: retry it with an idempotency-key header to make the retry safe",
+                target.endpoint,
+                status.message()
+            ))));
         }
         if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
             && Instant::now() >= deadline
@@ -638,3 +661,19 @@ fn metadata_value(metadata: &Metadata, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a client-made status says the connection was never established (so the request was
+/// never sent).
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut text = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push(' ');
+        text.push_str(&e.to_string().to_ascii_lowercase());
+        source = e.source();
+    }
+    text.contains("connection refused")
+        || text.contains("tcp connect error")
+        || text.contains("error trying to connect")
+        || text.contains("dns error")
+}

@@ -521,6 +521,34 @@ async fn commit(
         }
         deliveries.push(futures);
     }
+    // Wait for every produce acknowledgement *before* committing. rdkafka's
+    // `commit_transaction` first flushes, and its flush polls in slices of up to 100 ms while
+    // anything is in flight (the FutureProducer's own thread serves the delivery reports): a
+    // commit issued right after the sends would cost 100 ms every time.
+    let mut offsets = Vec::with_capacity(deliveries.len());
+    for futures in deliveries {
+        let mut these = Vec::with_capacity(futures.len());
+        for result in join_all(futures).await {
+            match result {
+                Ok(Ok(delivery)) => these.push(delivery.offset),
+                Ok(Err((e, _))) => {
+                    let outcome = classify(&producer, e, timeout).await;
+                    return (batch, outcome);
+                }
+                Err(_) => {
+                    let outcome = abort(&producer, "delivery report lost".into(), timeout).await;
+                    return (batch, outcome);
+                }
+            }
+        }
+        offsets.push(these);
+    }
+    // A delivery report resolves its future a moment before librdkafka forgets the message;
+    // wait (bounded) until nothing is in flight so that the flush inside the commit is free.
+    let settle = Instant::now();
+    while producer.in_flight_count() > 0 && settle.elapsed() < Duration::from_millis(50) {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
     let p = Arc::clone(&producer);
     let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
         .await
@@ -530,30 +558,6 @@ async fn commit(
         return (batch, outcome);
     }
     metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    let mut offsets = Vec::with_capacity(deliveries.len());
-    for futures in deliveries {
-        let mut these = Vec::with_capacity(futures.len());
-        for result in join_all(futures).await {
-            match result {
-                Ok(Ok(delivery)) => these.push(delivery.offset),
-                // The commit succeeded, so every record was delivered; a missing report means
-                // we cannot name the offset, not that the record is missing.
-                Ok(Err((e, _))) => {
-                    return (
-                        batch,
-                        Outcome::Indefinite(format!("delivery report after commit: {e}")),
-                    );
-                }
-                Err(_) => {
-                    return (
-                        batch,
-                        Outcome::Indefinite("delivery report lost after commit".into()),
-                    );
-                }
-            }
-        }
-        offsets.push(these);
-    }
     (batch, Outcome::Committed(offsets))
 }
 

@@ -15,7 +15,10 @@ use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart};
 
 #[derive(Parser)]
-#[command(name = "statehouse-loadtest", about = "Measure Statehouse from a client")]
+#[command(
+    name = "statehouse-loadtest",
+    about = "Measure Statehouse from a client"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -85,7 +88,10 @@ async fn latency(target: &str, calls: u32, warmup: u32, carts: u32) -> anyhow::R
         }
     }
     let elapsed = started.elapsed();
-    println!("one client, {calls} measured calls each (after {warmup} warm-up), {carts} carts, {:.1}s", elapsed.as_secs_f64());
+    println!(
+        "one client, {calls} measured calls each (after {warmup} warm-up), {carts} carts, {:.1}s",
+        elapsed.as_secs_f64()
+    );
     println!("| command | p50 | p90 | p99 | p99.9 | max |");
     println!("|---|---|---|---|---|---|");
     for (name, h) in [("AddItem", &add), ("GetCart", &get)] {

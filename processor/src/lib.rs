@@ -282,13 +282,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .max_decoding_message_size(16 * 1024 * 1024);
         let stop = server_shutdown.clone();
         tokio::spawn(async move {
+            // Nagle off on every accepted connection (a custom incoming does not inherit the
+            // builder's setting): replies are small and must not wait for delayed ACKs.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         })
     };

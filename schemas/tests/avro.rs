@@ -12,8 +12,8 @@ use statehouse_schemas::{
     Error,
     avro::{
         self, AnyRecord, AvroRecord, CrdtDeltaRecord, Entity, EventRecord, HEADER_LEN, MARKER,
-        Processor, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord, Snapshot, ValueRecord,
-        WriteConsistency, Writer,
+        Processor, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord, Snapshot,
+        ValueRecord, WriteConsistency, Writer,
     },
     cloudstate::crdt::CrdtWriteConsistency,
 };

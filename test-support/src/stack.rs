@@ -86,7 +86,30 @@ impl Stack {
             gateway_addr: format!("127.0.0.1:{gateway_port}"),
         };
         stack.wait_for_port(gateway_port);
+        stack.wait_for_gateway();
         stack
+    }
+
+    /// Wait until the gateway has learned a service from the registry (`GET /` answers 200).
+    pub fn wait_for_gateway(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let answer = crate::http::request(&self.gateway_addr, "GET", "/", &[], None);
+            if answer.as_ref().is_ok_and(|r| r.status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway learned no service within 90 s ({answer:?}); logs: gateway {}, processor {}",
+                self.gateway.log_path().display(),
+                self.pods.first().map_or("-".into(), |p| p
+                    .processor
+                    .log_path()
+                    .display()
+                    .to_string())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The `--set` overrides every component of this stack shares.

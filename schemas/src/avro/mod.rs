@@ -35,7 +35,7 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use records::{
-    CrdtDeltaRecord, Entity, EventRecord, Processor, RoutingRecord, ServiceRecord, Snapshot, Reply,
+    CrdtDeltaRecord, Entity, EventRecord, Processor, Reply, RoutingRecord, ServiceRecord, Snapshot,
     ValueRecord, WriteConsistency, Writer,
 };
 pub use registry::{RecordKind, Registry, SchemaVersion, files};
