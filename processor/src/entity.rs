@@ -166,6 +166,15 @@ pub(crate) async fn run(
 
 impl Entity {
     async fn handle(&mut self, command: Command) {
+        // Queued before a pause? Then the partition may be someone else's by now.
+        if !self.node.may_serve() || !self.partition.is_serving() {
+            let _ = command.reply.send(Err(Error::NotOwner {
+                service: self.node.service.to_string(),
+                partition: self.partition.id as i32,
+                owner_endpoint: String::new(),
+            }));
+            return;
+        }
         let deadline = command.deadline;
         if deadline.is_some_and(|d| d <= Instant::now()) {
             let _ = command.reply.send(Err(Error::DeadlineExceeded));

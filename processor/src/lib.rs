@@ -70,6 +70,11 @@ pub(crate) struct Node {
     partitions: RwLock<HashMap<u32, Arc<Partition>>>,
     active_entities: AtomicUsize,
     commands: AtomicU64,
+    /// Pause detection (see [`Node::may_serve`]): the time base, the last heartbeat of the
+    /// ticker (ms since `clock`), and the end of a suspension after a pause (ms since `clock`).
+    clock: std::time::Instant,
+    last_tick_ms: AtomicU64,
+    suspended_until_ms: AtomicU64,
 }
 
 /// A command on its way to an entity.
@@ -86,6 +91,58 @@ pub(crate) struct Request {
 }
 
 impl Node {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// The longest silence of the ticker that still counts as "running": half the group's
+    /// session timeout. A longer one means the process was paused (SIGSTOP, a VM freeze): the
+    /// group may have given its partitions to another processor meanwhile.
+    fn pause_threshold_ms(&self) -> u64 {
+        u64::from(self.config.kafka.session_timeout_ms / 2).max(500)
+    }
+
+    /// Whether this processor may serve its partitions right now. After a pause it refuses
+    /// (reads and writes) until the group has had a full session timeout to tell it which
+    /// partitions it lost — so a resumed zombie never serves a stale read. Writes are also
+    /// protected by the transactional fence; this closes the gap for reads.
+    pub(crate) fn may_serve(&self) -> bool {
+        let now = self.now_ms();
+        now.saturating_sub(self.last_tick_ms.load(Ordering::Acquire)) < self.pause_threshold_ms()
+            && now >= self.suspended_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Beat every 50 ms; notice pauses and suspend serving for a session timeout after one.
+    async fn pause_detector(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.now_ms();
+            let gap = now.saturating_sub(self.last_tick_ms.swap(now, Ordering::AcqRel));
+            if gap >= self.pause_threshold_ms() {
+                let until = now + u64::from(self.config.kafka.session_timeout_ms);
+                self.suspended_until_ms.store(until, Ordering::Release);
+                warn!(
+                    paused_ms = gap,
+                    suspended_ms = self.config.kafka.session_timeout_ms,
+                    "the process was paused; not serving until the group confirms its partitions"
+                );
+            }
+        }
+    }
+
+    fn not_serving(&self, partition: u32) -> Error {
+        Error::NotOwner {
+            service: self.service.to_string(),
+            partition: partition as i32,
+            owner_endpoint: String::new(),
+        }
+    }
+
     /// Run a command on the entity it addresses, in the partition this processor owns.
     pub(crate) async fn dispatch(self: &Arc<Self>, request: Request) -> Result<Outcome, Error> {
         if request.hops > MAX_HOPS {
@@ -100,6 +157,9 @@ impl Node {
             )));
         }
         let id = partition_for(request.entity_id.as_bytes(), self.partition_count);
+        if !self.may_serve() {
+            return Err(self.not_serving(id));
+        }
         let partition = self
             .partitions
             .read()
@@ -269,7 +329,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         partitions: RwLock::new(HashMap::new()),
         active_entities: AtomicUsize::new(0),
         commands: AtomicU64::new(0),
+        clock: std::time::Instant::now(),
+        last_tick_ms: AtomicU64::new(0),
+        suspended_until_ms: AtomicU64::new(0),
     });
+    tokio::spawn(Arc::clone(&node).pause_detector());
     let publisher = Publisher::new(&config.kafka)?;
     publish_service(&node, &publisher, &spec).await?;
     info!(service = %service, processor = %node.processor_id, endpoint = %node.endpoint, partitions = p.partitions, "processor started");

@@ -1,0 +1,155 @@
+//! Error paths of the partition writer against librdkafka's mock cluster (R4 of the reliability
+//! plan): injected indefinite, abortable and fatal transactional errors. Whatever happens, an
+//! append whose transaction did not commit is never answered OK; after an indefinite error the
+//! producer is re-created and the writer goes on; after a fatal one it stops for good.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use statehouse_kafka::partition_writer::{Handle, Lease, Record, Writer};
+use statehouse_kafka::{Error, Options};
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "mock.journal";
+
+fn record(key: &str) -> Record {
+    Record {
+        topic: Arc::from(TOPIC),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Some(Bytes::from_static(b"event")),
+        headers: Vec::new(),
+    }
+}
+
+async fn writer(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    lease: Lease,
+) -> Handle {
+    let options = Options {
+        bootstrap_servers: cluster.bootstrap_servers(),
+        request_timeout_ms: 2_000,
+        transaction_timeout_ms: 10_000,
+        ..Options::default()
+    };
+    Writer::start(
+        &options,
+        "mock.p0".into(),
+        0,
+        lease,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indefinite_commit_errors_recreate_the_producer_and_are_never_ok() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let w = writer(&cluster, Lease::new()).await;
+    w.append(vec![record("a#1")]).await.unwrap();
+
+    // The commit times out on every try: its outcome is unknown.
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 64],
+    );
+    let unknown = w.append(vec![record("a#2")]).await;
+    assert!(
+        matches!(
+            unknown,
+            Err(Error::Indefinite { .. }) | Err(Error::Aborted { .. })
+        ),
+        "an uncommitted append answered {unknown:?}"
+    );
+    assert!(unknown.unwrap_err().is_transient());
+    cluster.clear_request_errors(RDKafkaApiKey::EndTxn);
+
+    // The writer goes on, with a new producer if the outcome was unknown.
+    let after = w.append(vec![record("a#3")]).await.unwrap();
+    assert!(after.transaction >= 2);
+    let stats = w.stats();
+    assert_eq!(stats.indefinite, stats.recreated, "{stats:?}");
+    assert!(stats.indefinite + stats.aborted >= 1, "{stats:?}");
+    assert!(!w.is_fenced());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abortable_produce_errors_abort_only_their_transaction() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let w = writer(&cluster, Lease::new()).await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let failed = w.append(vec![record("b#1")]).await;
+    assert!(matches!(failed, Err(Error::Aborted { .. })), "{failed:?}");
+    // librdkafka may still be bumping the producer epoch after the abort (KIP-360) and purge
+    // what is enqueued meanwhile: such an append fails too — transiently, never OK — and the
+    // writer recovers within a few attempts.
+    let mut attempts = 0;
+    let committed = loop {
+        attempts += 1;
+        match w.append(vec![record(&format!("b#{}", attempts + 1))]).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(e.is_transient() && !w.is_fenced(), "{e:?}");
+                assert!(attempts < 10, "the writer did not recover: {e:?}");
+            }
+        }
+    };
+    assert_eq!(committed.transaction, 1, "only the last append committed");
+    assert_eq!(w.stats().transactions, 1);
+    assert_eq!(w.stats().aborted as usize, attempts, "{:?}", w.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_writer_stops_and_never_recreates_itself() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let lease = Lease::new();
+    let w = writer(&cluster, lease.clone()).await;
+    w.append(vec![record("c#1")]).await.unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    let fenced = w.append(vec![record("c#2")]).await;
+    assert!(matches!(fenced, Err(Error::Fenced { .. })), "{fenced:?}");
+    assert!(w.is_fenced());
+    cluster.clear_request_errors(RDKafkaApiKey::EndTxn);
+    let later = w.append(vec![record("c#3")]).await;
+    assert!(matches!(later, Err(Error::Fenced { .. })), "{later:?}");
+    assert_eq!(
+        w.stats().recreated,
+        0,
+        "a fenced writer must not fence the new owner back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_stops_the_writer_instead_of_recreating_the_producer() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let lease = Lease::new();
+    let w = writer(&cluster, lease.clone()).await;
+    w.append(vec![record("d#1")]).await.unwrap();
+    // The partition was revoked meanwhile; then a commit's outcome becomes unknown.
+    lease.release();
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 64],
+    );
+    let unknown = w.append(vec![record("d#2")]).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    cluster.clear_request_errors(RDKafkaApiKey::EndTxn);
+    let after = w.append(vec![record("d#3")]).await;
+    assert!(
+        after.is_err(),
+        "a writer without its lease went on: {after:?}"
+    );
+    assert_eq!(w.stats().recreated, 0);
+}
