@@ -168,7 +168,16 @@ fn poll_loop(
 ) {
     while !stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-            warn!(group, error = %e, "ownership group consumer error");
+            if e.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::InvalidSessionTimeout)
+            {
+                tracing::error!(
+                    group,
+                    "the broker refuses kafka.session-timeout-ms: it must lie within the broker's group.min.session.timeout.ms (default 6000) and group.max.session.timeout.ms; this processor cannot join the group"
+                );
+            } else {
+                warn!(group, error = %e, "ownership group consumer error");
+            }
         }
     }
     // Graceful leave: unsubscribing revokes every partition through the rebalance callback.

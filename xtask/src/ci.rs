@@ -110,12 +110,23 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             "e2e/user-functions/install.sh",
             "the Go and Python SDK user functions",
         ),
+        // The binaries the whole-stack tests start as processes.
+        Step::cargo(
+            "build",
+            &[
+                "build",
+                "-p",
+                "statehouse-cli",
+                "-p",
+                "statehouse-sample-shopping-cart",
+            ],
+            Vec::new(),
+        ),
         Step::cargo(
             "test",
             &["test", "--workspace", "--no-fail-fast"],
             infra::test_env()?,
         ),
-        Step::cargo("build", &["build", "-p", "statehouse-cli"], Vec::new()),
         Step::script("helm", "helm/ci.sh", "the Helm chart checks"),
     ])
 }
