@@ -32,7 +32,7 @@ use statehouse_runtime::{Health, admin_server};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, http_status_of};
-pub use server::Gateway;
+pub use server::{DEDUPLICATED_HEADER, Gateway};
 
 use crate::router::{Registry, Router};
 

@@ -239,6 +239,9 @@ async fn unary_grpc(
     }
 }
 
+/// Response header set on the stored reply of a repeated idempotency key.
+pub const DEDUPLICATED_HEADER: &str = "statehouse-deduplicated";
+
 /// Routes one command; `None` when the user function sent no reply message.
 async fn call(
     shared: &Shared,
@@ -260,7 +263,26 @@ async fn call(
         )
         .await?;
     match response.outcome {
-        Some(Outcome::Reply(reply)) => Ok(Some(reply)),
+        Some(Outcome::Reply(mut reply)) => {
+            if response.deduplicated {
+                // Tell the client this is the stored reply of an earlier call with the same
+                // idempotency key (the command did not run again).
+                let entry = statehouse_schemas::cloudstate::MetadataEntry {
+                    key: DEDUPLICATED_HEADER.into(),
+                    value: Some(
+                        statehouse_schemas::cloudstate::metadata_entry::Value::StringValue(
+                            "true".into(),
+                        ),
+                    ),
+                };
+                reply
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .entries
+                    .push(entry);
+            }
+            Ok(Some(reply))
+        }
         Some(Outcome::Failure(failure)) => Err(Error::Failure {
             // A failure without a code is a user-function failure: UNKNOWN (protocol §2.10).
             code: match failure.grpc_code {
