@@ -8,6 +8,7 @@
 //! keyspaces, so tests run in parallel and repeat without cleaning up.
 
 pub mod http;
+pub mod infra;
 pub mod process;
 pub mod proxy;
 pub mod stack;
