@@ -21,7 +21,10 @@ async fn progress(driver: &Driver, what: &str) {
     let before = driver.acked();
     let deadline = Instant::now() + Duration::from_secs(120);
     while driver.acked() < before + 200 {
-        assert!(Instant::now() < deadline, "no progress within 120 s after the {what}");
+        assert!(
+            Instant::now() < deadline,
+            "no progress within 120 s after the {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -32,13 +35,22 @@ async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
     options.partitions = PARTITIONS;
     let mut stack = Stack::start(options);
     stack.wait_ready(0, Duration::from_secs(120));
-    let driver_options = driver::Options { give_up: Duration::from_secs(120), ..driver::Options::default() };
+    let driver_options = driver::Options {
+        give_up: Duration::from_secs(120),
+        ..driver::Options::default()
+    };
     let driver = Driver::start(&stack.gateway_addr, driver_options, 3).await;
     progress(&driver, "start").await;
 
     for (i, hard) in [true, false, true].into_iter().enumerate() {
-        let down = tokio::task::spawn_blocking(move || bounce_kafka(hard)).await.unwrap();
-        println!("R3 bounce #{} ({}): broker back after {down:?}", i + 1, if hard { "SIGKILL" } else { "SIGTERM" });
+        let down = tokio::task::spawn_blocking(move || bounce_kafka(hard))
+            .await
+            .unwrap();
+        println!(
+            "R3 bounce #{} ({}): broker back after {down:?}",
+            i + 1,
+            if hard { "SIGKILL" } else { "SIGTERM" }
+        );
         progress(&driver, "bounce").await;
     }
     let history = driver.stop().await;
@@ -62,7 +74,17 @@ async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
     let mut reordered = 0;
     for p in 0..PARTITIONS {
         let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for m in read_to_end(&kafka, &topic, p, 0, Isolation::ReadCommitted, Duration::from_secs(60)).await.unwrap() {
+        for m in read_to_end(
+            &kafka,
+            &topic,
+            p,
+            0,
+            Isolation::ReadCommitted,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        {
             let e = EventRecord::decode(m.value.as_ref().unwrap()).unwrap();
             let token = e.idempotency_key.clone().unwrap_or_default();
             // Tokens are s<seed>-c<client>-<n>.

@@ -27,8 +27,14 @@ pub fn bounce_kafka(hard: bool) -> Duration {
     let pid: u32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Kafka pid in {}: start it with `cargo xtask infra up`", pid_file.display()));
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).expect("reading the broker's command line");
+        .unwrap_or_else(|| {
+            panic!(
+                "no Kafka pid in {}: start it with `cargo xtask infra up`",
+                pid_file.display()
+            )
+        });
+    let cmdline =
+        fs::read(format!("/proc/{pid}/cmdline")).expect("reading the broker's command line");
     let argv: Vec<String> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
@@ -41,11 +47,18 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         .arg(if hard { "-KILL" } else { "-TERM" })
         .arg(pid.to_string())
         .status();
-    // Gone when no thread is left (a zombie's threads may still hold the ports for a moment).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|mut d| d.next().is_some())
-        || TcpStream::connect(&port).is_ok()
-    {
+    // Gone when it is dead or a zombie (a broker restarted by an earlier bounce is this
+    // process's child and stays a zombie until reaped) and its port is closed.
+    let alive = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some(Some('Z' | 'X')) | None)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while alive(pid) || TcpStream::connect(&port).is_ok() {
         assert!(Instant::now() < deadline, "the broker did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
