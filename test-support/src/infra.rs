@@ -67,7 +67,7 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         .append(true)
         .open(dir.join("logs").join("stdout.log"))
         .expect("opening the broker log");
-    let child = Command::new("setsid")
+    let mut child = Command::new("setsid")
         .args(&argv)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -76,6 +76,10 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         .spawn()
         .expect("restarting the broker");
     fs::write(&pid_file, child.id().to_string()).expect("writing the broker pid");
+    // Reap it whenever it exits (a later bounce), so no zombie is left behind.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     let deadline = Instant::now() + Duration::from_secs(120);
     while TcpStream::connect(&port).is_err() {
         assert!(Instant::now() < deadline, "the broker did not come back");
