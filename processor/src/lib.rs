@@ -13,6 +13,7 @@ mod backup;
 mod effects;
 mod entity;
 mod error;
+mod health;
 mod metrics;
 mod partition;
 mod server;
@@ -344,6 +345,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             node: Arc::clone(&node),
         })
         .max_decoding_message_size(16 * 1024 * 1024);
+        let health_service = statehouse_schemas::grpc::health::v1::health_server::HealthServer::new(
+            health::Service {
+                node: Arc::clone(&node),
+                readiness: health.clone(),
+            },
+        );
         let stop = server_shutdown.clone();
         tokio::spawn(async move {
             // Nagle off on every accepted connection (a custom incoming does not inherit the
@@ -352,6 +359,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
         })

@@ -156,6 +156,26 @@ async fn go_shopping_cart_commands_are_durable_idempotent_and_recovered() {
     assert_eq!(client.cart("bob").await, [("plum".to_string(), 7)]);
     assert!(client.cart("nobody").await.is_empty());
 
+    // gRPC health on the internal port (Kubernetes probes): SERVING once partitions are served;
+    // unknown services are NOT_FOUND.
+    let mut health = statehouse_schemas::grpc::health::v1::health_client::HealthClient::connect(
+        format!("http://{}", running.internal_addr),
+    )
+    .await
+    .unwrap();
+    let check = |service: &str| statehouse_schemas::grpc::health::v1::HealthCheckRequest {
+        service: service.into(),
+    };
+    let serving = health.check(check("")).await.unwrap().into_inner().status;
+    assert_eq!(
+        serving,
+        statehouse_schemas::grpc::health::v1::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        health.check(check("nope")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
     // A user-function failure reaches the caller with its description, and persists nothing.
     let negative = client.add("alice", "apple", -1, "").await;
     assert_eq!(
