@@ -13,7 +13,7 @@ use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, Cart, GetShoppingCart};
 use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
-use statehouse_schemas::statehouse::processor::v1::{HandleRequest, handle_response};
+use statehouse_schemas::statehouse::processor::v1::{HandleRequest, NotOwner, handle_response};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 use tonic::transport::Channel;
@@ -44,8 +44,12 @@ async fn add(client: &mut ShoppingCartClient<Channel>, cart: &str, token: &str) 
     false
 }
 
-/// Ask a processor directly (bypassing routing) for a cart. `None` = it refused (not owner).
-async fn direct_get(processor: &mut ProcessorClient<Channel>, cart: &str) -> Option<Vec<String>> {
+/// Ask a processor directly (bypassing routing) for a cart. `Err` = it refused (not owner), with
+/// the owner it named, if any.
+async fn direct_get(
+    processor: &mut ProcessorClient<Channel>,
+    cart: &str,
+) -> Result<Vec<String>, String> {
     let request = HandleRequest {
         service: "shopping-cart".into(),
         method: "/com.example.shoppingcart.ShoppingCart/GetCart".into(),
@@ -61,19 +65,18 @@ async fn direct_get(processor: &mut ProcessorClient<Channel>, cart: &str) -> Opt
     };
     match processor.handle(request).await {
         Ok(r) => match r.into_inner().outcome {
-            Some(handle_response::Outcome::Reply(reply)) => Some(
-                Cart::decode(reply.payload)
-                    .unwrap()
-                    .items
-                    .into_iter()
-                    .map(|i| i.product_id)
-                    .collect(),
-            ),
+            Some(handle_response::Outcome::Reply(reply)) => Ok(Cart::decode(reply.payload)
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|i| i.product_id)
+                .collect()),
             other => panic!("unexpected answer {other:?}"),
         },
         Err(status) => {
             assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-            None
+            let detail = NotOwner::from_status(&status).expect("a NotOwner detail");
+            Err(detail.owner_endpoint)
         }
     }
 }
@@ -103,7 +106,7 @@ async fn a_paused_owner_is_fenced_and_serves_nothing_after_it_resumes() {
         let cart = loop {
             let candidate = format!("r{round}-cart-{}", tokens);
             tokens += 1;
-            if direct_get(&mut zombie, &candidate).await.is_some() {
+            if direct_get(&mut zombie, &candidate).await.is_ok() {
                 break candidate;
             }
             assert!(Instant::now() < deadline, "pod 0 owns no partition");
@@ -140,10 +143,19 @@ async fn a_paused_owner_is_fenced_and_serves_nothing_after_it_resumes() {
         stack.pods[0].processor.resume();
         let resumed = Instant::now();
         let mut refusals = 0;
-        while resumed.elapsed() < Duration::from_secs(3) {
+        let mut named_owner = false;
+        let new_owner = format!("http://127.0.0.1:{}", stack.pods[1].internal_port);
+        // Probe for 3 s, and on until it names the new owner (its routing follower catches up
+        // after the pause), for at most 15 s.
+        while resumed.elapsed() < Duration::from_secs(3)
+            || (!named_owner && resumed.elapsed() < Duration::from_secs(15))
+        {
             match direct_get(&mut zombie, &cart).await {
-                None => refusals += 1,
-                Some(items) => assert_eq!(
+                Err(owner) => {
+                    refusals += 1;
+                    named_owner |= owner == new_owner;
+                }
+                Ok(items) => assert_eq!(
                     items, truth,
                     "round {round}: the resumed zombie served a stale read"
                 ),
@@ -152,6 +164,11 @@ async fn a_paused_owner_is_fenced_and_serves_nothing_after_it_resumes() {
         assert!(
             refusals > 0,
             "round {round}: the zombie was never asked while resuming"
+        );
+        // Its refusals name the new owner (from the routing topic), so routers go there at once.
+        assert!(
+            named_owner,
+            "round {round}: the zombie never named the new owner {new_owner}"
         );
         // The system still serves the cart, with every acknowledged item.
         let mut request = tonic::Request::new(GetShoppingCart {

@@ -128,3 +128,48 @@ fn uuid_like() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Follow `topic`/`partition` from `from` on, forever (read_committed), sending each record to
+/// the returned channel (bounded: a slow receiver slows the reader). Ends when `shutdown` is
+/// cancelled or the receiver is dropped. For small, compacted control topics (routing).
+pub fn follow(
+    options: &Options,
+    topic: &str,
+    partition: u32,
+    from: i64,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<tokio::sync::mpsc::Receiver<Message>, Error> {
+    use rdkafka::consumer::StreamConsumer;
+    let config =
+        options.consumer_config(&format!("{}follower-{}", options.topic_prefix, uuid_like()));
+    let consumer: StreamConsumer = config
+        .create()
+        .map_err(|e| Error::kafka("creating a follower", e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from))
+        .map_err(|e| Error::kafka("building the assignment", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka(format!("assigning {topic}/{partition}"), e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = consumer.recv() => match message {
+                    Ok(m) => {
+                        if tx.send(Message::from_borrowed(&m)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%topic, partition, error = %e, "following a topic failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -154,11 +154,7 @@ pub(crate) async fn run(
     // Commands that arrived after the decision to stop go back to their router to retry.
     rx.close();
     while let Ok(command) = rx.try_recv() {
-        let _ = command.reply.send(Err(Error::NotOwner {
-            service: node.service.to_string(),
-            partition: partition.id as i32,
-            owner_endpoint: String::new(),
-        }));
+        let _ = command.reply.send(Err(node.not_serving(partition.id)));
     }
     entity.close_session().await;
     node.entity_stopped();
@@ -168,11 +164,9 @@ impl Entity {
     async fn handle(&mut self, command: Command) {
         // Queued before a pause? Then the partition may be someone else's by now.
         if !self.node.may_serve() || !self.partition.is_serving() {
-            let _ = command.reply.send(Err(Error::NotOwner {
-                service: self.node.service.to_string(),
-                partition: self.partition.id as i32,
-                owner_endpoint: String::new(),
-            }));
+            let _ = command
+                .reply
+                .send(Err(self.node.not_serving(self.partition.id)));
             return;
         }
         let deadline = command.deadline;

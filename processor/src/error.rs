@@ -9,7 +9,9 @@ pub enum Error {
     NotOwner {
         service: String,
         partition: i32,
+        /// The owner per the routing table, if another one is known ("" = unknown).
         owner_endpoint: String,
+        owner_epoch: i64,
     },
     #[error("no method {0}")]
     UnknownMethod(String),
@@ -46,11 +48,12 @@ impl From<Error> for tonic::Status {
                 service,
                 partition,
                 owner_endpoint,
+                owner_epoch,
             } => NotOwner {
                 service,
                 partition,
                 owner_endpoint,
-                owner_epoch: 0,
+                owner_epoch,
                 owner_processor_id: String::new(),
             }
             .into_status(Code::Unavailable, message),

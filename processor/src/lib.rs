@@ -69,6 +69,8 @@ pub(crate) struct Node {
     pub(crate) partition_count: u32,
     pub(crate) shutdown: CancellationToken,
     partitions: RwLock<HashMap<u32, Arc<Partition>>>,
+    /// The owner of each partition per the routing topic: (endpoint, epoch).
+    routes: RwLock<HashMap<u32, (String, i64)>>,
     active_entities: AtomicUsize,
     commands: AtomicU64,
     /// Pause detection (see [`Node::may_serve`]): the time base, the last heartbeat of the
@@ -136,11 +138,54 @@ impl Node {
         }
     }
 
-    fn not_serving(&self, partition: u32) -> Error {
+    /// "Not here", naming the owner if the routing table knows another one.
+    pub(crate) fn not_serving(&self, partition: u32) -> Error {
+        let owner = self
+            .routes
+            .read()
+            .expect("routes lock")
+            .get(&partition)
+            .filter(|(endpoint, _)| *endpoint != self.endpoint)
+            .cloned();
+        let (owner_endpoint, owner_epoch) = owner.unwrap_or_default();
         Error::NotOwner {
             service: self.service.to_string(),
             partition: partition as i32,
-            owner_endpoint: String::new(),
+            owner_endpoint,
+            owner_epoch,
+        }
+    }
+
+    /// Follow the routing topic: the owner of each partition of this service, newest epoch wins.
+    async fn follow_routes(self: Arc<Self>) {
+        let mut records = match statehouse_kafka::reader::follow(
+            &self.config.kafka,
+            &self.topics.routing(),
+            0,
+            0,
+            self.shutdown.clone(),
+        ) {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!(error = %e, "cannot follow the routing topic; not-owner answers will not name the owner");
+                return;
+            }
+        };
+        tracing::debug!(topic = %self.topics.routing(), "following the routing topic");
+        while let Some(message) = records.recv().await {
+            let Some(value) = message.value else { continue };
+            let Ok(record) = avro::RoutingRecord::decode(&value) else {
+                continue;
+            };
+            if record.service != self.service.as_str() || record.partition < 0 {
+                continue;
+            }
+            tracing::debug!(partition = record.partition, owner = %record.owner_endpoint, epoch = record.epoch, "route learned");
+            let mut routes = self.routes.write().expect("routes lock");
+            let entry = routes.entry(record.partition as u32).or_default();
+            if record.epoch >= entry.1 {
+                *entry = (record.owner_endpoint, record.epoch);
+            }
         }
     }
 
@@ -167,11 +212,7 @@ impl Node {
             .expect("partitions lock")
             .get(&id)
             .cloned()
-            .ok_or_else(|| Error::NotOwner {
-                service: self.service.to_string(),
-                partition: id as i32,
-                owner_endpoint: String::new(),
-            })?;
+            .ok_or_else(|| self.not_serving(id))?;
         let key = tail::entity_key(&request.method.entity.persistence_id, &request.entity_id);
         let (reply, rx) = oneshot::channel();
         partition.send(
@@ -328,6 +369,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         uf,
         shutdown: shutdown.clone(),
         partitions: RwLock::new(HashMap::new()),
+        routes: RwLock::new(HashMap::new()),
         active_entities: AtomicUsize::new(0),
         commands: AtomicU64::new(0),
         clock: std::time::Instant::now(),
@@ -335,6 +377,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         suspended_until_ms: AtomicU64::new(0),
     });
     tokio::spawn(Arc::clone(&node).pause_detector());
+    tokio::spawn(Arc::clone(&node).follow_routes());
     let publisher = Publisher::new(&config.kafka)?;
     publish_service(&node, &publisher, &spec).await?;
     info!(service = %service, processor = %node.processor_id, endpoint = %node.endpoint, partitions = p.partitions, "processor started");

@@ -164,11 +164,7 @@ impl Partition {
     ) -> Result<(), Error> {
         let mut entities = self.entities.lock().expect("entities lock");
         if !self.is_serving() {
-            return Err(Error::NotOwner {
-                service: node.service.to_string(),
-                partition: self.id as i32,
-                owner_endpoint: String::new(),
-            });
+            return Err(node.not_serving(self.id));
         }
         let info = Arc::clone(&command.method.entity);
         let command = match entities.get(&key) {
