@@ -161,3 +161,37 @@ impl Driver {
             .into_inner()
     }
 }
+
+/// How long until every cart `cart-0 .. cart-<carts-1>` answers a GetCart through the gateway.
+///
+/// # Panics
+/// If some cart does not answer within `limit`.
+pub async fn until_all_answer(gateway: &str, carts: usize, limit: Duration) -> Duration {
+    use statehouse_schemas::shoppingcart::GetShoppingCart;
+    let started = Instant::now();
+    let mut client = ShoppingCartClient::connect(format!("http://{gateway}"))
+        .await
+        .expect("connecting to the gateway");
+    let mut pending: Vec<usize> = (0..carts).collect();
+    while !pending.is_empty() {
+        assert!(
+            started.elapsed() < limit,
+            "carts {pending:?} did not answer within {limit:?}"
+        );
+        let mut still = Vec::new();
+        for i in pending {
+            let mut request = tonic::Request::new(GetShoppingCart {
+                user_id: format!("cart-{i}"),
+            });
+            request.set_timeout(Duration::from_secs(2));
+            if client.get_cart(request).await.is_err() {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    started.elapsed()
+}

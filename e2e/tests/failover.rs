@@ -11,44 +11,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use statehouse_e2e::checker;
-use statehouse_e2e::driver::{self, Driver};
-use statehouse_schemas::shoppingcart::GetShoppingCart;
-use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
+use statehouse_e2e::driver::{self, Driver, until_all_answer};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 
 const SESSION_MS: u32 = 6_000;
 const PARTITIONS: u32 = 12;
-
-/// Time until every cart answers a GetCart through the gateway.
-async fn until_all_answer(gateway: &str, carts: usize, limit: Duration) -> Duration {
-    let started = Instant::now();
-    let mut client = ShoppingCartClient::connect(format!("http://{gateway}"))
-        .await
-        .unwrap();
-    let mut pending: Vec<usize> = (0..carts).collect();
-    while !pending.is_empty() {
-        assert!(
-            started.elapsed() < limit,
-            "carts {pending:?} did not answer within {limit:?}"
-        );
-        let mut still = Vec::new();
-        for i in pending {
-            let mut request = tonic::Request::new(GetShoppingCart {
-                user_id: format!("cart-{i}"),
-            });
-            request.set_timeout(Duration::from_secs(2));
-            if client.get_cart(request).await.is_err() {
-                still.push(i);
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    started.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_random_processor_kills_lose_and_duplicate_nothing() {

@@ -2,40 +2,15 @@
 //! group, then leave gracefully and hand their partitions back) fails no command beyond
 //! retries, and the checker's counters are all 0.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statehouse_e2e::checker;
-use statehouse_e2e::driver::{self, Driver};
-use statehouse_schemas::shoppingcart::GetShoppingCart;
-use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
+use statehouse_e2e::driver::{self, Driver, until_all_answer};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 
 const SESSION_MS: u32 = 6_000;
 const PARTITIONS: u32 = 12;
-
-async fn until_all_answer(gateway: &str, carts: usize, limit: Duration) {
-    let started = Instant::now();
-    let mut client = ShoppingCartClient::connect(format!("http://{gateway}"))
-        .await
-        .unwrap();
-    for i in 0..carts {
-        loop {
-            let mut request = tonic::Request::new(GetShoppingCart {
-                user_id: format!("cart-{i}"),
-            });
-            request.set_timeout(Duration::from_secs(2));
-            if client.get_cart(request).await.is_ok() {
-                break;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "cart-{i} did not answer within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_1_to_3_to_1_fails_no_command() {
