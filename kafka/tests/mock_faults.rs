@@ -104,6 +104,24 @@ async fn abortable_produce_errors_abort_only_their_transaction() {
     assert_eq!(committed.transaction, 1, "only the last append committed");
     assert_eq!(w.stats().transactions, 1);
     assert_eq!(w.stats().aborted as usize, attempts, "{:?}", w.stats());
+
+    // A read_committed reader sees the committed record only, never an aborted one.
+    let options = Options {
+        bootstrap_servers: cluster.bootstrap_servers(),
+        ..Options::default()
+    };
+    let visible = statehouse_kafka::reader::read_to_end(
+        &options,
+        TOPIC,
+        0,
+        0,
+        statehouse_kafka::reader::Isolation::ReadCommitted,
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<_> = visible.iter().map(|m| m.key.clone().unwrap()).collect();
+    assert_eq!(keys, [Bytes::from(format!("b#{}", attempts + 1))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
