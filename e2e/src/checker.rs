@@ -169,3 +169,20 @@ pub async fn check(
     }
     report
 }
+
+/// [`check`] for the shopping-cart service of a [`Stack`](statehouse_test_support::stack::Stack).
+pub async fn check_stack(
+    stack: &statehouse_test_support::stack::Stack,
+    partitions: u32,
+    history: &History,
+) -> Report {
+    check(
+        &statehouse_test_support::kafka_bootstrap(),
+        &stack.prefix,
+        &stack.options.service,
+        partitions,
+        &stack.gateway_addr,
+        history,
+    )
+    .await
+}

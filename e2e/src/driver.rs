@@ -195,3 +195,21 @@ pub async fn until_all_answer(gateway: &str, carts: usize, limit: Duration) -> D
     }
     started.elapsed()
 }
+
+impl Driver {
+    /// Wait until `more` further commands were acknowledged.
+    ///
+    /// # Panics
+    /// If that takes longer than `limit` (`what` names the fault it follows).
+    pub async fn wait_progress(&self, more: u64, limit: Duration, what: &str) {
+        let target = self.acked() + more;
+        let deadline = Instant::now() + limit;
+        while self.acked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "no progress within {limit:?} after the {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

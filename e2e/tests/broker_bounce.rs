@@ -5,7 +5,7 @@
 //! lives alone in its own test binary; cargo runs test binaries one at a time.)
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statehouse_e2e::checker;
 use statehouse_e2e::driver::{self, Driver};
@@ -16,18 +16,6 @@ use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 
 const PARTITIONS: u32 = 4;
-
-async fn progress(driver: &Driver, what: &str) {
-    let before = driver.acked();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while driver.acked() < before + 200 {
-        assert!(
-            Instant::now() < deadline,
-            "no progress within 120 s after the {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
@@ -40,7 +28,9 @@ async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
         ..driver::Options::default()
     };
     let driver = Driver::start(&stack.gateway_addr, driver_options, 3).await;
-    progress(&driver, "start").await;
+    driver
+        .wait_progress(200, Duration::from_secs(120), "start")
+        .await;
 
     for (i, hard) in [true, false, true].into_iter().enumerate() {
         let down = tokio::task::spawn_blocking(move || bounce_kafka(hard))
@@ -51,18 +41,12 @@ async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
             i + 1,
             if hard { "SIGKILL" } else { "SIGTERM" }
         );
-        progress(&driver, "bounce").await;
+        driver
+            .wait_progress(200, Duration::from_secs(120), "bounce")
+            .await;
     }
     let history = driver.stop().await;
-    let report = checker::check(
-        &statehouse_test_support::kafka_bootstrap(),
-        &stack.prefix,
-        "shopping-cart",
-        PARTITIONS,
-        &stack.gateway_addr,
-        &history,
-    )
-    .await;
+    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
 
     // Order: each client's commands to one cart appear in the order it sent them (a client
     // sends one command at a time and only moves on once it is acknowledged).

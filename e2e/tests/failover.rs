@@ -79,15 +79,7 @@ async fn r1_random_processor_kills_lose_and_duplicate_nothing() {
         kills.push(recovered);
     }
     let history = driver.stop().await;
-    let report = checker::check(
-        &statehouse_test_support::kafka_bootstrap(),
-        &stack.prefix,
-        "shopping-cart",
-        PARTITIONS,
-        &stack.gateway_addr,
-        &history,
-    )
-    .await;
+    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
     println!(
         "R1 checker (seed {seed}, {} kills, recovery max {:?}): {report}",
         kills.len(),

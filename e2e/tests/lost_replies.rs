@@ -85,15 +85,7 @@ async fn retries_after_lost_replies_return_the_original_reply_once() {
         task.await.unwrap();
     }
     let history = Arc::try_unwrap(history).unwrap().into_inner();
-    let report = checker::check(
-        &statehouse_test_support::kafka_bootstrap(),
-        &stack.prefix,
-        "shopping-cart",
-        PARTITIONS,
-        &stack.gateway_addr,
-        &history,
-    )
-    .await;
+    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
     let lost = lost.load(Ordering::Relaxed);
     println!("R7 checker: lost replies retried={lost} {report}");
     assert!(lost > 10, "too few lost replies to mean anything: {lost}");

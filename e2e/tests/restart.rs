@@ -14,18 +14,6 @@ use statehouse_test_support::user_function::Kind;
 const PARTITIONS: u32 = 4;
 const SESSION_MS: u32 = 6_000;
 
-async fn progress(driver: &Driver, what: &str) {
-    let before = driver.acked();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while driver.acked() < before + 300 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress after the {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_command_is_lost_or_duplicated_across_restarts() {
     let mut options = Options::new(Kind::GoShoppingCart);
@@ -37,7 +25,9 @@ async fn no_acknowledged_command_is_lost_or_duplicated_across_restarts() {
     let carts = driver_options.carts;
     until_all_answer(&stack.gateway_addr, carts, Duration::from_secs(90)).await;
     let driver = Driver::start(&stack.gateway_addr, driver_options, 11).await;
-    progress(&driver, "start").await;
+    driver
+        .wait_progress(300, Duration::from_secs(90), "start")
+        .await;
 
     // 1. Graceful restart: the partitions are handed over on SIGTERM.
     assert!(
@@ -46,7 +36,9 @@ async fn no_acknowledged_command_is_lost_or_duplicated_across_restarts() {
     );
     stack.pods[0].processor.restart();
     let graceful = until_all_answer(&stack.gateway_addr, carts, Duration::from_secs(60)).await;
-    progress(&driver, "graceful restart").await;
+    driver
+        .wait_progress(300, Duration::from_secs(90), "graceful restart")
+        .await;
 
     // 2. kill -9 under load, restarted at once: the new processor gets the partitions once the
     //    dead member's session times out, fences it and recovers.
@@ -54,18 +46,12 @@ async fn no_acknowledged_command_is_lost_or_duplicated_across_restarts() {
     stack.pods[0].processor.restart();
     let bound = Duration::from_millis(u64::from(SESSION_MS) * 2 + 10_000);
     let failover = until_all_answer(&stack.gateway_addr, carts, bound).await;
-    progress(&driver, "kill -9").await;
+    driver
+        .wait_progress(300, Duration::from_secs(90), "kill -9")
+        .await;
 
     let history = driver.stop().await;
-    let report = checker::check(
-        &statehouse_test_support::kafka_bootstrap(),
-        &stack.prefix,
-        "shopping-cart",
-        PARTITIONS,
-        &stack.gateway_addr,
-        &history,
-    )
-    .await;
+    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
     println!(
         "restart checker: {report}; every cart answered {graceful:?} after the graceful restart, {failover:?} after the kill -9"
     );

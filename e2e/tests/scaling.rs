@@ -51,15 +51,7 @@ async fn scaling_1_to_3_to_1_fails_no_command() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(driver.acked() > before, "no progress after scaling in");
     let history = driver.stop().await;
-    let report = checker::check(
-        &statehouse_test_support::kafka_bootstrap(),
-        &stack.prefix,
-        "shopping-cart",
-        PARTITIONS,
-        &stack.gateway_addr,
-        &history,
-    )
-    .await;
+    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
     println!("scale 1→3→1 checker: {report}");
     assert_eq!(
         (report.definite_failures, report.unknown),
