@@ -1,31 +1,175 @@
-//! `statehouse-loadtest`: measures Statehouse from a client's point of view.
+//! `statehouse-loadtest`: measures Statehouse from a client's point of view, and the
+//! architectures it is compared with. See the library docs and `docs/benchmarks.md`.
 //!
-//! Today it has one scenario, `latency`: one client sends `AddItem` commands to the shopping
-//! cart through the gateway, one after the other, and prints the latency percentiles
-//! (HdrHistogram) — the figure of a single durable command (routing, the user function, the
-//! Kafka transaction). The open/closed-loop scenarios, baselines and reports of the benchmark
-//! issue build on this binary.
+//! * `sweep`: closed-loop maximum, open-loop sweep of rates, correctness check → JSON +
+//!   Markdown (+ SVG).
+//! * `baseline-server`: the stateless read → modify → write service on Cassandra.
+//! * `floor`: raw Kafka transactional produce, batched like the partition writer.
+//! * `report`: combine the results of one bench run (what `cargo xtask bench` calls).
+//! * `latency`: one client, sequential `AddItem` and `GetCart`.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use statehouse_loadtest::keys::Distribution;
+use statehouse_loadtest::report::{self, Bench, Machine, ProcessStat};
+use statehouse_loadtest::{baseline, floor, sweep};
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart};
 
 #[derive(Parser)]
 #[command(
     name = "statehouse-loadtest",
-    about = "Measure Statehouse from a client"
+    about = "Measure Statehouse, its stateless+database baseline and the Kafka floor"
 )]
 struct Cli {
     #[command(subcommand)]
-    scenario: Scenario,
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyDist {
+    Uniform,
+    Zipf,
 }
 
 #[derive(Subcommand)]
-enum Scenario {
+enum Command {
+    /// Closed-loop maximum, then an open-loop sweep of rates, then the correctness check.
+    Sweep {
+        /// `es-counter` or `shopping-cart`.
+        #[arg(long, default_value = "es-counter")]
+        scenario: String,
+        /// The gRPC endpoint serving the shopping-cart API (gateway or baseline).
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        target: String,
+        /// Name of the target in reports.
+        #[arg(long, default_value = "statehouse")]
+        name: String,
+        /// Number of entities (N).
+        #[arg(long, default_value_t = 1000)]
+        entities: u64,
+        #[arg(long, value_enum, default_value_t = KeyDist::Zipf)]
+        keys: KeyDist,
+        /// Zipf exponent.
+        #[arg(long, default_value_t = 1.1)]
+        zipf_s: f64,
+        /// Closed-loop clients (C).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// HTTP/2 connections to the target.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_s: f64,
+        #[arg(long, default_value_t = 6.0)]
+        closed_s: f64,
+        #[arg(long, default_value_t = 5.0)]
+        step_s: f64,
+        /// Open-loop rates as fractions of the closed-loop maximum.
+        #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9,1.1")]
+        fractions: Vec<f64>,
+        /// Explicit open-loop rates (commands/s), instead of fractions.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// Evenly spaced arrivals instead of Poisson.
+        #[arg(long)]
+        constant: bool,
+        /// p99 bound of "maximum throughput at equal p99".
+        #[arg(long, default_value_t = 50.0)]
+        slo_p99_ms: f64,
+        #[arg(long, default_value_t = 4096)]
+        max_in_flight: usize,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Also run this scenario at `mix-fraction` of the maximum (GetCart on active entities).
+        #[arg(long)]
+        mix_scenario: Option<String>,
+        #[arg(long, default_value_t = 0.5)]
+        mix_fraction: f64,
+        /// Skip the correctness check.
+        #[arg(long)]
+        no_verify: bool,
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Entity ids are `<run-id>-<k>`; default: unique per invocation.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Write the JSON here (and Markdown next to it, `.md`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Serve the shopping-cart API statelessly: read → modify → write on Cassandra per command.
+    BaselineServer {
+        #[arg(long, value_enum, default_value_t = baseline::Variant::Plain)]
+        variant: baseline::Variant,
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9042")]
+        cassandra: String,
+        #[arg(long, default_value = "statehouse_baseline")]
+        keyspace: String,
+        /// Compare-and-set attempts per command (lwt).
+        #[arg(long, default_value_t = 100)]
+        max_attempts: u32,
+    },
+    /// Raw Kafka transactional produce, batched like the partition writer.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_servers: String,
+        /// Topic to create (default: unique per invocation).
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        entities: u64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_s: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+        /// Bytes of each record's value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        #[arg(long, default_value_t = 2000)]
+        max_records: usize,
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_bytes: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Combine one bench run's results into JSON, Markdown and SVG; print the targets table.
+    Report {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        timestamp: String,
+        /// A sweep result (repeatable).
+        #[arg(long = "sweep")]
+        sweeps: Vec<PathBuf>,
+        #[arg(long)]
+        floor: Option<PathBuf>,
+        /// Tab-separated `phase process cpu_seconds peak_rss_kib` lines.
+        #[arg(long)]
+        processes: Option<PathBuf>,
+        /// The processor's `/metrics` text at the end of its phase.
+        #[arg(long)]
+        processor_metrics: Option<PathBuf>,
+        /// `key=value` settings to print (repeatable).
+        #[arg(long = "setting")]
+        settings: Vec<String>,
+        /// Output stem: writes `<out>.json`, `<out>.md` and `<out>.svg`.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// One client, sequential commands: latency percentiles of AddItem (and GetCart).
     Latency {
         /// The gateway.
@@ -45,14 +189,314 @@ enum Scenario {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
-        Scenario::Latency {
+    match Cli::parse().command {
+        Command::Sweep {
+            scenario,
+            target,
+            name,
+            entities,
+            keys,
+            zipf_s,
+            clients,
+            connections,
+            warmup_s,
+            closed_s,
+            step_s,
+            fractions,
+            rates,
+            constant,
+            slo_p99_ms,
+            max_in_flight,
+            timeout_ms,
+            mix_scenario,
+            mix_fraction,
+            no_verify,
+            no_progress,
+            seed,
+            run_id,
+            out,
+        } => {
+            let options = sweep::Options {
+                target: name,
+                uri: target,
+                scenario,
+                entities,
+                distribution: match keys {
+                    KeyDist::Uniform => Distribution::Uniform,
+                    KeyDist::Zipf => Distribution::Zipf { s: zipf_s },
+                },
+                clients,
+                connections,
+                warmup_s,
+                closed_s,
+                step_s,
+                fractions,
+                rates,
+                poisson: !constant,
+                slo_p99_ms,
+                max_in_flight,
+                timeout_ms,
+                mix_scenario,
+                mix_fraction,
+                verify: !no_verify,
+                progress: !no_progress,
+                seed,
+                run_id: run_id.unwrap_or_else(unique_run_id),
+            };
+            let result = sweep::run(&options).await?;
+            let md = format!(
+                "{}\n{}",
+                report::summary_table(std::slice::from_ref(&result)),
+                report::steps_table(&result)
+            );
+            println!("{md}");
+            if let Some(out) = out {
+                write_json(&out, &result)?;
+                std::fs::write(out.with_extension("md"), &md)?;
+                std::fs::write(
+                    out.with_extension("svg"),
+                    report::svg(
+                        std::slice::from_ref(&result),
+                        &format!("{} — {}", result.options.scenario, result.options.target),
+                    ),
+                )?;
+            }
+            if let Some(v) = &result.verification
+                && !v.ok
+            {
+                eprintln!("correctness check FAILED: {v:?}");
+            }
+            Ok(())
+        }
+        Command::BaselineServer {
+            variant,
+            listen,
+            cassandra,
+            keyspace,
+            max_attempts,
+        } => {
+            let server = baseline::Baseline::connect(&baseline::Options {
+                variant,
+                contact_point: cassandra,
+                keyspace,
+                max_attempts,
+            })
+            .await?;
+            eprintln!("baseline ({variant:?}) serving on {listen}");
+            server
+                .serve_on(listen, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+        }
+        Command::Floor {
+            bootstrap_servers,
+            topic,
+            partitions,
+            clients,
+            entities,
+            warmup_s,
+            duration_s,
+            value_bytes,
+            max_records,
+            max_bytes,
+            out,
+        } => {
+            let options = floor::Options {
+                bootstrap_servers,
+                topic: topic.unwrap_or_else(|| format!("bench-floor-{}", unique_run_id())),
+                partitions,
+                clients,
+                entities,
+                warmup_s,
+                duration_s,
+                value_bytes,
+                max_records,
+                max_bytes,
+                progress: true,
+            };
+            let result = floor::run(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&result.outcome)?);
+            if let Some(out) = out {
+                write_json(&out, &result)?;
+            }
+            Ok(())
+        }
+        Command::Report {
+            scenario,
+            timestamp,
+            sweeps,
+            floor,
+            processes,
+            processor_metrics,
+            settings,
+            out,
+        } => report_cmd(
+            scenario,
+            timestamp,
+            &sweeps,
+            floor.as_deref(),
+            processes.as_deref(),
+            processor_metrics.as_deref(),
+            &settings,
+            &out,
+        ),
+        Command::Latency {
             target,
             calls,
             warmup,
             carts,
         } => latency(&target, calls, warmup, carts).await,
     }
+}
+
+fn unique_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("lt{:x}{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_cmd(
+    scenario: String,
+    timestamp: String,
+    sweeps: &[PathBuf],
+    floor_path: Option<&Path>,
+    processes: Option<&Path>,
+    processor_metrics: Option<&Path>,
+    settings: &[String],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let targets: Vec<sweep::Result> = sweeps
+        .iter()
+        .map(|p| read_json(p))
+        .collect::<Result<_, _>>()?;
+    let floor: Option<floor::Result> = floor_path.map(read_json).transpose()?;
+    let commands_of = |phase: &str| -> u64 {
+        if phase == "floor" {
+            return floor.as_ref().map_or(0, |f| f.outcome.records_total);
+        }
+        targets
+            .iter()
+            .find(|t| t.options.target == phase)
+            .map_or(0, |t| t.summary.commands_sent)
+    };
+    let per_1000 = |cpu: f64, commands: u64| {
+        if commands == 0 {
+            0.0
+        } else {
+            cpu * 1000.0 * 1000.0 / commands as f64
+        }
+    };
+    let mut stats = Vec::new();
+    if let Some(path) = processes {
+        let text = std::fs::read_to_string(path)?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let cpu_s: f64 = f[2].parse().unwrap_or(0.0);
+            let commands = commands_of(f[0]);
+            stats.push(ProcessStat {
+                phase: f[0].to_string(),
+                process: f[1].to_string(),
+                cpu_s,
+                peak_rss_kib: f[3].parse().unwrap_or(0),
+                commands,
+                cpu_ms_per_1000: per_1000(cpu_s, commands),
+            });
+        }
+    }
+    for t in &targets {
+        let commands = t.summary.commands_sent;
+        stats.push(ProcessStat {
+            phase: t.options.target.clone(),
+            process: "load generator".into(),
+            cpu_s: t.loader_cpu_s,
+            peak_rss_kib: t.loader_peak_rss_kib,
+            commands,
+            cpu_ms_per_1000: per_1000(t.loader_cpu_s, commands),
+        });
+    }
+    if let Some(f) = &floor {
+        stats.push(ProcessStat {
+            phase: "floor".into(),
+            process: "floor producer (load generator)".into(),
+            cpu_s: f.outcome.loader_cpu_s,
+            peak_rss_kib: f.outcome.loader_peak_rss_kib,
+            commands: f.outcome.records_total,
+            cpu_ms_per_1000: per_1000(f.outcome.loader_cpu_s, f.outcome.records_total),
+        });
+    }
+    let processor_metrics = match processor_metrics {
+        Some(p) => report::metrics_of(
+            &std::fs::read_to_string(p)?,
+            &[
+                "statehouse_writer_commit_seconds",
+                "statehouse_writer_batch_records",
+                "statehouse_writer_transactions_total",
+                "statehouse_writer_records_total",
+                "statehouse_writer_failures_total",
+            ],
+        ),
+        None => Default::default(),
+    };
+    let mut bench = Bench {
+        scenario,
+        timestamp,
+        machine: Machine::detect(),
+        settings: settings
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        targets,
+        floor,
+        processes: stats,
+        processor_metrics,
+        ratios: Default::default(),
+        checks: Vec::new(),
+        valid: true,
+        notes: Vec::new(),
+    };
+    bench.finish();
+    let svg_path = out.with_extension("svg");
+    let svg_name = svg_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    std::fs::write(
+        &svg_path,
+        report::svg(
+            &bench.targets,
+            &format!(
+                "{}: latency vs throughput ({})",
+                bench.scenario, bench.timestamp
+            ),
+        ),
+    )?;
+    let md = bench.markdown(svg_name.as_deref());
+    std::fs::write(out.with_extension("md"), &md)?;
+    write_json(&out.with_extension("json"), &bench)?;
+    println!("{md}");
+    if !bench.valid {
+        anyhow::bail!("the run is invalid: {}", bench.notes.join("; "));
+    }
+    Ok(())
 }
 
 async fn latency(target: &str, calls: u32, warmup: u32, carts: u32) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod ci;
 mod dev;
 mod infra;
@@ -32,6 +33,8 @@ enum Command {
     Ci(ci::Args),
     /// Run Statehouse with the sample shopping cart (infra, user function, processor, gateway).
     Dev(dev::Args),
+    /// Benchmark Statehouse against the stateless+Cassandra baseline and the Kafka floor.
+    Bench(bench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,5 +86,6 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         },
         Command::Ci(args) => ci::run(&layout, &args).map(|()| true),
         Command::Dev(args) => dev::run(&layout, &args).map(|()| true),
+        Command::Bench(args) => bench::run(&layout, &args).map(|()| true),
     }
 }
