@@ -109,12 +109,19 @@ impl EntityId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// The key of this entity's event number `seq` in the journal topic: `<entity_id>#<seq>`.
-    /// Unique per event, so a compacted journal never drops an event.
-    pub fn journal_key(&self, seq: u64) -> String {
-        format!("{}#{}", self.0, seq)
-    }
+/// The storage key of an entity: its persistence id (the entity type) and id,
+/// `<persistence_id>|<entity_id>`, so two entity types of one service never share a history.
+/// Used for the journal keys and the Cassandra rows.
+pub fn entity_key(persistence_id: &str, entity_id: &str) -> String {
+    format!("{persistence_id}|{entity_id}")
+}
+
+/// The key of an entity's event number `seq` in the journal topic: `<entity_key>#<seq>`.
+/// Unique per event, so a compacted journal never drops an event.
+pub fn journal_key(entity_key: &str, seq: u64) -> String {
+    format!("{entity_key}#{seq}")
 }
 
 impl fmt::Display for EntityId {
@@ -123,7 +130,7 @@ impl fmt::Display for EntityId {
     }
 }
 
-/// Split a journal key `<entity_id>#<seq>` at its last `#` (entity ids may contain `#`).
+/// Split a journal key `<entity_key>#<seq>` at its last `#` (entity ids may contain `#`).
 pub fn parse_journal_key(key: &str) -> Result<(&str, u64), Error> {
     let bad = || Error::BadJournalKey {
         key: key.chars().take(200).collect(),
@@ -165,9 +172,11 @@ mod tests {
     #[test]
     fn entity_ids_and_journal_keys_round_trip() {
         let id = EntityId::new("user#42").unwrap();
-        let key = id.journal_key(17);
-        assert_eq!(key, "user#42#17");
-        assert_eq!(parse_journal_key(&key).unwrap(), ("user#42", 17));
+        let entity = entity_key("cart", id.as_str());
+        assert_eq!(entity, "cart|user#42");
+        let key = journal_key(&entity, 17);
+        assert_eq!(key, "cart|user#42#17");
+        assert_eq!(parse_journal_key(&key).unwrap(), ("cart|user#42", 17));
         assert!(parse_journal_key("nohash").is_err());
         assert!(parse_journal_key("a#0").is_err());
         assert!(parse_journal_key("#3").is_err());

@@ -374,7 +374,7 @@ impl Entity {
                 .encode()
                 .map_err(|e| Error::Journal(format!("encoding an event: {e}")))?;
             records.push(self.partition.journal_record(
-                format!("{}#{seq}", self.key),
+                statehouse_core::ids::journal_key(&self.key, seq as u64),
                 &record,
                 value,
             ));

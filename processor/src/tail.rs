@@ -29,10 +29,7 @@ pub(crate) struct Tail {
     inner: Mutex<Inner>,
 }
 
-/// The tail key of an entity: its persistence id and entity id.
-pub(crate) fn entity_key(persistence_id: &str, entity_id: &str) -> String {
-    format!("{persistence_id}|{entity_id}")
-}
+pub(crate) use statehouse_core::ids::entity_key;
 
 impl Tail {
     /// Add an event at `offset` (offsets arrive in increasing order).

@@ -13,7 +13,6 @@
 //! `statehouse-loadtest report` then writes `target/bench/<scenario>-<timestamp>.{json,md,svg}`
 //! and prints the table of ratios and targets.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::dev::{spawn, wait_for_port};
 use crate::infra;
 use crate::layout::Layout;
 
@@ -532,23 +532,6 @@ fn utc_timestamp() -> Result<String> {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    command
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("starting {:?}", command.get_program()))
-}
-
-fn wait_for_port(port: u16, timeout: Duration, what: &str) -> Result<()> {
-    wait_until(timeout, what, || {
-        Ok(TcpStream::connect(("127.0.0.1", port)).is_ok())
-    })
 }
 
 fn wait_until(

@@ -184,7 +184,8 @@ Ctrl-C stops the three processes (`cargo xtask infra down` stops Kafka and Cassa
     }
 }
 
-fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
+/// Start `command` with stdin closed and stdout/stderr going to `log`.
+pub(crate) fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     command
@@ -202,7 +203,8 @@ fn ensure_free(port: u16, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_port(port: u16, timeout: Duration, what: &str) -> Result<()> {
+/// Wait until something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn wait_for_port(port: u16, timeout: Duration, what: &str) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
