@@ -13,13 +13,18 @@ pub enum Error {
     /// The transaction was aborted; none of its records are visible. Safe to retry.
     #[error("transaction aborted, nothing was committed: {reason}")]
     Aborted { reason: String },
-    /// The outcome of the commit is unknown (e.g. a timeout). The producer was re-created, which
-    /// fences the in-flight request; a retry must carry the same idempotency key.
+    /// The outcome of the commit is unknown (e.g. a timeout). The writer stopped; the owner
+    /// recovers the partition (which settles the transaction) before writing again. A retry
+    /// must carry the same idempotency key.
     #[error("transaction outcome unknown: {reason}")]
     Indefinite { reason: String },
-    /// The writer stopped (shutdown or revoked partition) before the records were committed.
-    #[error("partition writer {transactional_id} is closed")]
-    Closed { transactional_id: String },
+    /// The writer stopped (shutdown, revoked partition, or an earlier unknown outcome) before the
+    /// records were committed.
+    #[error("partition writer {transactional_id} is closed: {reason}")]
+    Closed {
+        transactional_id: String,
+        reason: String,
+    },
     /// A batch larger than the writer accepts.
     #[error(
         "append of {records} records / {bytes} bytes exceeds the writer limits ({max_records} records / {max_bytes} bytes)"

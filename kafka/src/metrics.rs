@@ -10,5 +10,3 @@ pub const WRITER_RECORDS: &str = "statehouse_writer_records_total";
 pub const WRITER_BATCH_RECORDS: &str = "statehouse_writer_batch_records";
 /// Histogram: seconds from `begin_transaction` to a completed commit.
 pub const WRITER_COMMIT_SECONDS: &str = "statehouse_writer_commit_seconds";
-/// Counter: producers re-created after an indefinite transactional error.
-pub const WRITER_RECREATED: &str = "statehouse_writer_producer_recreated_total";

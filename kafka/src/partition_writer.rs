@@ -10,15 +10,23 @@
 //! transaction commits, the next batch fills (pipelining).
 //!
 //! Failure handling, per librdkafka's transactional API and its missing KIP-890:
-//! * abortable error → the transaction is aborted, its callers get [`Error::Aborted`];
-//! * fatal error (fenced, or any fatal producer error) → every pending and future append gets
-//!   [`Error::Fenced`]; the writer stops and the partition must be given up;
-//! * indefinite error (e.g. a commit timeout) → the outcome is unknown: the producer is destroyed
-//!   and re-created (its `init_transactions` fences the in-flight request), the callers get
-//!   [`Error::Indefinite`] — never OK. The producer is only re-created while the [`Lease`] says
-//!   this process still owns the partition, so a deposed owner cannot fence the new one.
+//! * abortable error → the transaction is aborted, its callers get [`Error::Aborted`]; the
+//!   writer goes on (nothing of the transaction is in the log);
+//! * fatal error (fenced, or any fatal producer error) → the callers get [`Error::Fenced`], the
+//!   writer stops ([`Stop::Fenced`]);
+//! * indefinite error (e.g. a commit timeout while the broker is away) → the outcome is unknown:
+//!   the callers get [`Error::Indefinite`] — never OK — and the writer stops
+//!   ([`Stop::Unknown`]). It does not re-create its producer and carry on: the transaction may
+//!   have committed after all, and whoever writes next must first know what is in the log. The
+//!   owner recovers the partition instead — a new writer's `init_transactions` settles the
+//!   in-doubt transaction (completes or aborts it) and fences this producer, then the partition is
+//!   read to its end before anything new is written.
+//!
+//! A stopped writer answers every later append with the error of its stop. It never calls
+//! `init_transactions` again, so a writer that outlives its ownership can never fence the
+//! partition's next owner.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,29 +73,6 @@ pub struct Committed {
     pub transaction: u64,
 }
 
-/// Shared flag saying this process still owns the partition. The ownership layer clears it on
-/// revoke; the writer then never re-creates its producer (which would fence the new owner).
-#[derive(Debug, Clone)]
-pub struct Lease(Arc<AtomicBool>);
-
-impl Lease {
-    pub fn new() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
-    }
-    pub fn is_held(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-    pub fn release(&self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-impl Default for Lease {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Sees every committed append, in commit (= offset) order, before its caller is answered.
 /// The processor uses it to feed the asynchronous backup and the in-memory journal tail.
 pub trait Observer: Send + Sync + 'static {
@@ -103,7 +88,6 @@ pub struct Stats {
     pub appends: u64,
     pub aborted: u64,
     pub indefinite: u64,
-    pub recreated: u64,
 }
 
 #[derive(Debug, Default)]
@@ -113,31 +97,41 @@ struct Counters {
     appends: AtomicU64,
     aborted: AtomicU64,
     indefinite: AtomicU64,
-    recreated: AtomicU64,
 }
 
 /// Why a writer stopped for good.
-#[derive(Debug, Clone)]
-enum Terminal {
-    Fenced(String),
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Told to stop (shutdown or the partition was released).
     Closed,
+    /// Fenced by a newer producer with the same transactional id, or another fatal producer
+    /// error: the partition may belong to someone else now.
+    Fenced(String),
+    /// A transaction's outcome is unknown: the partition must be recovered (fence, read to the
+    /// end) before anything more is written to it.
+    Unknown(String),
 }
 
 struct Shared {
     transactional_id: String,
     counters: Counters,
-    terminal: OnceLock<Terminal>,
+    terminal: OnceLock<Stop>,
 }
 
 impl Shared {
     fn terminal_error(&self) -> Error {
         match self.terminal.get() {
-            Some(Terminal::Fenced(reason)) => Error::Fenced {
+            Some(Stop::Fenced(reason)) => Error::Fenced {
                 transactional_id: self.transactional_id.clone(),
                 reason: reason.clone(),
             },
-            Some(Terminal::Closed) | None => Error::Closed {
+            Some(Stop::Unknown(reason)) => Error::Closed {
                 transactional_id: self.transactional_id.clone(),
+                reason: format!("stopped after a transaction of unknown outcome ({reason})"),
+            },
+            Some(Stop::Closed) | None => Error::Closed {
+                transactional_id: self.transactional_id.clone(),
+                reason: "stopped".into(),
             },
         }
     }
@@ -155,6 +149,7 @@ pub struct Handle {
     shared: Arc<Shared>,
     limits: WriterOptions,
     stopped: CancellationToken,
+    settled: Arc<[(Arc<str>, i64)]>,
 }
 
 impl Handle {
@@ -186,9 +181,23 @@ impl Handle {
         &self.shared.transactional_id
     }
 
+    /// The offset of the settle record in `topic` (see [`Writer::start_observed`]): every record
+    /// before it is readable, and nothing after it was written by an earlier owner.
+    pub fn settled_at(&self, topic: &str) -> Option<i64> {
+        self.settled
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map(|(_, offset)| *offset)
+    }
+
     /// Whether the writer was fenced by a newer owner.
     pub fn is_fenced(&self) -> bool {
-        matches!(self.shared.terminal.get(), Some(Terminal::Fenced(_)))
+        matches!(self.shared.terminal.get(), Some(Stop::Fenced(_)))
+    }
+
+    /// Why the writer stopped, once it has (it writes nothing more then).
+    pub fn stop_reason(&self) -> Option<Stop> {
+        self.shared.terminal.get().cloned()
     }
 
     /// Resolves when the writer has stopped (shutdown, fenced, or failed for good).
@@ -204,7 +213,6 @@ impl Handle {
             appends: c.appends.load(Ordering::Relaxed),
             aborted: c.aborted.load(Ordering::Relaxed),
             indefinite: c.indefinite.load(Ordering::Relaxed),
-            recreated: c.recreated.load(Ordering::Relaxed),
         }
     }
 }
@@ -213,7 +221,6 @@ impl Handle {
 pub struct Writer {
     options: Options,
     partition: i32,
-    lease: Lease,
     observer: Option<Arc<dyn Observer>>,
     shared: Arc<Shared>,
     producer: Arc<FutureProducer>,
@@ -237,23 +244,49 @@ impl Writer {
         options: &Options,
         transactional_id: String,
         partition: u32,
-        lease: Lease,
         shutdown: CancellationToken,
     ) -> Result<Handle, Error> {
-        Self::start_observed(options, transactional_id, partition, lease, None, shutdown).await
+        Self::start_observed(options, transactional_id, partition, None, &[], shutdown).await
     }
 
-    /// Like [`Writer::start`], with an [`Observer`] of every committed append.
+    /// Like [`Writer::start`], with an [`Observer`] of every committed append, and settling
+    /// the writer's partition of each topic in `settle` before it takes appends.
+    ///
+    /// Settling makes everything the partition holds readable: after a broker restarts
+    /// uncleanly its high watermark can lag behind the records it has (it is restored from a
+    /// periodic checkpoint and only moves on with the next write), so a reader would stop short
+    /// of records that were acknowledged, or wait forever past the watermark. The writer
+    /// produces one record (key [`SETTLE_KEY`], no value) to each topic in a transaction it
+    /// then aborts: the acknowledged produce moves the watermark to the end of the log, and the
+    /// aborted record is invisible to every `read_committed` reader. Its offset —
+    /// [`Handle::settled_at`] — is then the partition's end as of the takeover.
     pub async fn start_observed(
         options: &Options,
         transactional_id: String,
         partition: u32,
-        lease: Lease,
         observer: Option<Arc<dyn Observer>>,
+        settle: &[Arc<str>],
         shutdown: CancellationToken,
     ) -> Result<Handle, Error> {
         options.validate()?;
         let producer = create_producer(options, &transactional_id).await?;
+        let settled = if settle.is_empty() {
+            Vec::new()
+        } else {
+            settle_partition(
+                &producer,
+                partition as i32,
+                settle,
+                options.request_timeout(),
+            )
+            .await
+            .map_err(|e| {
+                Error::kafka(
+                    format!("settling partition {partition} for {transactional_id}"),
+                    e,
+                )
+            })?
+        };
         let (tx, rx) = mpsc::channel(options.writer.queue_capacity);
         let shared = Arc::new(Shared {
             transactional_id,
@@ -264,7 +297,6 @@ impl Writer {
         let writer = Writer {
             options: options.clone(),
             partition: partition as i32,
-            lease,
             observer,
             shared: Arc::clone(&shared),
             producer,
@@ -272,13 +304,14 @@ impl Writer {
             shutdown,
             stopped: stopped.clone(),
         };
-        info!(transactional_id = %shared.transactional_id, partition, "partition writer started");
+        info!(transactional_id = %shared.transactional_id, partition, ?settled, "partition writer started");
         tokio::spawn(writer.run());
         Ok(Handle {
             tx,
             shared,
             limits: options.writer.clone(),
             stopped,
+            settled: Arc::from(settled),
         })
     }
 
@@ -339,7 +372,7 @@ impl Writer {
             }
         }
         // Whatever is left (only when fenced or failed) is answered with the terminal error.
-        let _ = self.shared.terminal.set(Terminal::Closed);
+        let _ = self.shared.terminal.set(Stop::Closed);
         self.rx.close();
         let err_of = |shared: &Shared| shared.terminal_error();
         for append in pending {
@@ -397,7 +430,7 @@ impl Writer {
             Outcome::Fatal(reason) => {
                 metrics::counter!(m::WRITER_FAILURES, "outcome" => "fenced").increment(1);
                 warn!(transactional_id = %tid, %reason, "partition writer fenced or fatally failed; giving up the partition");
-                let _ = self.shared.terminal.set(Terminal::Fenced(reason));
+                let _ = self.shared.terminal.set(Stop::Fenced(reason));
                 for append in batch {
                     let _ = append.reply.send(Err(self.shared.terminal_error()));
                 }
@@ -406,52 +439,52 @@ impl Writer {
             Outcome::Indefinite(reason) => {
                 c.indefinite.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::WRITER_FAILURES, "outcome" => "indefinite").increment(1);
-                warn!(transactional_id = %tid, %reason, "transaction outcome unknown; re-creating the producer");
+                warn!(transactional_id = %tid, %reason, "transaction outcome unknown; the writer stops and the partition must be recovered");
+                let _ = self.shared.terminal.set(Stop::Unknown(reason.clone()));
                 for append in batch {
                     let _ = append.reply.send(Err(Error::Indefinite {
                         reason: reason.clone(),
                     }));
                 }
-                self.recreate().await
+                false
             }
         }
     }
+}
 
-    /// Destroy the producer and create a new one (KIP-890 remedy). Only while the lease holds.
-    async fn recreate(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=8 {
-            if !self.lease.is_held() {
-                let _ = self.shared.terminal.set(Terminal::Fenced(
-                    "partition lease released; not re-creating the producer".into(),
-                ));
-                return false;
-            }
-            if self.shutdown.is_cancelled() && attempt > 1 {
-                return false;
-            }
-            match create_producer(&self.options, &self.shared.transactional_id).await {
-                Ok(producer) => {
-                    self.producer = producer;
-                    self.shared
-                        .counters
-                        .recreated
-                        .fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(m::WRITER_RECREATED).increment(1);
-                    return true;
-                }
-                Err(err) => {
-                    warn!(transactional_id = %self.shared.transactional_id, attempt, %err, "re-creating the producer failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        let _ = self.shared.terminal.set(Terminal::Fenced(
-            "could not re-create the transactional producer".into(),
-        ));
-        false
+/// Key of the records a settling writer produces (in a transaction it aborts).
+pub const SETTLE_KEY: &[u8] = b"statehouse.settle";
+
+/// One aborted transaction with a record in `partition` of each topic; returns their offsets.
+async fn settle_partition(
+    producer: &Arc<FutureProducer>,
+    partition: i32,
+    topics: &[Arc<str>],
+    timeout: Duration,
+) -> Result<Vec<(Arc<str>, i64)>, KafkaError> {
+    let p = Arc::clone(producer);
+    tokio::task::spawn_blocking(move || p.begin_transaction())
+        .await
+        .expect("begin task panicked")?;
+    let mut deliveries = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).partition(partition).key(SETTLE_KEY);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
+    let mut settled = Vec::with_capacity(topics.len());
+    for (topic, delivery) in topics.iter().zip(join_all(deliveries).await) {
+        match delivery {
+            Ok(Ok(d)) => settled.push((Arc::clone(topic), d.offset)),
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    let p = Arc::clone(producer);
+    tokio::task::spawn_blocking(move || p.abort_transaction(timeout))
+        .await
+        .expect("abort task panicked")?;
+    Ok(settled)
 }
 
 async fn create_producer(

@@ -66,15 +66,19 @@ impl Message {
     }
 }
 
-/// Read `topic`/`partition` from `from` up to the end it has when the read starts (the last
-/// stable offset for `ReadCommitted`). Gives up after `deadline` if the end is never reached.
+/// Read `topic`/`partition` from `from` up to its end (the last stable offset for
+/// `ReadCommitted`). Gives up when the read makes no progress for `stall` — nothing new read
+/// and the end not reached — so a long partition may take as long as it needs, but a read that
+/// is stuck (a broker that does not answer, a partition without a leader, a transaction that
+/// keeps the last stable offset back) fails instead of hanging; the error names the position
+/// and the partition's offsets.
 pub async fn read_to_end(
     options: &Options,
     topic: &str,
     partition: u32,
     from: i64,
     isolation: Isolation,
-    deadline: Duration,
+    stall: Duration,
 ) -> Result<Vec<Message>, Error> {
     let mut config =
         options.consumer_config(&format!("{}reader-{}", options.topic_prefix, uuid_like()));
@@ -93,18 +97,33 @@ pub async fn read_to_end(
         consumer
             .assign(&tpl)
             .map_err(|e| Error::kafka(format!("assigning {topic}/{partition}"), e))?;
-        let started = Instant::now();
+        let mut progress = Instant::now();
+        let mut warned = false;
         let mut out = Vec::new();
         loop {
-            if started.elapsed() > deadline {
-                return Err(Error::kafka(
-                    format!("reading {topic}/{partition} to its end within {deadline:?}"),
-                    KafkaError::Global(rdkafka::types::RDKafkaErrorCode::OperationTimedOut),
-                ));
+            let quiet = progress.elapsed();
+            if quiet > stall || (!warned && quiet > stall / 4) {
+                let next = out.last().map_or(from, |m: &Message| m.offset + 1);
+                let marks = consumer
+                    .fetch_watermarks(&topic, partition as i32, Duration::from_secs(2))
+                    .map_or_else(|e| format!("unknown ({e})"), |(lo, hi)| format!("{lo}..{hi}"));
+                if quiet > stall {
+                    return Err(Error::kafka(
+                        format!(
+                            "reading {topic}/{partition} to its end: no progress for {stall:?} (next offset {next}, the partition holds {marks}, {isolation:?})"
+                        ),
+                        KafkaError::Global(rdkafka::types::RDKafkaErrorCode::OperationTimedOut),
+                    ));
+                }
+                tracing::warn!(topic, partition, next, offsets = marks, ?isolation, waited = ?quiet, "reading a partition to its end makes no progress");
+                warned = true;
             }
             match consumer.poll(Duration::from_millis(200)) {
                 None => continue,
-                Some(Ok(message)) => out.push(Message::from_borrowed(&message)),
+                Some(Ok(message)) => {
+                    out.push(Message::from_borrowed(&message));
+                    progress = Instant::now();
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
                 Some(Err(e)) => {
                     return Err(Error::kafka(format!("reading {topic}/{partition}"), e));

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use statehouse_core::{ServiceName, Topics};
 use statehouse_kafka::admin::Admin;
-use statehouse_kafka::partition_writer::{Lease, Record, Writer};
+use statehouse_kafka::partition_writer::{Record, Writer};
 use statehouse_kafka::reader::{Isolation, Message, read_to_end};
 use statehouse_kafka::{Error, Options, headers};
 use statehouse_test_support::{kafka_bootstrap, unique};
@@ -60,7 +60,7 @@ async fn a_second_writer_fences_the_first() {
     let tid = topics.transactional_id(1);
     let shutdown = CancellationToken::new();
 
-    let first = Writer::start(&options, tid.clone(), 1, Lease::new(), shutdown.clone())
+    let first = Writer::start(&options, tid.clone(), 1, shutdown.clone())
         .await
         .unwrap();
     let ok = first
@@ -70,7 +70,7 @@ async fn a_second_writer_fences_the_first() {
     assert_eq!(ok.transaction, 1);
 
     // The new owner's init_transactions bumps the epoch: the first writer is now a zombie.
-    let second = Writer::start(&options, tid.clone(), 1, Lease::new(), shutdown.clone())
+    let second = Writer::start(&options, tid.clone(), 1, shutdown.clone())
         .await
         .unwrap();
     let zombie = first
@@ -165,7 +165,7 @@ async fn read_committed_never_sees_aborted_or_fenced_records() {
     }
     raw.flush(timeout).unwrap();
     let shutdown = CancellationToken::new();
-    let owner = Writer::start(&options, tid.clone(), 0, Lease::new(), shutdown.clone())
+    let owner = Writer::start(&options, tid.clone(), 0, shutdown.clone())
         .await
         .unwrap();
     let zombie_commit = raw.commit_transaction(timeout);
@@ -220,15 +220,9 @@ async fn concurrent_appends_commit_atomically_in_shared_transactions() {
     options.writer.linger_ms = 20;
     let (journal, values) = (topics.journal(), topics.values());
     let shutdown = CancellationToken::new();
-    let writer = Writer::start(
-        &options,
-        topics.transactional_id(0),
-        0,
-        Lease::new(),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let writer = Writer::start(&options, topics.transactional_id(0), 0, shutdown.clone())
+        .await
+        .unwrap();
 
     const APPENDS: usize = 200;
     let mut tasks = Vec::new();
@@ -303,4 +297,81 @@ async fn concurrent_appends_commit_atomically_in_shared_transactions() {
         .expect("the writer stops on shutdown");
     let after = writer.append(vec![record(&journal, "late#1", "x")]).await;
     assert!(matches!(after, Err(Error::Closed { .. })), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_a_takeover_marks_the_end_and_stays_invisible_to_read_committed() {
+    let (options, topics) = setup(1).await;
+    let journal: Arc<str> = Arc::from(topics.journal());
+    let shutdown = CancellationToken::new();
+    let first = Writer::start(&options, topics.transactional_id(0), 0, shutdown.clone())
+        .await
+        .unwrap();
+    let mut last = -1;
+    for i in 0..3 {
+        let c = first
+            .append(vec![record(&journal, &format!("a#{i}"), "v")])
+            .await
+            .unwrap();
+        last = c.offsets[0];
+    }
+    assert_eq!(
+        first.settled_at(&journal),
+        None,
+        "a plain start settles nothing"
+    );
+
+    // The next owner settles the journal partition as it takes over.
+    let next = Writer::start_observed(
+        &options,
+        topics.transactional_id(0),
+        0,
+        None,
+        std::slice::from_ref(&journal),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let end = next.settled_at(&journal).expect("the journal was settled");
+    assert!(
+        end > last,
+        "the settle record ({end}) lies after every earlier record ({last})"
+    );
+    let c = next
+        .append(vec![record(&journal, "b#0", "v")])
+        .await
+        .unwrap();
+    assert!(c.offsets[0] > end);
+
+    let committed = read_to_end(
+        &options,
+        &journal,
+        0,
+        0,
+        Isolation::ReadCommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys(&committed), ["a#0", "a#1", "a#2", "b#0"]);
+    let everything = read_to_end(
+        &options,
+        &journal,
+        0,
+        0,
+        Isolation::ReadUncommitted,
+        READ_DEADLINE,
+    )
+    .await
+    .unwrap();
+    let settle = everything
+        .iter()
+        .find(|m| m.offset == end)
+        .expect("the settle record is in the log");
+    assert_eq!(
+        settle.key.as_deref(),
+        Some(statehouse_kafka::partition_writer::SETTLE_KEY)
+    );
+    assert_eq!(settle.value, None);
+    shutdown.cancel();
 }

@@ -37,6 +37,9 @@ pub enum Error {
     ShuttingDown,
     #[error("configuration: {0}")]
     Config(String),
+    /// A start-up step failed for good (e.g. the topics exist with another partition count).
+    #[error("{what} failed: {reason}")]
+    Startup { what: String, reason: String },
 }
 
 impl From<Error> for tonic::Status {
@@ -69,7 +72,7 @@ impl From<Error> for tonic::Status {
             }
             Error::UserFunction(_) => Status::unavailable(message),
             Error::Journal(_) => Status::internal(message),
-            Error::Config(_) => Status::failed_precondition(message),
+            Error::Config(_) | Error::Startup { .. } => Status::failed_precondition(message),
         }
     }
 }

@@ -15,6 +15,7 @@ mod entity;
 mod error;
 mod health;
 mod metrics;
+mod owner;
 mod partition;
 mod server;
 mod tail;
@@ -29,7 +30,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use statehouse_core::{ServiceName, Topics, partition_for};
 use statehouse_kafka::admin::Admin;
-use statehouse_kafka::ownership::{Event, Membership};
 use statehouse_kafka::publisher::Publisher;
 use statehouse_runtime::config::Config;
 use statehouse_runtime::method_index::{MethodIndex, MethodInfo};
@@ -42,7 +42,7 @@ use statehouse_store::Store;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use error::Error;
 
@@ -335,8 +335,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })?;
     let topics = Topics::new(config.kafka.topic_prefix.clone(), service.clone());
     let admin = Admin::new(&config.kafka)?;
-    admin.ensure_service(&service, p.partitions).await?;
-    let store = Store::connect(&config.cassandra).await?;
+    until_done(
+        "creating the service's topics",
+        &shutdown,
+        statehouse_kafka::Error::is_transient,
+        || admin.ensure_service(&service, p.partitions),
+    )
+    .await?;
+    let store = until_done(
+        "connecting to Cassandra",
+        &shutdown,
+        statehouse_store::Error::is_transient,
+        || Store::connect(&config.cassandra),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(p.listen)
         .await
@@ -379,7 +391,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tokio::spawn(Arc::clone(&node).pause_detector());
     tokio::spawn(Arc::clone(&node).follow_routes());
     let publisher = Publisher::new(&config.kafka)?;
-    publish_service(&node, &publisher, &spec).await?;
+    until_done(
+        "publishing the service",
+        &shutdown,
+        |e: &Error| matches!(e, Error::NotCommitted(_)),
+        || publish_service(&node, &publisher, &spec),
+    )
+    .await?;
     info!(service = %service, processor = %node.processor_id, endpoint = %node.endpoint, partitions = p.partitions, "processor started");
 
     let server_shutdown = CancellationToken::new();
@@ -407,7 +425,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 .await
         })
     };
-    let task = tokio::spawn(own_partitions(
+    let task = tokio::spawn(owner::own_partitions(
         node,
         publisher,
         health,
@@ -422,94 +440,40 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
-/// Follow the ownership group until shutdown, then hand every partition over.
-async fn own_partitions(
-    node: Arc<Node>,
-    publisher: Publisher,
-    health: Health,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    server_shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let (membership, mut events) = Membership::join(
-        &node.config.kafka,
-        &node.topics.owners_group(),
-        &node.topics.journal(),
-        &node.processor_id,
-        Duration::from_secs(30),
-    )?;
-    let mut leaving: Option<tokio::task::JoinHandle<()>> = None;
-    let mut membership = Some(membership);
+/// Run a start-up step until it succeeds, retrying errors that `transient` says may pass (a
+/// broker or Cassandra still starting, or briefly away) with backoff, logging each; fails at
+/// once on any other error, and with [`Error::ShuttingDown`] when told to stop.
+async fn until_done<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    transient: impl Fn(&E) -> bool,
+    mut step: F,
+) -> Result<T, Error>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(500);
     loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            _ = node.shutdown.cancelled(), if membership.is_some() => {
-                // Leave the group: the revocations arrive as events while it runs.
-                health.set_ready(false);
-                let m = membership.take().expect("checked");
-                leaving = Some(tokio::spawn(m.leave()));
-                continue;
-            }
-        };
-        let Some(event) = event else { break };
-        match event {
-            Event::Assigned(ids) => {
-                let started = std::time::Instant::now();
-                let results = futures::future::join_all(
-                    ids.iter().map(|&id| Partition::take_over(&node, id)),
-                )
-                .await;
-                for (id, result) in ids.iter().zip(results) {
-                    match result {
-                        Ok(partition) => {
-                            node.partitions
-                                .write()
-                                .expect("partitions lock")
-                                .insert(*id, Arc::clone(&partition));
-                            if let Err(e) = publish_route(&node, &publisher, &partition).await {
-                                warn!(partition = id, error = %e, "publishing the routing record failed");
-                            }
-                        }
-                        Err(e) => {
-                            error!(partition = id, error = %e, "taking the partition over failed")
-                        }
-                    }
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if transient(&e) => {
+                warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
+                    _ = tokio::time::sleep(backoff) => {}
                 }
-                let owned = node.partitions.read().expect("partitions lock").len();
-                ::metrics::gauge!(metrics::OWNED_PARTITIONS).set(owned as f64);
-                info!(partitions = ?ids, owned, took = ?started.elapsed(), "partitions serving");
-                health.set_ready(true);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Event::Revoked { partitions, done } => {
-                let released: Vec<Arc<Partition>> = {
-                    let mut map = node.partitions.write().expect("partitions lock");
-                    partitions.iter().filter_map(|id| map.remove(id)).collect()
-                };
-                futures::future::join_all(released.iter().map(|p| p.release(&node))).await;
-                let _ = done.send(());
-                let owned = node.partitions.read().expect("partitions lock").len();
-                ::metrics::gauge!(metrics::OWNED_PARTITIONS).set(owned as f64);
+            Err(e) => {
+                return Err(Error::Startup {
+                    what: what.to_string(),
+                    reason: e.to_string(),
+                });
             }
         }
-        if leaving.as_ref().is_some_and(|t| t.is_finished()) {
-            break;
-        }
     }
-    if let Some(task) = leaving {
-        let _ = task.await;
-    }
-    // Whatever is left (e.g. the group never assigned, or leave timed out) is released now.
-    let rest: Vec<Arc<Partition>> = node
-        .partitions
-        .write()
-        .expect("partitions lock")
-        .drain()
-        .map(|(_, p)| p)
-        .collect();
-    futures::future::join_all(rest.iter().map(|p| p.release(&node))).await;
-    server_shutdown.cancel();
-    let _ = server.await;
-    info!(service = %node.service, "processor stopped");
-    Ok(())
 }
 
 async fn publish_service(
@@ -554,33 +518,7 @@ async fn publish_service(
     Ok(())
 }
 
-async fn publish_route(
-    node: &Node,
-    publisher: &Publisher,
-    partition: &Partition,
-) -> Result<(), Error> {
-    let record = avro::RoutingRecord {
-        service: node.service.to_string(),
-        partition: partition.id as i32,
-        owner_processor_id: node.processor_id.clone(),
-        owner_endpoint: node.endpoint.clone(),
-        epoch: partition.epoch,
-        updated_at_ms: now_ms(),
-    };
-    let value = record
-        .encode()
-        .map_err(|e| Error::Journal(format!("encoding a routing record: {e}")))?;
-    publisher
-        .publish(
-            &node.topics.routing(),
-            &format!("{}/{}", node.service, partition.id),
-            &value,
-        )
-        .await?;
-    Ok(())
-}
-
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

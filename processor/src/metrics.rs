@@ -16,3 +16,6 @@ pub(crate) const BACKUP_FAILURES: &str = "statehouse_backup_failures_total";
 pub(crate) const BACKUP_LAG_EVENTS: &str = "statehouse_backup_lag_events";
 /// Gauge: partitions this processor serves.
 pub(crate) const OWNED_PARTITIONS: &str = "statehouse_owned_partitions";
+/// Counter: assigned partitions recovered after they stopped being served (label `cause`:
+/// takeover-failed | writer-stopped | fenced).
+pub(crate) const PARTITION_RECOVERIES: &str = "statehouse_partition_recoveries_total";

@@ -1,6 +1,8 @@
 //! One owned partition: its fenced writer, its journal tail, its backup task and its active
-//! entities. Lifecycle (DESIGN §5): fence (`init_transactions`) → read the checkpoint → read the
-//! partition from the checkpoint to the end (read_committed) into the tail → serve. On revoke:
+//! entities. Lifecycle (DESIGN §5): fence (`init_transactions`) → settle the journal partition
+//! (so that everything it holds is readable, see `Writer::start_observed`) → read the
+//! checkpoint → read the partition from the checkpoint to the end (read_committed) into the
+//! tail → serve. On revoke:
 //! stop taking commands, let the entities finish the command in flight, commit, release.
 
 use std::collections::HashMap;
@@ -9,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use statehouse_kafka::partition_writer::{self, Lease, Observer, Record, Writer};
+use statehouse_kafka::partition_writer::{self, Observer, Record, Writer};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::entity::{self, Command};
 use crate::tail::Tail;
@@ -22,6 +24,11 @@ use crate::{Error, Node, backup};
 
 /// Bound of one entity's mailbox.
 const MAILBOX: usize = 256;
+/// A takeover gives up (and is retried) when reading the journal to its end makes no progress
+/// for this long; a long journal may take as long as it needs while it moves.
+const RECOVERY_STALL: Duration = Duration::from_secs(30);
+/// Bound of the checkpoint read at takeover (without it, recovery starts from offset 0).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) struct Partition {
     pub(crate) id: u32,
@@ -29,7 +36,6 @@ pub(crate) struct Partition {
     pub(crate) writer: partition_writer::Handle,
     pub(crate) tail: Arc<Tail>,
     pub(crate) journal_topic: Arc<str>,
-    lease: Lease,
     entities: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
     next_entity: std::sync::atomic::AtomicU64,
     serving: AtomicBool,
@@ -67,9 +73,9 @@ impl Observer for TailObserver {
 impl Partition {
     /// Take the partition over: fence the previous owner, recover the tail, start the backup.
     pub(crate) async fn take_over(node: &Arc<Node>, id: u32) -> Result<Arc<Self>, Error> {
+        let started = std::time::Instant::now();
         let journal_topic: Arc<str> = Arc::from(node.topics.journal());
         let tail = Arc::new(Tail::default());
-        let lease = Lease::new();
         let writer_stop = node.shutdown.child_token();
         let observer: Arc<dyn Observer> = Arc::new(TailObserver {
             tail: Arc::clone(&tail),
@@ -80,31 +86,54 @@ impl Partition {
             &node.config.kafka,
             node.topics.transactional_id(id),
             id,
-            lease.clone(),
             Some(observer),
+            std::slice::from_ref(&journal_topic),
             writer_stop.clone(),
         )
         .await?;
+        let end = writer
+            .settled_at(&journal_topic)
+            .expect("the journal was settled");
         let epoch = epoch_now();
         // 2. Everything before the checkpoint is in Cassandra; read the rest from Kafka.
-        let checkpoint = match node
-            .store
-            .checkpoint(node.service.as_str(), &journal_topic, id as i32)
-            .await
+        let fenced_in = started.elapsed();
+        let checkpoint = match tokio::time::timeout(
+            CHECKPOINT_TIMEOUT,
+            node.store
+                .checkpoint(node.service.as_str(), &journal_topic, id as i32),
+        )
+        .await
         {
-            Ok(offset) => offset,
-            Err(e) => {
+            Ok(Ok(offset)) => offset,
+            Ok(Err(e)) => {
                 warn!(partition = id, error = %e, "Cassandra unavailable at takeover; recovering the partition from offset 0");
                 0
             }
+            Err(_) => {
+                warn!(partition = id, timeout = ?CHECKPOINT_TIMEOUT, "reading the checkpoint timed out; recovering the partition from offset 0");
+                0
+            }
+        };
+        // The checkpoint can only be beyond the end if Kafka lost records it had acknowledged
+        // (e.g. an unclean leader election): what is in Cassandra stays; read what Kafka has.
+        let from = if checkpoint > end {
+            error!(
+                partition = id,
+                checkpoint,
+                end,
+                "the backup checkpoint is beyond the end of the journal partition: Kafka lost acknowledged records; recovering from its end"
+            );
+            end
+        } else {
+            checkpoint
         };
         let records = reader::read_to_end(
             &node.config.kafka,
             &journal_topic,
             id,
-            checkpoint,
+            from,
             Isolation::ReadCommitted,
-            Duration::from_secs(300),
+            RECOVERY_STALL,
         )
         .await?;
         let recovered = records.len();
@@ -119,7 +148,12 @@ impl Partition {
         }
         info!(
             partition = id,
-            checkpoint, recovered, epoch, "partition recovered"
+            checkpoint,
+            recovered,
+            epoch,
+            fenced_in = ?fenced_in,
+            took = ?started.elapsed(),
+            "partition recovered"
         );
         let partition = Arc::new(Self {
             id,
@@ -127,7 +161,6 @@ impl Partition {
             writer,
             tail,
             journal_topic,
-            lease,
             entities: Mutex::new(HashMap::new()),
             next_entity: std::sync::atomic::AtomicU64::new(0),
             serving: AtomicBool::new(true),
@@ -151,7 +184,7 @@ impl Partition {
     }
 
     pub(crate) fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && !self.writer.is_fenced()
+        self.serving.load(Ordering::Acquire) && self.writer.stop_reason().is_none()
     }
 
     /// Hand a command to its entity, activating the entity if needed.
@@ -234,7 +267,6 @@ impl Partition {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.lease.release();
         self.writer_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.writer.stopped()).await;
         let task = self.backup_done.lock().expect("lock").take();

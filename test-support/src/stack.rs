@@ -77,7 +77,7 @@ impl Stack {
             free_port()
         ));
         let gateway = Statehouse::start("gateway", &sets);
-        let stack = Self {
+        let mut stack = Self {
             options,
             prefix,
             keyspace,
@@ -91,23 +91,32 @@ impl Stack {
     }
 
     /// Wait until the gateway has learned a service from the registry (`GET /` answers 200).
-    pub fn wait_for_gateway(&self) {
+    pub fn wait_for_gateway(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let answer = crate::http::request(&self.gateway_addr, "GET", "/", &[], None);
             if answer.as_ref().is_ok_and(|r| r.status == 200) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway learned no service within 90 s ({answer:?}); logs: gateway {}, processor {}",
-                self.gateway.log_path().display(),
-                self.pods.first().map_or("-".into(), |p| p
-                    .processor
-                    .log_path()
-                    .display()
-                    .to_string())
-            );
+            if Instant::now() >= deadline {
+                let processors: Vec<String> = self
+                    .pods
+                    .iter_mut()
+                    .map(|p| {
+                        let state = if p.processor.is_running() {
+                            "running"
+                        } else {
+                            "exited"
+                        };
+                        format!("{} ({state})", p.processor.log_path().display())
+                    })
+                    .collect();
+                panic!(
+                    "the gateway learned no service within 90 s ({answer:?}); logs: gateway {}, processors {}",
+                    self.gateway.log_path().display(),
+                    processors.join(", ")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

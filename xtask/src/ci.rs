@@ -10,8 +10,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::infra;
 use crate::layout::Layout;
+use crate::{digest, infra};
+
+/// Where a failed test run leaves its digest (relative to the workspace).
+pub(crate) const DIGEST: &str = "target/ci-failures.txt";
 
 /// Options of `cargo xtask ci`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +70,38 @@ impl Step {
 }
 
 impl Step {
+    /// `cargo test …` with its output echoed and kept: when tests fail, a digest of the failures
+    /// and of the logs they name is printed and written to [`DIGEST`] (`.ci/run` shows it again
+    /// at the very end of the log).
+    fn cargo_test(name: &'static str, args: &[&str], env: Vec<(&'static str, String)>) -> Self {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let what = format!("cargo {}", args.join(" "));
+        let layout = Layout::from_env();
+        Self::new(name, what.clone(), move || {
+            let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+            let mut command = Command::new(cargo);
+            command
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .current_dir(&layout.workspace);
+            let (status, output) =
+                digest::run_captured(command).with_context(|| format!("cannot run `{what}`"))?;
+            if !status.success() {
+                let digest = digest::of_test_output(&output);
+                if !digest.is_empty() {
+                    println!("\n==> failed tests (digest):\n{digest}");
+                    let path = layout.workspace.join(DIGEST);
+                    if let Err(e) = std::fs::write(&path, &digest) {
+                        eprintln!("cannot write {}: {e}", path.display());
+                    }
+                }
+                bail!("`{what}` failed ({status})");
+            }
+            Ok(())
+        })
+    }
+
     /// `bash <script>` from the workspace root.
     fn script(name: &'static str, script: &'static str, about: &str) -> Self {
         let layout = Layout::from_env();
@@ -122,7 +157,7 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             ],
             Vec::new(),
         ),
-        Step::cargo(
+        Step::cargo_test(
             "test",
             &["test", "--workspace", "--no-fail-fast"],
             infra::test_env()?,
@@ -145,6 +180,9 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
             println!("{:<8} {}", step.name, step.what);
         }
         return Ok(());
+    }
+    if let Ok(layout) = Layout::from_env() {
+        let _ = std::fs::remove_file(layout.workspace.join(DIGEST));
     }
     let started = Instant::now();
     let mut report: Vec<(&str, String)> = Vec::new();

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod ci;
 mod dev;
+mod digest;
 mod infra;
 mod layout;
 
