@@ -89,19 +89,7 @@ async fn broker_bounces_lose_duplicate_and_reorder_nothing() {
             last.insert(key, n);
         }
     }
-    let metrics = statehouse_test_support::http::request(
-        &format!("127.0.0.1:{}", stack.pods[0].metrics_port),
-        "GET",
-        "/metrics",
-        &[],
-        None,
-    )
-    .map(|r| r.body)
-    .unwrap_or_default();
-    let recoveries: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("statehouse_partition_recoveries_total"))
-        .collect();
+    let recoveries = stack.metrics(0, "statehouse_partition_recoveries_total");
     println!("R3 checker: {report} reordered={reordered}; partition recoveries: {recoveries:?}");
     assert_eq!(report.anomalies(), (0, 0, 0, 0, 0, 0), "{report}");
     assert_eq!(reordered, 0);

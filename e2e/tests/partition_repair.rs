@@ -68,19 +68,10 @@ async fn fenced_writers_of_assigned_partitions_are_recovered() {
 
     let history = driver.stop().await;
     let report = checker::check_stack(&stack, PARTITIONS, &history).await;
-    let metrics = statehouse_test_support::http::request(
-        &format!("127.0.0.1:{}", stack.pods[0].metrics_port),
-        "GET",
-        "/metrics",
-        &[],
-        None,
-    )
-    .expect("scraping the processor's metrics");
-    let recoveries: f64 = metrics
-        .body
-        .lines()
-        .filter(|l| l.starts_with("statehouse_partition_recoveries_total{cause=\"fenced\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let recoveries: f64 = stack
+        .metrics(0, "statehouse_partition_recoveries_total{cause=\"fenced\"}")
+        .iter()
+        .map(|(_, v)| v)
         .sum();
     println!(
         "partition repair: {report}; acknowledged before the fence {fenced_at}; fenced recoveries {recoveries}"

@@ -157,6 +157,32 @@ impl Stack {
         .is_ok_and(|r| r.status == 200)
     }
 
+    /// The samples of pod `i`'s processor metrics (`/metrics`) whose series starts with
+    /// `series` (a metric name, optionally with the start of its labels, e.g.
+    /// `statehouse_partition_recoveries_total{cause="fenced"`), as (series, value).
+    ///
+    /// # Panics
+    /// If the metrics endpoint does not answer.
+    pub fn metrics(&self, i: usize, series: &str) -> Vec<(String, f64)> {
+        let answer = crate::http::request(
+            &format!("127.0.0.1:{}", self.pods[i].metrics_port),
+            "GET",
+            "/metrics",
+            &[],
+            None,
+        )
+        .expect("scraping the processor's /metrics");
+        answer
+            .body
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Wait until pod `i` is ready.
     pub fn wait_ready(&mut self, i: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
