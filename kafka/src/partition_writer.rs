@@ -150,6 +150,7 @@ pub struct Handle {
     limits: WriterOptions,
     stopped: CancellationToken,
     settled: Arc<[(Arc<str>, i64)]>,
+    hanging: Arc<[(Arc<str>, crate::reader::Message)]>,
 }
 
 impl Handle {
@@ -179,6 +180,13 @@ impl Handle {
 
     pub fn transactional_id(&self) -> &str {
         &self.shared.transactional_id
+    }
+
+    /// The records of transactions found open (and then aborted by the settle) when the writer
+    /// started: Kafka acknowledged their commit or abort but never wrote the markers. Whoever
+    /// knows from elsewhere that they were committed must write them again.
+    pub fn hanging(&self) -> &[(Arc<str>, crate::reader::Message)] {
+        &self.hanging
     }
 
     /// The offset of the settle record in `topic` (see [`Writer::start_observed`]): every record
@@ -270,6 +278,29 @@ impl Writer {
     ) -> Result<Handle, Error> {
         options.validate()?;
         let producer = create_producer(options, &transactional_id).await?;
+        // A transaction Kafka left open in a partition (its coordinator skipped the markers,
+        // e.g. for a partition that had no leader right after an unclean restart) keeps the last
+        // stable offset back for good; `init_transactions` does not close it, the settle
+        // transaction below aborts it. Keep its records for the caller to judge.
+        let mut hanging = Vec::new();
+        for topic in settle {
+            let (stable, high) =
+                crate::reader::end_offsets(options, topic, partition, options.request_timeout())
+                    .await?;
+            if stable < high {
+                let records = crate::reader::read_to_end(
+                    options,
+                    topic,
+                    partition,
+                    stable,
+                    crate::reader::Isolation::ReadUncommitted,
+                    options.request_timeout(),
+                )
+                .await?;
+                warn!(%transactional_id, topic = %topic, partition, stable, high, records = records.len(), "a transaction was left open in the partition");
+                hanging.extend(records.into_iter().map(|m| (Arc::clone(topic), m)));
+            }
+        }
         let settled = if settle.is_empty() {
             Vec::new()
         } else {
@@ -312,6 +343,7 @@ impl Writer {
             limits: options.writer.clone(),
             stopped,
             settled: Arc::from(settled),
+            hanging: Arc::from(hanging),
         })
     }
 

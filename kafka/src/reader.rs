@@ -135,6 +135,35 @@ pub async fn read_to_end(
     .expect("reader task panicked")
 }
 
+/// The ends of `topic`/`partition`: `(last stable offset, high watermark)`. The first is where
+/// `read_committed` readers stop; when it is below the second, a transaction is open there.
+pub async fn end_offsets(
+    options: &Options,
+    topic: &str,
+    partition: u32,
+    timeout: Duration,
+) -> Result<(i64, i64), Error> {
+    let mut ends = [0i64; 2];
+    for (end, isolation) in ends.iter_mut().zip(["read_committed", "read_uncommitted"]) {
+        let mut config =
+            options.consumer_config(&format!("{}ends-{}", options.topic_prefix, uuid_like()));
+        config.set("isolation.level", isolation);
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| Error::kafka("creating a reader", e))?;
+        let topic = topic.to_string();
+        *end = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition as i32, timeout)
+                .map(|(_, high)| high)
+                .map_err(|e| Error::kafka(format!("reading the end of {topic}/{partition}"), e))
+        })
+        .await
+        .expect("watermark task panicked")?;
+    }
+    Ok((ends[0], ends[1]))
+}
+
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -375,3 +375,68 @@ async fn settling_a_takeover_marks_the_end_and_stays_invisible_to_read_committed
     assert_eq!(settle.value, None);
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settling_writer_reports_a_transaction_left_open_in_its_partition() {
+    let (options, topics) = setup(1).await;
+    let journal: Arc<str> = Arc::from(topics.journal());
+    let timeout = Duration::from_secs(15);
+    let shutdown = CancellationToken::new();
+    let owner = Writer::start(&options, topics.transactional_id(0), 0, shutdown.clone())
+        .await
+        .unwrap();
+    owner
+        .append(vec![record(&journal, "done#0", "v")])
+        .await
+        .unwrap();
+
+    // Another producer keeps a transaction open in the partition (as one whose markers Kafka
+    // never wrote would stay): the last stable offset stops at its first record.
+    let other: FutureProducer = options
+        .transactional_producer_config(&format!("{}other", options.topic_prefix))
+        .create()
+        .unwrap();
+    other.init_transactions(timeout).unwrap();
+    other.begin_transaction().unwrap();
+    for i in 0..2 {
+        other
+            .send_result(
+                FutureRecord::to(&journal)
+                    .partition(0)
+                    .key(&format!("open#{i}"))
+                    .payload("x"),
+            )
+            .unwrap();
+    }
+    other.flush(timeout).unwrap();
+    let (stable, high) = statehouse_kafka::reader::end_offsets(&options, &journal, 0, timeout)
+        .await
+        .unwrap();
+    assert!(
+        stable < high,
+        "an open transaction holds the stable offset back: {stable} {high}"
+    );
+
+    let next = Writer::start_observed(
+        &options,
+        topics.transactional_id(0),
+        0,
+        None,
+        std::slice::from_ref(&journal),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let hanging: Vec<String> = next
+        .hanging()
+        .iter()
+        .map(|(topic, m)| {
+            assert_eq!(topic, &journal);
+            String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap()
+        })
+        .collect();
+    assert_eq!(hanging, ["open#0", "open#1"]);
+    assert!(next.settled_at(&journal).unwrap() >= high);
+    other.abort_transaction(timeout).unwrap();
+    shutdown.cancel();
+}

@@ -146,6 +146,42 @@ impl Partition {
                 .map_err(|e| Error::Journal(format!("partition {id} offset {offset}: {e}")))?;
             tail.push(offset, Arc::new(event));
         }
+        // Records of a transaction Kafka left open (and the settle aborted): those the backup
+        // holds were committed — the writer saw the commit succeed — so they are written again;
+        // the others cannot be proven committed and stay aborted.
+        let (rescue, dropped): (Vec<_>, Vec<_>) = writer
+            .hanging()
+            .iter()
+            .filter(|(topic, m)| *topic == journal_topic && m.value.is_some())
+            .partition(|(_, m)| m.offset < checkpoint);
+        if !dropped.is_empty() {
+            error!(
+                partition = id,
+                records = dropped.len(),
+                first = dropped[0].1.offset,
+                checkpoint,
+                "records of a transaction Kafka left open are not in the backup: they cannot be proven committed and stay aborted"
+            );
+        }
+        if !rescue.is_empty() {
+            let records: Vec<Record> = rescue
+                .iter()
+                .map(|(topic, m)| Record {
+                    topic: Arc::clone(topic),
+                    key: m.key.clone().unwrap_or_default(),
+                    value: m.value.clone(),
+                    headers: m
+                        .headers
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            Some((statehouse_kafka::headers::known(k)?, v.clone()))
+                        })
+                        .collect(),
+                })
+                .collect();
+            let offsets = writer.append(records).await?.offsets;
+            warn!(partition = id, records = offsets.len(), from = rescue[0].1.offset, to = ?offsets.first(), "Kafka left a committed transaction open (markers skipped); its records were written again");
+        }
         info!(
             partition = id,
             checkpoint,
