@@ -112,7 +112,11 @@ pub(crate) async fn own_partitions(
                     .collect();
                 while let Some((id, result)) = takeovers.next().await {
                     match result {
-                        Ok(partition) => owner.insert(partition),
+                        Ok(partition) => {
+                            owner.insert(partition);
+                            // Ready as soon as a partition serves (commands to it succeed).
+                            health.set_ready(true);
+                        }
                         Err(e) => {
                             error!(partition = id, error = %e, "taking the partition over failed; retrying");
                             owner.failed(id, Broken::Missing);
