@@ -203,6 +203,11 @@ impl Handle {
         matches!(self.shared.terminal.get(), Some(Stop::Fenced(_)))
     }
 
+    /// Whether the writer stopped (for whatever reason): it writes nothing more.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.terminal.get().is_some()
+    }
+
     /// Why the writer stopped, once it has (it writes nothing more then).
     pub fn stop_reason(&self) -> Option<Stop> {
         self.shared.terminal.get().cloned()

@@ -138,6 +138,15 @@ impl Node {
         }
     }
 
+    /// The partition `id`, if this processor holds it.
+    pub(crate) fn partition(&self, id: u32) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .expect("partitions lock")
+            .get(&id)
+            .cloned()
+    }
+
     /// "Not here", naming the owner if the routing table knows another one.
     pub(crate) fn not_serving(&self, partition: u32) -> Error {
         let owner = self
@@ -206,13 +215,7 @@ impl Node {
         if !self.may_serve() {
             return Err(self.not_serving(id));
         }
-        let partition = self
-            .partitions
-            .read()
-            .expect("partitions lock")
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| self.not_serving(id))?;
+        let partition = self.partition(id).ok_or_else(|| self.not_serving(id))?;
         let key = tail::entity_key(&request.method.entity.persistence_id, &request.entity_id);
         let (reply, rx) = oneshot::channel();
         partition.send(

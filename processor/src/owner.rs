@@ -200,13 +200,7 @@ impl Owner {
     /// Publish the routing records not published yet; what fails is retried by the supervisor.
     async fn publish_routes(&mut self) {
         for id in std::mem::take(&mut self.unpublished) {
-            let partition = self
-                .node
-                .partitions
-                .read()
-                .expect("partitions lock")
-                .get(&id)
-                .cloned();
+            let partition = self.node.partition(id);
             if let Some(partition) = partition
                 && let Err(e) = publish_route(&self.node, &self.publisher, &partition).await
             {
@@ -247,13 +241,7 @@ impl Owner {
         let now = Instant::now();
         let mut due: Vec<(u32, Broken, Option<Arc<Partition>>)> = Vec::new();
         for &id in &self.assigned {
-            let current = self
-                .node
-                .partitions
-                .read()
-                .expect("partitions lock")
-                .get(&id)
-                .cloned();
+            let current = self.node.partition(id);
             let broken = match &current {
                 None => Broken::Missing,
                 Some(p) => match p.writer.stop_reason() {

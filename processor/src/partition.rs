@@ -220,7 +220,7 @@ impl Partition {
     }
 
     pub(crate) fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && self.writer.stop_reason().is_none()
+        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped()
     }
 
     /// Hand a command to its entity, activating the entity if needed.

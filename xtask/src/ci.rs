@@ -49,16 +49,9 @@ impl Step {
 
     /// A `cargo …` invocation in the workspace, with extra environment.
     fn cargo(name: &'static str, args: &[&str], env: Vec<(&'static str, String)>) -> Self {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let what = format!("cargo {}", args.join(" "));
-        let layout = Layout::from_env();
+        let (what, command) = cargo_command(args, env);
         Self::new(name, what.clone(), move || {
-            let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-            let status = Command::new(cargo)
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .current_dir(&layout.workspace)
+            let status = command()?
                 .status()
                 .with_context(|| format!("cannot run `{what}`"))?;
             if !status.success() {
@@ -69,22 +62,38 @@ impl Step {
     }
 }
 
+/// `cargo <args>` in the workspace with extra environment: its description and a builder of the
+/// command (the workspace is found when the step runs).
+fn cargo_command(
+    args: &[&str],
+    env: Vec<(&'static str, String)>,
+) -> (String, impl Fn() -> Result<Command> + 'static) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let what = format!("cargo {}", args.join(" "));
+    let layout = Layout::from_env();
+    let build = move || {
+        let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+        let mut command = Command::new(cargo);
+        command
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(&layout.workspace);
+        Ok(command)
+    };
+    (what, build)
+}
+
 impl Step {
     /// `cargo test …` with its output echoed and kept: when tests fail, a digest of the failures
     /// and of the logs they name is printed and written to [`DIGEST`] (`.ci/run` shows it again
     /// at the very end of the log).
     fn cargo_test(name: &'static str, args: &[&str], env: Vec<(&'static str, String)>) -> Self {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let what = format!("cargo {}", args.join(" "));
+        let (what, command) = cargo_command(args, env);
         let layout = Layout::from_env();
         Self::new(name, what.clone(), move || {
             let layout = layout.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-            let mut command = Command::new(cargo);
-            command
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .current_dir(&layout.workspace);
+            let command = command()?;
             let (status, output) =
                 digest::run_captured(command).with_context(|| format!("cannot run `{what}`"))?;
             if !status.success() {
