@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real Cloudstate user functions the end-to-end tests run as processes:
 #
-#   * Go:     the shopping cart example of github.com/cloudstateio/go-support v0.3.0
-#             (package tck/cmd/tck_shoppingcart), built from the module proxy with the
-#             go.mod/go.sum in e2e/user-functions/go.
+#   * Go:     two mains of github.com/cloudstateio/go-support v0.3.0, built from the module
+#             proxy with the go.mod/go.sum in e2e/user-functions/go: the shopping cart
+#             example (tck/cmd/tck_shoppingcart) and the TCK user function with the TCK models of
+#             every entity kind (tck/cmd/tck_eventsourced).
 #   * Python: a venv with PyPI cloudstate==0.1.1 (pinned, working on Python 3.11) and our
 #             own shopping cart (e2e/user-functions/python/shoppingcart), its protos compiled
 #             with grpcio-tools against the SDK's own cloudstate/entity_key.proto (50002).
@@ -31,8 +32,10 @@ for arg in "$@"; do
 done
 
 GO_PKG="github.com/cloudstateio/go-support/tck/cmd/tck_shoppingcart"
+GO_TCK_PKG="github.com/cloudstateio/go-support/tck/cmd/tck_eventsourced"
 GO_DIR="$UF/go"
 GO_BIN="$GO_DIR/go-shoppingcart"
+GO_TCK_BIN="$GO_DIR/go-tck"
 PY_DIR="$UF/python"
 VENV="$PY_DIR/venv"
 GEN="$PY_DIR/gen"
@@ -53,15 +56,18 @@ T_ALL="$(now)"
 # ---- Go: go-support v0.3.0 shopping cart ---------------------------------------------------
 GO="${GO:-go}"
 command -v "$GO" >/dev/null || die "'$GO' not found: the Go user function needs a Go toolchain (>= 1.24)"
-GO_HASH="$( { cat "$HERE/go/go.mod" "$HERE/go/go.sum"; "$GO" version; echo "$GO_PKG"; } | hash_of)"
-if [[ -x "$GO_BIN" ]] && stamp_ok "$GO_DIR/.stamp" "$GO_HASH"; then
-  log "go: $GO_BIN is up to date (go-support v0.3.0, $GO_PKG)"
+GO_HASH="$( { cat "$HERE/go/go.mod" "$HERE/go/go.sum"; "$GO" version; echo "$GO_PKG $GO_TCK_PKG"; } | hash_of)"
+if [[ -x "$GO_BIN" && -x "$GO_TCK_BIN" ]] && stamp_ok "$GO_DIR/.stamp" "$GO_HASH"; then
+  log "go: $GO_BIN and $GO_TCK_BIN are up to date (go-support v0.3.0)"
 else
   t="$(now)"
-  log "go: building $GO_PKG@v0.3.0 -> $GO_BIN"
-  # -mod=readonly: go.mod/go.sum are committed; the module proxy is only used to download.
-  (cd "$HERE/go" && GOFLAGS="${GOFLAGS:-} -mod=readonly" "$GO" build -trimpath -o "$GO_BIN.tmp" "$GO_PKG")
-  mv -f "$GO_BIN.tmp" "$GO_BIN"
+  for pair in "$GO_PKG=$GO_BIN" "$GO_TCK_PKG=$GO_TCK_BIN"; do
+    pkg="${pair%%=*}" bin="${pair#*=}"
+    log "go: building $pkg@v0.3.0 -> $bin"
+    # -mod=readonly: go.mod/go.sum are committed; the module proxy is only used to download.
+    (cd "$HERE/go" && GOFLAGS="${GOFLAGS:-} -mod=readonly" "$GO" build -trimpath -o "$bin.tmp" "$pkg")
+    mv -f "$bin.tmp" "$bin"
+  done
   echo "$GO_HASH" > "$GO_DIR/.stamp"
   log "go: built in $(since "$t")"
 fi
@@ -134,4 +140,5 @@ fi
 
 log "ready in $(since "$T_ALL"):"
 log "  go     HOST=127.0.0.1 PORT=<port> $GO_BIN"
+log "  go TCK HOST=127.0.0.1 PORT=<port> $GO_TCK_BIN"
 log "  python HOST=127.0.0.1 PORT=<port> PYTHONPATH=$GEN $VENV/bin/python $HERE/python/shoppingcart/main.py"

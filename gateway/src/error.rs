@@ -3,7 +3,7 @@
 use http::StatusCode;
 use tonic::{Code, Status};
 
-use crate::router;
+use statehouse_runtime::router;
 
 /// Everything that can go wrong in the gateway: starting it, or serving one call.
 #[derive(Debug, thiserror::Error)]

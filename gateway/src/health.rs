@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::router::Registry;
+use statehouse_runtime::router::Registry;
 
 pub(crate) use health_server::HealthServer as Server;
 

@@ -4,11 +4,11 @@
 //! method the service registry knows, plus gRPC server reflection (v1, v1alpha) and
 //! `grpc.health.v1.Health` ([`Gateway`], routes in `server`). Each call's entity id is read from
 //! the request's key fields, and the command goes to the processor that owns the entity's
-//! partition ([`router::Router`]), which answers with the user function's reply.
+//! partition (`statehouse_runtime::router::Router`, shared with the processors), which answers with the user function's reply.
 //!
-//! * [`run`] — the `statehouse gateway` role: registry fed from Kafka ([`router::feed`]),
+//! * [`run`] — the `statehouse gateway` role: registry fed from Kafka (`router::feed`),
 //!   partition counts read from Kafka, the client port and the metrics/health port.
-//! * [`Gateway::bind`] — the client port alone, over any [`router::Router`] (tests,
+//! * [`Gateway::bind`] — the client port alone, over any `Router` (tests,
 //!   `statehouse dev`).
 //! * [`Error`] — every failure, with the one mapping to gRPC statuses
 //!   (`impl From<Error> for tonic::Status`) and HTTP statuses ([`Error::http_status`]).
@@ -22,19 +22,19 @@ mod health;
 mod metadata;
 pub mod metrics;
 mod reflection;
-pub mod router;
 mod server;
 mod transcode;
 
 use statehouse_kafka::admin::Admin;
 use statehouse_runtime::config::Config;
+use statehouse_runtime::router;
 use statehouse_runtime::{Health, admin_server};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, http_status_of};
 pub use server::{DEDUPLICATED_HEADER, Gateway};
 
-use crate::router::{Registry, Router};
+use statehouse_runtime::router::{Registry, Router};
 
 /// Runs the gateway role until `shutdown`: consumes the service registry and routing topics,
 /// serves the client port (`gateway.listen`) and the metrics/health port

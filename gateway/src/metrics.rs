@@ -5,6 +5,3 @@
 pub const CALLS: &str = "statehouse_gateway_calls_total";
 /// Histogram: seconds from a call's request head to its response (label `protocol`).
 pub const CALL_SECONDS: &str = "statehouse_gateway_call_seconds";
-/// Counter: attempts the router retried (label `reason`: no-owner | no-processor |
-/// unreachable | not-owner).
-pub const ROUTER_RETRIES: &str = "statehouse_gateway_router_retries_total";

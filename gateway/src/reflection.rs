@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use prost_reflect::{DescriptorPool, FileDescriptor};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::router::Registry;
+use statehouse_runtime::router::Registry;
 
 /// A question, whatever the protocol version.
 enum Question {

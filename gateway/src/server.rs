@@ -36,9 +36,9 @@ use tonic::codegen::Service as _;
 
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
-use crate::router::{Route, Router};
 use crate::transcode::{self, Binding};
 use crate::{Error, health, metadata, reflection};
+use statehouse_runtime::router::{Route, Router};
 
 /// How long in-flight calls may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use statehouse_gateway::Gateway;
-use statehouse_gateway::router::{self, Registry, Router};
 use statehouse_runtime::config::GatewayOptions;
+use statehouse_runtime::router::{self, Registry, Router};
 use statehouse_schemas::avro::{
     Entity, Processor as ProcessorRecord, RoutingRecord, ServiceRecord,
 };

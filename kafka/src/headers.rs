@@ -1,4 +1,5 @@
-//! Kafka record header names Statehouse writes (DESIGN §3).
+//! Kafka record header names Statehouse writes (`schemas/avro/README.md` lists them with the
+//! records).
 
 /// The entity id of the record.
 pub const ENTITY: &str = "statehouse-entity";
@@ -8,11 +9,14 @@ pub const SEQ: &str = "statehouse-seq";
 pub const TYPE: &str = "statehouse-type";
 /// W3C trace context of the command that produced the record.
 pub const TRACEPARENT: &str = "traceparent";
+/// On a value-entity tombstone: the `ValueDeletion` record (Avro single-object encoding) of the
+/// delete.
+pub const DELETION: &str = "statehouse-deletion";
 
 /// The constant for a header name Statehouse writes, if `name` is one (to write a record read
 /// back from Kafka again).
 pub fn known(name: &str) -> Option<&'static str> {
-    [ENTITY, SEQ, TYPE, TRACEPARENT]
+    [ENTITY, SEQ, TYPE, TRACEPARENT, DELETION]
         .into_iter()
         .find(|known| *known == name)
 }

@@ -75,9 +75,12 @@ pub struct Committed {
 
 /// Sees every committed append, in commit (= offset) order, before its caller is answered.
 /// The processor uses it to feed the asynchronous backup and the in-memory journal tail.
-pub trait Observer: Send + Sync + 'static {
+///
+/// `M` is what the caller attached to the append ([`Handle::append_with`]): the typed values
+/// the records were encoded from, so an observer never decodes what was just encoded.
+pub trait Observer<M = ()>: Send + Sync + 'static {
     /// `records` were committed at `offsets` (same order, same length).
-    fn committed(&self, records: &[Record], offsets: &[i64]);
+    fn committed(&self, records: &[Record], offsets: &[i64], meta: &M);
 }
 
 /// Counters of one writer.
@@ -137,15 +140,16 @@ impl Shared {
     }
 }
 
-struct Append {
+struct Append<M> {
     records: Vec<Record>,
+    meta: M,
     reply: oneshot::Sender<Result<Committed, Error>>,
 }
 
-/// A cheap-to-clone handle on a running writer.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Append>,
+/// A cheap-to-clone handle on a running writer. `M` is the typed value callers attach to each
+/// append for the [`Observer`] (`()` when nothing observes).
+pub struct Handle<M = ()> {
+    tx: mpsc::Sender<Append<M>>,
     shared: Arc<Shared>,
     limits: WriterOptions,
     stopped: CancellationToken,
@@ -153,12 +157,32 @@ pub struct Handle {
     hanging: Arc<[(Arc<str>, crate::reader::Message)]>,
 }
 
-impl Handle {
+impl<M> Clone for Handle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+            limits: self.limits.clone(),
+            stopped: self.stopped.clone(),
+            settled: Arc::clone(&self.settled),
+            hanging: Arc::clone(&self.hanging),
+        }
+    }
+}
+
+impl<M: Default + Send + 'static> Handle<M> {
     /// Append `records` in the next transaction; resolves once it committed.
     ///
     /// The records of one append are contiguous and in order in their topics' partition, and
     /// are committed atomically with the rest of their transaction.
     pub async fn append(&self, records: Vec<Record>) -> Result<Committed, Error> {
+        self.append_with(records, M::default()).await
+    }
+}
+
+impl<M: Send + 'static> Handle<M> {
+    /// [`Handle::append`], handing `meta` to the observer with the committed records.
+    pub async fn append_with(&self, records: Vec<Record>, meta: M) -> Result<Committed, Error> {
         let bytes: usize = records.iter().map(Record::size).sum();
         if records.len() > self.limits.max_records || bytes > self.limits.max_bytes {
             return Err(Error::TooLarge {
@@ -169,7 +193,16 @@ impl Handle {
             });
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Append { records, reply }).await.is_err() {
+        if self
+            .tx
+            .send(Append {
+                records,
+                meta,
+                reply,
+            })
+            .await
+            .is_err()
+        {
             return Err(self.shared.terminal_error());
         }
         match rx.await {
@@ -231,13 +264,13 @@ impl Handle {
 }
 
 /// The writer of one partition. See the module docs.
-pub struct Writer {
+pub struct Writer<M = ()> {
     options: Options,
     partition: i32,
-    observer: Option<Arc<dyn Observer>>,
+    observer: Option<Arc<dyn Observer<M>>>,
     shared: Arc<Shared>,
     producer: Arc<FutureProducer>,
-    rx: mpsc::Receiver<Append>,
+    rx: mpsc::Receiver<Append<M>>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
 }
@@ -261,7 +294,9 @@ impl Writer {
     ) -> Result<Handle, Error> {
         Self::start_observed(options, transactional_id, partition, None, &[], shutdown).await
     }
+}
 
+impl<M: Send + Sync + 'static> Writer<M> {
     /// Like [`Writer::start`], with an [`Observer`] of every committed append, and settling
     /// the writer's partition of each topic in `settle` before it takes appends.
     ///
@@ -277,10 +312,10 @@ impl Writer {
         options: &Options,
         transactional_id: String,
         partition: u32,
-        observer: Option<Arc<dyn Observer>>,
+        observer: Option<Arc<dyn Observer<M>>>,
         settle: &[Arc<str>],
         shutdown: CancellationToken,
-    ) -> Result<Handle, Error> {
+    ) -> Result<Handle<M>, Error> {
         options.validate()?;
         let producer = create_producer(options, &transactional_id).await?;
         // A transaction Kafka left open in a partition (its coordinator skipped the markers,
@@ -355,10 +390,10 @@ impl Writer {
     async fn run(mut self) {
         let limits = self.options.writer.clone();
         let linger = Duration::from_millis(limits.linger_ms);
-        let mut pending: Vec<Append> = Vec::new();
+        let mut pending: Vec<Append<M>> = Vec::new();
         let (mut pending_records, mut pending_bytes) = (0usize, 0usize);
         let mut first_at: Option<Instant> = None;
-        let mut inflight: Option<JoinHandle<(Vec<Append>, Outcome)>> = None;
+        let mut inflight: Option<JoinHandle<(Vec<Append<M>>, Outcome)>> = None;
         let mut closing = false;
         let mut input_done = false;
 
@@ -430,7 +465,7 @@ impl Writer {
     }
 
     /// Answer a finished batch. Returns false when the writer must stop.
-    async fn finish(&mut self, batch: Vec<Append>, outcome: Outcome) -> bool {
+    async fn finish(&mut self, batch: Vec<Append<M>>, outcome: Outcome) -> bool {
         let c = &self.shared.counters;
         let tid = &self.shared.transactional_id;
         match outcome {
@@ -444,7 +479,7 @@ impl Writer {
                 metrics::histogram!(m::WRITER_BATCH_RECORDS).record(records as f64);
                 for (append, offsets) in batch.into_iter().zip(offsets) {
                     if let Some(observer) = &self.observer {
-                        observer.committed(&append.records, &offsets);
+                        observer.committed(&append.records, &offsets, &append.meta);
                     }
                     let _ = append.reply.send(Ok(Committed {
                         offsets,
@@ -547,12 +582,12 @@ async fn create_producer(
 }
 
 /// Run one transaction holding every record of `batch`.
-async fn commit(
+async fn commit<M>(
     producer: Arc<FutureProducer>,
     partition: i32,
-    batch: Vec<Append>,
+    batch: Vec<Append<M>>,
     timeout: Duration,
-) -> (Vec<Append>, Outcome) {
+) -> (Vec<Append<M>>, Outcome) {
     let started = Instant::now();
     let p = Arc::clone(&producer);
     if let Err(e) = tokio::task::spawn_blocking(move || p.begin_transaction())

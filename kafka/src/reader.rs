@@ -177,16 +177,15 @@ fn uuid_like() -> String {
     )
 }
 
-/// Follow `topic`/`partition` from `from` on, forever (read_committed), sending each record to
-/// the returned channel (bounded: a slow receiver slows the reader). Ends when `shutdown` is
-/// cancelled or the receiver is dropped. For small, compacted control topics (routing).
+/// Follow partitions from given offsets, forever (until `shutdown`): every record, as it
+/// arrives, with its topic (`read_committed`). For compacted registry topics (services,
+/// routing) that every reader rebuilds from the beginning; never commits offsets. Transient
+/// consumer errors are logged and the read goes on (librdkafka reconnects by itself).
 pub fn follow(
     options: &Options,
-    topic: &str,
-    partition: u32,
-    from: i64,
+    partitions: &[(&str, u32, i64)],
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<tokio::sync::mpsc::Receiver<Message>, Error> {
+) -> Result<tokio::sync::mpsc::Receiver<(std::sync::Arc<str>, Message)>, Error> {
     use rdkafka::consumer::StreamConsumer;
     let config =
         options.consumer_config(&format!("{}follower-{}", options.topic_prefix, uuid_like()));
@@ -194,25 +193,35 @@ pub fn follow(
         .create()
         .map_err(|e| Error::kafka("creating a follower", e))?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from))
-        .map_err(|e| Error::kafka("building the assignment", e))?;
+    let mut topics: Vec<std::sync::Arc<str>> = Vec::new();
+    for &(topic, partition, from) in partitions {
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from))
+            .map_err(|e| Error::kafka("building the assignment", e))?;
+        if !topics.iter().any(|t| &**t == topic) {
+            topics.push(std::sync::Arc::from(topic));
+        }
+    }
     consumer
         .assign(&tpl)
-        .map_err(|e| Error::kafka(format!("assigning {topic}/{partition}"), e))?;
+        .map_err(|e| Error::kafka("assigning the followed partitions", e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let topic = topic.to_string();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 message = consumer.recv() => match message {
                     Ok(m) => {
-                        if tx.send(Message::from_borrowed(&m)).await.is_err() {
+                        let topic = topics
+                            .iter()
+                            .find(|t| ***t == *m.topic())
+                            .cloned()
+                            .unwrap_or_else(|| std::sync::Arc::from(m.topic()));
+                        if tx.send((topic, Message::from_borrowed(&m))).await.is_err() {
                             break;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(%topic, partition, error = %e, "following a topic failed; retrying");
+                        tracing::warn!(error = %e, "following topics failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },

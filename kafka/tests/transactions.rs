@@ -322,7 +322,7 @@ async fn settling_a_takeover_marks_the_end_and_stays_invisible_to_read_committed
     );
 
     // The next owner settles the journal partition as it takes over.
-    let next = Writer::start_observed(
+    let next = Writer::<()>::start_observed(
         &options,
         topics.transactional_id(0),
         0,
@@ -417,7 +417,7 @@ async fn a_settling_writer_reports_a_transaction_left_open_in_its_partition() {
         "an open transaction holds the stable offset back: {stable} {high}"
     );
 
-    let next = Writer::start_observed(
+    let next = Writer::<()>::start_observed(
         &options,
         topics.transactional_id(0),
         0,

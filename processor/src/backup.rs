@@ -1,119 +1,162 @@
-//! The asynchronous backup of one partition to Cassandra (DESIGN §5): committed events leave
-//! the in-memory tail in offset order, in batches; the checkpoint advances only after every
-//! event before it is durable in Cassandra. Never on the command path: when Cassandra is down,
-//! commands keep succeeding and the tail grows until it is back.
+//! The asynchronous backup of one partition to Cassandra: committed records leave the
+//! in-memory tail in commit order, in batches — journal events become journal rows (and
+//! snapshot rows), value-entity records the entity's `entity_values` row (only the newest of a
+//! batch per entity) — and each topic's checkpoint advances only after every record before it
+//! is durable in Cassandra. Never on the command path: when Cassandra is down, commands keep
+//! succeeding and the tail grows until it is back.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use statehouse_store::{JournalRow, SnapshotRow};
+use statehouse_store::{JournalRow, SnapshotRow, Store, ValueRow};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::partition::Partition;
-use crate::tail::{self, Entry};
-use crate::{Node, metrics as m};
+use crate::kinds::value;
+use crate::records::{Topic, Topics, Written};
+use crate::tail::{Entry, Tail};
+use crate::{Error, metrics as m};
 
-/// Most events written per round.
+/// Most records written per round.
 const BATCH: usize = 1_000;
 
-pub(crate) async fn run(node: Arc<Node>, partition: Arc<Partition>) {
-    let interval = Duration::from_millis(node.config.processor.backup_interval_ms);
-    let mut backoff = interval;
-    loop {
-        let stopping = partition.writer_stopped();
-        let batch = partition.tail.oldest(BATCH);
-        if batch.is_empty() {
-            if stopping {
-                break;
+/// What the backup of one partition works with.
+pub(crate) struct Backup {
+    pub(crate) service: String,
+    pub(crate) partition: u32,
+    pub(crate) topics: Topics,
+    pub(crate) tail: Arc<Tail>,
+    pub(crate) store: Store,
+    pub(crate) interval: Duration,
+    /// Cancelled when the partition's writer stops: flush what is left, then end.
+    pub(crate) stopping: CancellationToken,
+}
+
+impl Backup {
+    pub(crate) async fn run(self) {
+        let mut backoff = self.interval;
+        loop {
+            let stopping = self.stopping.is_cancelled();
+            let batch = self.tail.oldest(BATCH);
+            if batch.is_empty() {
+                if stopping {
+                    break;
+                }
+                self.pause(self.interval).await;
+                continue;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = partition.writer_stopping() => {}
+            match self.write(&batch).await {
+                Ok(()) => {
+                    self.tail.remove_oldest(batch.len());
+                    metrics::counter!(m::BACKUP_RECORDS).increment(batch.len() as u64);
+                    metrics::gauge!(m::BACKUP_LAG_RECORDS).set(self.tail.len() as f64);
+                    debug!(
+                        partition = self.partition,
+                        records = batch.len(),
+                        "backed up"
+                    );
+                    backoff = self.interval;
+                    if batch.len() < BATCH && !stopping {
+                        self.pause(self.interval).await;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(m::BACKUP_FAILURES).increment(1);
+                    if stopping {
+                        warn!(partition = self.partition, error = %e, "final backup failed; the next owner recovers from the checkpoint");
+                        break;
+                    }
+                    warn!(partition = self.partition, error = %e, retry_in = ?backoff, pending = self.tail.len(), "backup failed; commands keep running, retrying");
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
-            continue;
         }
-        let last = batch.last().expect("non-empty").offset;
-        match write(&node, &partition, &batch).await {
-            Ok(()) => {
-                partition.tail.remove_through(last);
-                metrics::counter!(m::BACKUP_EVENTS).increment(batch.len() as u64);
-                metrics::gauge!(m::BACKUP_LAG_EVENTS).set(partition.tail.len() as f64);
-                debug!(
-                    partition = partition.id,
-                    events = batch.len(),
-                    checkpoint = last + 1,
-                    "backed up"
-                );
-                backoff = interval;
-                if batch.len() < BATCH && !stopping {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = partition.writer_stopping() => {}
+    }
+
+    async fn pause(&self, wait: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.stopping.cancelled() => {}
+        }
+    }
+
+    async fn write(&self, batch: &[Entry]) -> Result<(), Error> {
+        let service = self.service.as_str();
+        let mut rows = Vec::new();
+        let mut snapshots = Vec::new();
+        // The newest record per value entity in this batch (older ones would be overwritten).
+        let mut values: HashMap<String, ValueRow> = HashMap::new();
+        let mut next: HashMap<Topic, i64> = HashMap::new();
+        for Entry {
+            topic,
+            offset,
+            record,
+        } in batch
+        {
+            next.insert(*topic, offset + 1);
+            match &**record {
+                Written::Event(event) => {
+                    let key = record.entity_key();
+                    if let Some(s) = &event.snapshot {
+                        snapshots.push(SnapshotRow {
+                            service: service.to_string(),
+                            entity_id: key.clone(),
+                            seq: event.seq,
+                            type_url: s.type_url.clone(),
+                            snapshot: s.payload.clone(),
+                            timestamp_ms: event.timestamp_ms,
+                        });
+                    }
+                    rows.push(JournalRow {
+                        service: service.to_string(),
+                        entity_id: key,
+                        seq: event.seq,
+                        type_url: event.type_url.clone(),
+                        payload: event.payload.clone(),
+                        command_id: event.command_id.clone(),
+                        idempotency_key: event.idempotency_key.clone(),
+                        timestamp_ms: event.timestamp_ms,
+                        writer_id: event.writer.processor_id.clone(),
+                        writer_epoch: event.writer.epoch,
+                        reply: event
+                            .reply
+                            .as_ref()
+                            .map(|r| (r.type_url.clone(), r.payload.clone())),
+                        partition: self.partition as i32,
+                        offset: *offset,
+                    });
+                }
+                Written::Value(_) | Written::Deleted(_) => {
+                    if let Some(row) = value::row_of(service, record, self.partition, *offset) {
+                        let row = row.map_err(|e| {
+                            Error::Journal(format!("encoding a value record for the backup: {e}"))
+                        })?;
+                        values.insert(row.entity_id.clone(), row);
                     }
                 }
             }
-            Err(e) => {
-                metrics::counter!(m::BACKUP_FAILURES).increment(1);
-                if stopping {
-                    warn!(partition = partition.id, error = %e, "final backup failed; the next owner recovers from the checkpoint");
-                    break;
-                }
-                warn!(partition = partition.id, error = %e, retry_in = ?backoff, pending = partition.tail.len(), "backup failed; commands keep running, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = partition.writer_stopping() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
         }
-    }
-}
-
-async fn write(
-    node: &Node,
-    partition: &Partition,
-    batch: &[Entry],
-) -> Result<(), statehouse_store::Error> {
-    let service = node.service.as_str();
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut snapshots = Vec::new();
-    for Entry { offset, event } in batch {
-        let key = tail::entity_key(&event.persistence_id, &event.entity_id);
-        if let Some(s) = &event.snapshot {
-            snapshots.push(SnapshotRow {
-                service: service.to_string(),
-                entity_id: key.clone(),
-                seq: event.seq,
-                type_url: s.type_url.clone(),
-                snapshot: s.payload.clone(),
-                timestamp_ms: event.timestamp_ms,
-            });
+        if !rows.is_empty() {
+            self.store.write_journal(&rows).await?;
         }
-        rows.push(JournalRow {
-            service: service.to_string(),
-            entity_id: key,
-            seq: event.seq,
-            type_url: event.type_url.clone(),
-            payload: event.payload.clone(),
-            command_id: event.command_id.clone(),
-            idempotency_key: event.idempotency_key.clone(),
-            timestamp_ms: event.timestamp_ms,
-            writer_id: event.writer.processor_id.clone(),
-            writer_epoch: event.writer.epoch,
-            reply: event
-                .reply
-                .as_ref()
-                .map(|r| (r.type_url.clone(), r.payload.clone())),
-            partition: partition.id as i32,
-            offset: *offset,
-        });
+        for snapshot in &snapshots {
+            self.store.write_snapshot(snapshot).await?;
+        }
+        for row in values.values() {
+            self.store.write_value(row).await?;
+        }
+        for (topic, offset) in next {
+            self.store
+                .write_checkpoint(
+                    service,
+                    self.topics.name(topic),
+                    self.partition as i32,
+                    offset,
+                )
+                .await?;
+        }
+        Ok(())
     }
-    node.store.write_journal(&rows).await?;
-    for snapshot in &snapshots {
-        node.store.write_snapshot(snapshot).await?;
-    }
-    let next = batch.last().expect("non-empty").offset + 1;
-    node.store
-        .write_checkpoint(service, &partition.journal_topic, partition.id as i32, next)
-        .await
 }

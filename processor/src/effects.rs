@@ -1,29 +1,60 @@
-//! Side effects and forwards (protocol §2.8): after the reply's events are committed, run the
-//! side effects in order (synchronous ones are awaited, the others fire and forget), then the
-//! client action — a forward becomes a new command whose reply is the client's reply.
+//! Side effects and forwards (protocol §2.8): after a command's writes committed, run its side
+//! effects in order — synchronous ones awaited (their results discarded), the others started
+//! and not awaited — then the client action: a reply goes back as it is, a forward becomes a
+//! new command whose reply is the client's. Targets may be any method of any service the
+//! processor knows (its own, or another service through the router); a target that does not
+//! exist is reported to the user function and fails the call.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use statehouse_schemas::cloudstate::{self as cs, client_action};
-use tokio::sync::oneshot;
+use statehouse_schemas::cloudstate as cs;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::entity::{Outcome, Reply, reply_message};
-use crate::{Error, Node, Request};
+use crate::Error;
+use crate::command::{Host, Outcome, Then};
 
+/// Run `side_effects`, then `then`: the client's outcome.
 pub(crate) async fn run(
-    node: Arc<Node>,
+    host: Arc<dyn Host>,
     side_effects: Vec<cs::SideEffect>,
-    action: Option<client_action::Action>,
+    then: Then,
     hops: u32,
     deadline: Option<Instant>,
-    reply: oneshot::Sender<Result<Outcome, Error>>,
-) {
+) -> Result<Outcome, Error> {
+    run_side_effects(&host, side_effects, hops, deadline).await?;
+    match then {
+        Then::Reply(reply) => Ok(Outcome::new(reply)),
+        Then::Forward(forward) => {
+            let command = host.resolve(
+                &forward.service_name,
+                &forward.command_name,
+                forward.payload,
+                forward.metadata,
+                hops,
+                deadline,
+            );
+            match command {
+                Ok(command) => host.dispatch(command).await,
+                Err(e) => {
+                    Arc::clone(&host).report_error(e.to_string()).await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Run side effects in order. Fails (and tells the user function) only when a target does not
+/// exist; a side effect that runs and fails is logged, as the reference proxy does.
+pub(crate) async fn run_side_effects(
+    host: &Arc<dyn Host>,
+    side_effects: Vec<cs::SideEffect>,
+    hops: u32,
+    deadline: Option<Instant>,
+) -> Result<(), Error> {
     for effect in side_effects {
-        let request = match request(
-            &node,
+        let command = match host.resolve(
             &effect.service_name,
             &effect.command_name,
             effect.payload,
@@ -31,84 +62,25 @@ pub(crate) async fn run(
             hops,
             deadline,
         ) {
-            Ok(r) => r,
+            Ok(command) => command,
             Err(e) => {
-                node.uf.report_error(&e.to_string()).await;
-                let _ = reply.send(Err(e));
-                return;
+                Arc::clone(host).report_error(e.to_string()).await;
+                return Err(e);
             }
         };
+        let target = command.method.path.clone();
         if effect.synchronous {
-            if let Err(e) = node.dispatch(request).await {
-                warn!(error = %e, service = %effect.service_name, command = %effect.command_name, "synchronous side effect failed");
+            if let Err(e) = Arc::clone(host).dispatch(command).await {
+                warn!(error = %e, %target, "synchronous side effect failed");
             }
         } else {
-            let node = Arc::clone(&node);
+            let dispatched = Arc::clone(host).dispatch(command);
             tokio::spawn(async move {
-                if let Err(e) = node.dispatch(request).await {
-                    warn!(error = %e, "side effect failed");
+                if let Err(e) = dispatched.await {
+                    warn!(error = %e, %target, "side effect failed");
                 }
             });
         }
     }
-    let result = match action {
-        Some(client_action::Action::Reply(r)) => Ok(Outcome::new(reply_message(&r))),
-        Some(client_action::Action::Failure(f)) => Ok(Outcome::new(Reply::Failure {
-            description: f.description,
-            code: tonic::Code::Unknown,
-        })),
-        Some(client_action::Action::Forward(f)) => {
-            match request(
-                &node,
-                &f.service_name,
-                &f.command_name,
-                f.payload,
-                f.metadata,
-                hops,
-                deadline,
-            ) {
-                Ok(request) => node.dispatch(request).await,
-                Err(e) => {
-                    node.uf.report_error(&e.to_string()).await;
-                    Err(e)
-                }
-            }
-        }
-        None => Ok(Outcome::new(Reply::Empty)),
-    };
-    let _ = reply.send(result);
-}
-
-fn request(
-    node: &Node,
-    service: &str,
-    command: &str,
-    payload: Option<prost_types::Any>,
-    metadata: Option<cs::Metadata>,
-    hops: u32,
-    deadline: Option<Instant>,
-) -> Result<Request, Error> {
-    let method = node
-        .index
-        .method_by_name(service, command)
-        .cloned()
-        .ok_or_else(|| {
-            Error::UnknownMethod(format!(
-                "service [{service}] unknown or it has no command named [{command}]"
-            ))
-        })?;
-    let payload = Bytes::from(payload.map(|p| p.value).unwrap_or_default());
-    let entity_id = method
-        .entity_id(&payload)
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    Ok(Request {
-        method,
-        entity_id,
-        payload,
-        _metadata: metadata,
-        idempotency_key: None,
-        deadline,
-        traceparent: None,
-        hops,
-    })
+    Ok(())
 }

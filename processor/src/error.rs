@@ -31,12 +31,19 @@ pub enum Error {
     Store(#[from] statehouse_store::Error),
     #[error("user function: {0}")]
     UserFunction(String),
+    /// An action call to the user function ended with this status: passed on as it is (the
+    /// reference proxy does the same).
+    #[error("{}", .0.message())]
+    UserFunctionCall(tonic::Status),
     #[error("corrupt journal: {0}")]
     Journal(String),
     #[error("shutting down")]
     ShuttingDown,
     #[error("configuration: {0}")]
     Config(String),
+    /// A forward or side effect could not be delivered to the processor that runs it.
+    #[error("routing a forward or side effect: {0}")]
+    Route(#[from] statehouse_runtime::router::Error),
     /// A start-up step failed for good (e.g. the topics exist with another partition count).
     #[error("{what} failed: {reason}")]
     Startup { what: String, reason: String },
@@ -71,8 +78,29 @@ impl From<Error> for tonic::Status {
                 Status::unavailable(message)
             }
             Error::UserFunction(_) => Status::unavailable(message),
+            Error::UserFunctionCall(status) => Status::new(status.code(), status.message()),
             Error::Journal(_) => Status::internal(message),
             Error::Config(_) | Error::Startup { .. } => Status::failed_precondition(message),
+            Error::Route(e) => route_status(e, message),
         }
+    }
+}
+
+/// The status of a routing failure: what the target processor answered is passed on; anything
+/// that kept the command from reaching one is "retry later" (or the deadline).
+fn route_status(error: statehouse_runtime::router::Error, message: String) -> tonic::Status {
+    use statehouse_runtime::router::Error as Route;
+    use tonic::Status;
+    match error {
+        Route::Processor(status) => Status::new(status.code(), status.message()),
+        Route::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+        Route::UnknownService { .. } | Route::BadServiceName { .. } => {
+            Status::failed_precondition(message)
+        }
+        Route::NoOwner { .. }
+        | Route::NoProcessor { .. }
+        | Route::Unreachable { .. }
+        | Route::BadEndpoint { .. }
+        | Route::Kafka(_) => Status::unavailable(message),
     }
 }

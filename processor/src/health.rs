@@ -13,7 +13,7 @@ use statehouse_schemas::grpc::health::v1::health_server::Health;
 use statehouse_schemas::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use tonic::{Request, Response, Status};
 
-use crate::Node;
+use crate::node::Node;
 
 pub(crate) struct Service {
     pub(crate) node: Arc<Node>,
@@ -26,7 +26,7 @@ impl Service {
             return Err(Status::not_found(format!("unknown service {service:?}")));
         }
         let serving = self.readiness.is_ready()
-            && self.node.may_serve()
+            && self.node.pause.may_serve()
             && !self.node.shutdown.is_cancelled();
         Ok(if serving {
             ServingStatus::Serving

@@ -28,8 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::command::Host;
+use crate::node::Node;
 use crate::partition::Partition;
-use crate::{Error, Node, metrics};
+use crate::{Error, metrics};
 
 /// How often the supervisor looks at the assigned partitions.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -65,8 +67,8 @@ pub(crate) async fn own_partitions(
 ) -> Result<(), Error> {
     let (membership, mut events) = Membership::join(
         &node.config.kafka,
-        &node.topics.owners_group(),
-        &node.topics.journal(),
+        &node.env.service_topics.owners_group(),
+        &node.env.service_topics.journal(),
         &node.processor_id,
         Duration::from_secs(30),
     )?;
@@ -107,7 +109,7 @@ pub(crate) async fn own_partitions(
                     .iter()
                     .map(|&id| {
                         let node = &node;
-                        async move { (id, Partition::take_over(node, id).await) }
+                        async move { (id, take_over(node, id).await) }
                     })
                     .collect();
                 while let Some((id, result)) = takeovers.next().await {
@@ -139,7 +141,10 @@ pub(crate) async fn own_partitions(
                     let mut map = node.partitions.write().expect("partitions lock");
                     partitions.iter().filter_map(|id| map.remove(id)).collect()
                 };
-                futures::future::join_all(released.iter().map(|p| p.release(&node))).await;
+                futures::future::join_all(
+                    released.iter().map(|p| p.release(node.service.as_str())),
+                )
+                .await;
                 let _ = done.send(());
                 owner.report();
             }
@@ -159,7 +164,7 @@ pub(crate) async fn own_partitions(
         .drain()
         .map(|(_, p)| p)
         .collect();
-    futures::future::join_all(rest.iter().map(|p| p.release(&node))).await;
+    futures::future::join_all(rest.iter().map(|p| p.release(node.service.as_str()))).await;
     server_shutdown.cancel();
     let _ = server.await;
     info!(service = %node.service, "processor stopped");
@@ -235,7 +240,7 @@ impl Owner {
 
     /// Find the assigned partitions nobody serves, and recover those that are due.
     async fn supervise(&mut self) {
-        if self.node.shutdown.is_cancelled() || !self.node.may_serve() {
+        if self.node.shutdown.is_cancelled() || !self.node.pause.may_serve() {
             return;
         }
         let now = Instant::now();
@@ -280,11 +285,8 @@ impl Owner {
     fn newer_owner(&self, id: u32, current: Option<&Partition>) -> bool {
         let ours = current.map_or(0, |p| p.epoch);
         self.node
-            .routes
-            .read()
-            .expect("routes lock")
-            .get(&id)
-            .is_some_and(|(endpoint, epoch)| *endpoint != self.node.endpoint && *epoch > ours)
+            .other_owner(id)
+            .is_some_and(|owner| owner.epoch > ours)
     }
 
     /// Release the broken partitions, take them over again (concurrently), serve what worked.
@@ -299,7 +301,8 @@ impl Owner {
                 })
                 .collect()
         };
-        futures::future::join_all(old.iter().map(|p| p.release(&self.node))).await;
+        let service = self.node.service.as_str();
+        futures::future::join_all(old.iter().map(|p| p.release(service))).await;
         let node = Arc::clone(&self.node);
         let mut takeovers: FuturesUnordered<_> = due
             .iter()
@@ -307,7 +310,7 @@ impl Owner {
                 let node = &node;
                 ::metrics::counter!(metrics::PARTITION_RECOVERIES, "cause" => broken.label())
                     .increment(1);
-                async move { (id, broken, Partition::take_over(node, id).await) }
+                async move { (id, broken, take_over(node, id).await) }
             })
             .collect();
         while let Some((id, broken, result)) = takeovers.next().await {
@@ -357,17 +360,22 @@ async fn publish_route(
         owner_processor_id: node.processor_id.clone(),
         owner_endpoint: node.endpoint.clone(),
         epoch: partition.epoch,
-        updated_at_ms: crate::now_ms(),
+        updated_at_ms: crate::entity::now_ms(),
     };
     let value = record
         .encode()
         .map_err(|e| Error::Journal(format!("encoding a routing record: {e}")))?;
     publisher
         .publish(
-            &node.topics.routing(),
+            &node.env.service_topics.routing(),
             &format!("{}/{}", node.service, partition.id),
             &value,
         )
         .await?;
     Ok(())
+}
+
+async fn take_over(node: &Arc<Node>, id: u32) -> Result<Arc<Partition>, Error> {
+    let host: Arc<dyn Host> = Arc::clone(node) as Arc<dyn Host>;
+    Partition::take_over(&node.env, host, id).await
 }

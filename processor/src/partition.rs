@@ -1,69 +1,84 @@
-//! One owned partition: its fenced writer, its journal tail, its backup task and its active
-//! entities. Lifecycle (DESIGN §5): fence (`init_transactions`) → settle the journal partition
-//! (so that everything it holds is readable, see `Writer::start_observed`) → read the
-//! checkpoint → read the partition from the checkpoint to the end (read_committed) into the
-//! tail → serve. On revoke:
-//! stop taking commands, let the entities finish the command in flight, commit, release.
+//! One owned partition: its fenced writer, its tail, its backup task and its active entities.
+//!
+//! Lifecycle. **Take over:** fence (`init_transactions`) → settle the journal and values
+//! partitions (so everything they hold is readable, see `Writer::start_observed`) → read each
+//! topic's backup checkpoint → read each partition from its checkpoint to the end
+//! (read_committed) into the tail → write again the records of a transaction Kafka left open
+//! that the backup proves were committed → serve. **Release** (revoke or shutdown): stop taking
+//! commands, let the entities finish the command in flight, let the writer commit, flush the
+//! backup (bounded).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use statehouse_core::ids::entity_key;
 use statehouse_kafka::partition_writer::{self, Observer, Record, Writer};
 use statehouse_kafka::reader::{self, Isolation};
-use statehouse_schemas::avro::{AvroRecord, EventRecord};
-use tokio::sync::mpsc;
+use statehouse_runtime::method_index::EntityKind;
+use statehouse_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::entity::{self, Command};
+use crate::Error;
+use crate::backup::Backup;
+use crate::command::{Command, Host, ReplyTo};
+use crate::entity::{self, EntityRef};
+use crate::kinds::event_sourced::EventSourced;
+use crate::kinds::value::Value;
+use crate::records::{Topics, Typed, Written};
 use crate::tail::Tail;
-use crate::{Error, Node, backup};
+use crate::user_function::UserFunction;
 
-/// Bound of one entity's mailbox.
-const MAILBOX: usize = 256;
-/// A takeover gives up (and is retried) when reading the journal to its end makes no progress
-/// for this long; a long journal may take as long as it needs while it moves.
+/// A takeover gives up (and is retried) when reading a topic to its end makes no progress for
+/// this long; a long journal may take as long as it needs while it moves.
 const RECOVERY_STALL: Duration = Duration::from_secs(30);
 /// Bound of the checkpoint read at takeover (without it, recovery starts from offset 0).
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What every partition of a processor is taken over with.
+pub(crate) struct Env {
+    pub(crate) kafka: statehouse_kafka::Options,
+    pub(crate) service: statehouse_core::ServiceName,
+    pub(crate) service_topics: statehouse_core::Topics,
+    pub(crate) topics: Topics,
+    pub(crate) processor_id: String,
+    pub(crate) store: Store,
+    pub(crate) uf: UserFunction,
+    pub(crate) passivation: Duration,
+    pub(crate) max_active: usize,
+    pub(crate) backup_interval: Duration,
+    /// Active entities of the whole processor.
+    pub(crate) active: Arc<AtomicUsize>,
+    pub(crate) shutdown: CancellationToken,
+}
+
 pub(crate) struct Partition {
     pub(crate) id: u32,
+    /// The owner epoch: milliseconds at takeover (the transactional fence does not depend on
+    /// it; routers use it to order routing records).
     pub(crate) epoch: i64,
-    pub(crate) writer: partition_writer::Handle,
-    pub(crate) tail: Arc<Tail>,
-    pub(crate) journal_topic: Arc<str>,
-    entities: Mutex<HashMap<String, (u64, mpsc::Sender<Command>)>>,
-    next_entity: std::sync::atomic::AtomicU64,
-    serving: AtomicBool,
-    /// Cancelled when the partition stops: entities finish their command and end.
-    pub(crate) stop: CancellationToken,
-    /// Cancelled only on process shutdown; the writer and backup outlive the entities until then
-    /// or until the partition is released.
+    pub(crate) writer: partition_writer::Handle<Typed>,
+    entities: Arc<entity::Context>,
+    /// Cancelled only on release or process shutdown; the writer and backup outlive the
+    /// entities until then.
     writer_stop: CancellationToken,
     backup_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Feeds committed journal events into the tail.
+/// Feeds committed records into the tail, typed.
 struct TailObserver {
     tail: Arc<Tail>,
-    journal_topic: Arc<str>,
+    topics: Topics,
 }
 
-impl Observer for TailObserver {
-    fn committed(&self, records: &[Record], offsets: &[i64]) {
-        for (record, &offset) in records.iter().zip(offsets) {
-            if record.topic != self.journal_topic {
-                continue;
-            }
-            let Some(value) = &record.value else { continue };
-            match EventRecord::decode(value) {
-                Ok(event) => self.tail.push(offset, Arc::new(event)),
-                Err(e) => {
-                    warn!(offset, error = %e, "committed a journal record that does not decode")
+impl Observer<Typed> for TailObserver {
+    fn committed(&self, records: &[Record], offsets: &[i64], typed: &Typed) {
+        for ((record, &offset), written) in records.iter().zip(offsets).zip(typed) {
+            match self.topics.of(&record.topic) {
+                Some(topic) => self.tail.push(topic, offset, Arc::clone(written)),
+                None => {
+                    warn!(topic = %record.topic, offset, "committed a record of an unknown topic")
                 }
             }
         }
@@ -72,235 +87,154 @@ impl Observer for TailObserver {
 
 impl Partition {
     /// Take the partition over: fence the previous owner, recover the tail, start the backup.
-    pub(crate) async fn take_over(node: &Arc<Node>, id: u32) -> Result<Arc<Self>, Error> {
+    pub(crate) async fn take_over(
+        env: &Env,
+        host: Arc<dyn Host>,
+        id: u32,
+    ) -> Result<Arc<Self>, Error> {
         let started = std::time::Instant::now();
-        let journal_topic: Arc<str> = Arc::from(node.topics.journal());
         let tail = Arc::new(Tail::default());
-        let writer_stop = node.shutdown.child_token();
-        let observer: Arc<dyn Observer> = Arc::new(TailObserver {
+        let writer_stop = env.shutdown.child_token();
+        let observer: Arc<dyn Observer<Typed>> = Arc::new(TailObserver {
             tail: Arc::clone(&tail),
-            journal_topic: Arc::clone(&journal_topic),
+            topics: env.topics.clone(),
         });
+        let settle = [
+            Arc::clone(&env.topics.journal),
+            Arc::clone(&env.topics.values),
+        ];
         // 1. Fence: from here on no previous owner can commit to this partition.
         let writer = Writer::start_observed(
-            &node.config.kafka,
-            node.topics.transactional_id(id),
+            &env.kafka,
+            env.service_topics.transactional_id(id),
             id,
             Some(observer),
-            std::slice::from_ref(&journal_topic),
+            &settle,
             writer_stop.clone(),
         )
         .await?;
-        let end = writer
-            .settled_at(&journal_topic)
-            .expect("the journal was settled");
         let epoch = epoch_now();
-        // 2. Everything before the checkpoint is in Cassandra; read the rest from Kafka.
         let fenced_in = started.elapsed();
-        let checkpoint = match tokio::time::timeout(
-            CHECKPOINT_TIMEOUT,
-            node.store
-                .checkpoint(node.service.as_str(), &journal_topic, id as i32),
-        )
-        .await
-        {
-            Ok(Ok(offset)) => offset,
-            Ok(Err(e)) => {
-                warn!(partition = id, error = %e, "Cassandra unavailable at takeover; recovering the partition from offset 0");
-                0
-            }
-            Err(_) => {
-                warn!(partition = id, timeout = ?CHECKPOINT_TIMEOUT, "reading the checkpoint timed out; recovering the partition from offset 0");
-                0
-            }
-        };
-        // The checkpoint can only be beyond the end if Kafka lost records it had acknowledged
-        // (e.g. an unclean leader election): what is in Cassandra stays; read what Kafka has.
-        let from = if checkpoint > end {
-            error!(
-                partition = id,
-                checkpoint,
-                end,
-                "the backup checkpoint is beyond the end of the journal partition: Kafka lost acknowledged records; recovering from its end"
-            );
-            end
-        } else {
-            checkpoint
-        };
-        let records = reader::read_to_end(
-            &node.config.kafka,
-            &journal_topic,
-            id,
-            from,
-            Isolation::ReadCommitted,
-            RECOVERY_STALL,
-        )
-        .await?;
-        let recovered = records.len();
-        for message in records {
-            let offset = message.offset;
-            let Some(value) = &message.value else {
-                continue;
+        // 2. Everything before a topic's checkpoint is in Cassandra; read the rest from Kafka.
+        let mut checkpoints = [0i64; 2];
+        let mut recovered = 0usize;
+        for (i, (topic, name)) in env.topics.all().into_iter().enumerate() {
+            let end = writer.settled_at(name).expect("every topic was settled");
+            let checkpoint = checkpoint(env, name, id).await;
+            checkpoints[i] = checkpoint;
+            // A checkpoint beyond the end can only mean Kafka lost records it had acknowledged
+            // (e.g. an unclean leader election): what is in Cassandra stays; read what Kafka has.
+            let from = if checkpoint > end {
+                error!(
+                    partition = id,
+                    topic = %name,
+                    checkpoint,
+                    end,
+                    "the backup checkpoint is beyond the end of the partition: Kafka lost acknowledged records; recovering from its end"
+                );
+                end
+            } else {
+                checkpoint
             };
-            let event = EventRecord::decode(value)
-                .map_err(|e| Error::Journal(format!("partition {id} offset {offset}: {e}")))?;
-            tail.push(offset, Arc::new(event));
+            let messages = reader::read_to_end(
+                &env.kafka,
+                name,
+                id,
+                from,
+                Isolation::ReadCommitted,
+                RECOVERY_STALL,
+            )
+            .await?;
+            for message in messages {
+                if let Some(written) = Written::from_kafka(topic, &message)? {
+                    tail.push(topic, message.offset, Arc::new(written));
+                    recovered += 1;
+                }
+            }
         }
-        // Records of a transaction Kafka left open (and the settle aborted): those the backup
-        // holds were committed — the writer saw the commit succeed — so they are written again;
-        // the others cannot be proven committed and stay aborted.
-        let (rescue, dropped): (Vec<_>, Vec<_>) = writer
-            .hanging()
-            .iter()
-            .filter(|(topic, m)| *topic == journal_topic && m.value.is_some())
-            .partition(|(_, m)| m.offset < checkpoint);
-        if !dropped.is_empty() {
-            error!(
-                partition = id,
-                records = dropped.len(),
-                first = dropped[0].1.offset,
-                checkpoint,
-                "records of a transaction Kafka left open are not in the backup: they cannot be proven committed and stay aborted"
-            );
-        }
-        if !rescue.is_empty() {
-            let records: Vec<Record> = rescue
-                .iter()
-                .map(|(topic, m)| Record {
-                    topic: Arc::clone(topic),
-                    key: m.key.clone().unwrap_or_default(),
-                    value: m.value.clone(),
-                    headers: m
-                        .headers
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            Some((statehouse_kafka::headers::known(k)?, v.clone()))
-                        })
-                        .collect(),
-                })
-                .collect();
-            let offsets = writer.append(records).await?.offsets;
-            warn!(partition = id, records = offsets.len(), from = rescue[0].1.offset, to = ?offsets.first(), "Kafka left a committed transaction open (markers skipped); its records were written again");
-        }
+        rescue_hanging(&writer, &env.topics, id, checkpoints).await?;
         info!(
             partition = id,
-            checkpoint,
+            journal_checkpoint = checkpoints[0],
+            values_checkpoint = checkpoints[1],
             recovered,
             epoch,
             fenced_in = ?fenced_in,
             took = ?started.elapsed(),
             "partition recovered"
         );
-        let partition = Arc::new(Self {
+        let entities = entity::Context::new(entity::Parts {
+            host,
+            partition: id,
+            service: env.service.to_string(),
+            writer_id: statehouse_schemas::avro::Writer {
+                processor_id: env.processor_id.clone(),
+                epoch,
+            },
+            writer: writer.clone(),
+            topics: env.topics.clone(),
+            tail: Arc::clone(&tail),
+            store: env.store.clone(),
+            uf: env.uf.clone(),
+            passivation: env.passivation,
+            max_active: env.max_active,
+            active: Arc::clone(&env.active),
+            stop: env.shutdown.child_token(),
+        });
+        let backup = Backup {
+            service: env.service.to_string(),
+            partition: id,
+            topics: env.topics.clone(),
+            tail,
+            store: env.store.clone(),
+            interval: env.backup_interval,
+            stopping: writer_stop.clone(),
+        };
+        let task = tokio::spawn(backup.run());
+        Ok(Arc::new(Self {
             id,
             epoch,
             writer,
-            tail,
-            journal_topic,
-            entities: Mutex::new(HashMap::new()),
-            next_entity: std::sync::atomic::AtomicU64::new(0),
-            serving: AtomicBool::new(true),
-            stop: node.shutdown.child_token(),
+            entities,
             writer_stop,
-            backup_done: Mutex::new(None),
-        });
-        let task = tokio::spawn(backup::run(Arc::clone(node), Arc::clone(&partition)));
-        *partition.backup_done.lock().expect("lock") = Some(task);
-        Ok(partition)
-    }
-
-    /// Whether the writer was told to stop (revoke or shutdown).
-    pub(crate) fn writer_stopped(&self) -> bool {
-        self.writer_stop.is_cancelled()
-    }
-
-    /// Resolves when the writer is told to stop.
-    pub(crate) async fn writer_stopping(&self) {
-        self.writer_stop.cancelled().await;
+            backup_done: Mutex::new(Some(task)),
+        }))
     }
 
     pub(crate) fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped()
+        self.entities.is_serving()
     }
 
     /// Hand a command to its entity, activating the entity if needed.
-    pub(crate) fn send(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        key: String,
-        entity_id: String,
-        command: Command,
-    ) -> Result<(), Error> {
-        let mut entities = self.entities.lock().expect("entities lock");
-        if !self.is_serving() {
-            return Err(node.not_serving(self.id));
-        }
+    pub(crate) fn send(&self, command: Command, reply: ReplyTo) -> Result<(), (Error, ReplyTo)> {
         let info = Arc::clone(&command.method.entity);
-        let command = match entities.get(&key) {
-            Some((_, tx)) => match tx.try_send(command) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(Error::Overloaded(format!(
-                        "entity {entity_id} has {MAILBOX} commands waiting; slow down"
-                    )));
-                }
-                // The entity ended (passivated or crashed) after we looked: start a new one.
-                Err(mpsc::error::TrySendError::Closed(command)) => command,
-            },
-            None => command,
-        };
-        if node.active_entities() >= node.config.processor.max_active_entities {
-            return Err(Error::Overloaded(format!(
-                "{} entities are active, the limit (processor.max-active-entities)",
-                node.config.processor.max_active_entities
-            )));
-        }
-        let (tx, rx) = mpsc::channel(MAILBOX);
-        tx.try_send(command).expect("a new mailbox has room");
-        let instance = self.next_entity.fetch_add(1, Ordering::Relaxed);
-        entities.insert(key.clone(), (instance, tx));
-        node.entity_started();
-        tokio::spawn(entity::run(
-            Arc::clone(node),
-            Arc::clone(self),
-            key,
-            entity_id,
+        let entity = EntityRef {
+            key: entity_key(&info.persistence_id, &command.entity_id),
+            id: command.entity_id.clone(),
             info,
-            instance,
-            rx,
-        ));
-        Ok(())
-    }
-
-    /// Called by an idle entity: remove it if no command is waiting. Returns false if a command
-    /// arrived meanwhile (the entity must go on).
-    pub(crate) fn try_passivate(&self, key: &str, rx: &mpsc::Receiver<Command>) -> bool {
-        let mut entities = self.entities.lock().expect("entities lock");
-        if !rx.is_empty() {
-            return false;
-        }
-        entities.remove(key);
-        true
-    }
-
-    /// Called by an entity that ends for any other reason.
-    pub(crate) fn forget(&self, key: &str, instance: u64) {
-        let mut entities = self.entities.lock().expect("entities lock");
-        if entities.get(key).is_some_and(|(i, _)| *i == instance) {
-            entities.remove(key);
+        };
+        match entity.info.kind() {
+            Some(EntityKind::EventSourced) => {
+                self.entities.send::<EventSourced>(entity, command, reply)
+            }
+            Some(EntityKind::ValueEntity) => self.entities.send::<Value>(entity, command, reply),
+            _ => Err((
+                Error::InvalidArgument(format!(
+                    "{} is not a method of an entity kind this processor runs in partitions",
+                    command.method.path
+                )),
+                reply,
+            )),
         }
     }
 
     /// Stop serving (revoke or shutdown): entities finish the command in flight, then the writer
     /// commits what it holds and the backup flushes (bounded).
-    pub(crate) async fn release(&self, node: &Node) {
-        self.serving.store(false, Ordering::Release);
-        self.stop.cancel();
+    pub(crate) async fn release(&self, service: &str) {
+        self.entities.stop_serving();
         // Wait (bounded) for the entities to finish.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !self.entities.lock().expect("entities lock").is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
+        while self.entities.active_here() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.writer_stop.cancel();
@@ -309,48 +243,86 @@ impl Partition {
         if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-        info!(service = %node.service, partition = self.id, "partition released");
+        info!(service, partition = self.id, "partition released");
     }
+}
 
-    pub(crate) fn journal_record(
-        &self,
-        key: String,
-        event: &EventRecord,
-        value: Vec<u8>,
-    ) -> Record {
-        let mut headers = vec![
-            (
-                statehouse_kafka::headers::ENTITY,
-                Bytes::copy_from_slice(event.entity_id.as_bytes()),
-            ),
-            (
-                statehouse_kafka::headers::SEQ,
-                Bytes::from(event.seq.to_string()),
-            ),
-            (
-                statehouse_kafka::headers::TYPE,
-                Bytes::copy_from_slice(event.type_url.as_bytes()),
-            ),
-        ];
-        if let Some(tp) = &event.traceparent {
-            headers.push((
-                statehouse_kafka::headers::TRACEPARENT,
-                Bytes::copy_from_slice(tp.as_bytes()),
-            ));
+/// The backup checkpoint of `topic`/`partition`: 0 if Cassandra does not answer in time.
+async fn checkpoint(env: &Env, topic: &str, partition: u32) -> i64 {
+    let read = env
+        .store
+        .checkpoint(env.service.as_str(), topic, partition as i32);
+    match tokio::time::timeout(CHECKPOINT_TIMEOUT, read).await {
+        Ok(Ok(offset)) => offset,
+        Ok(Err(e)) => {
+            warn!(partition, topic, error = %e, "Cassandra unavailable at takeover; recovering the partition from offset 0");
+            0
         }
-        Record {
-            topic: Arc::clone(&self.journal_topic),
-            key: Bytes::from(key),
-            value: Some(Bytes::from(value)),
-            headers,
+        Err(_) => {
+            warn!(partition, topic, timeout = ?CHECKPOINT_TIMEOUT, "reading the checkpoint timed out; recovering the partition from offset 0");
+            0
         }
     }
+}
+
+/// Records of a transaction Kafka left open (and the settle aborted): those the backup holds
+/// were committed — the writer saw the commit succeed — so they are written again; the others
+/// cannot be proven committed and stay aborted.
+async fn rescue_hanging(
+    writer: &partition_writer::Handle<Typed>,
+    topics: &Topics,
+    partition: u32,
+    checkpoints: [i64; 2],
+) -> Result<(), Error> {
+    let mut records = Vec::new();
+    let mut typed = Vec::new();
+    for (i, (topic, name)) in topics.all().into_iter().enumerate() {
+        let checkpoint = checkpoints[i];
+        let hanging: Vec<_> = writer
+            .hanging()
+            .iter()
+            .filter(|(t, _)| t == name)
+            .map(|(_, m)| m)
+            .collect();
+        let (rescue, dropped): (Vec<_>, Vec<_>) =
+            hanging.into_iter().partition(|m| m.offset < checkpoint);
+        if !dropped.is_empty() {
+            error!(
+                partition,
+                topic = %name,
+                records = dropped.len(),
+                first = dropped[0].offset,
+                checkpoint,
+                "records of a transaction Kafka left open are not in the backup: they cannot be proven committed and stay aborted"
+            );
+        }
+        for message in rescue {
+            let Some(written) = Written::from_kafka(topic, message)? else {
+                continue;
+            };
+            records.push(Record {
+                topic: Arc::clone(name),
+                key: message.key.clone().unwrap_or_default(),
+                value: message.value.clone(),
+                headers: message
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((statehouse_kafka::headers::known(k)?, v.clone())))
+                    .collect(),
+            });
+            typed.push(Arc::new(written));
+        }
+    }
+    if !records.is_empty() {
+        let n = records.len();
+        let offsets = writer.append_with(records, typed).await?.offsets;
+        warn!(partition, records = n, to = ?offsets.first(), "Kafka left a committed transaction open (markers skipped); its records were written again");
+    }
+    Ok(())
 }
 
 /// The owner epoch: milliseconds at takeover. Monotonic across owners as long as their clocks
 /// agree within a takeover interval; the transactional fence does not depend on it.
 fn epoch_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    entity::now_ms()
 }

@@ -1,24 +1,92 @@
-//! The internal gRPC API (`statehouse.processor.v1.Processor`): the gateway, and other
-//! processors running forwards and side effects, hand commands to the partition owner here.
+//! The internal gRPC API (`statehouse.processor.v1.Processor`): routers — the gateway, and other
+//! processors running forwards and side effects — hand commands to the processor that runs
+//! them. `Handle` runs one unary command; `HandleStreamed` runs a streamed call (the first
+//! request names the method and carries the context; later requests carry payloads only).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use statehouse_core::partition_for;
+use statehouse_runtime::method_index::EntityKind;
 use statehouse_schemas::statehouse::processor::v1::processor_server::Processor;
 use statehouse_schemas::statehouse::processor::v1::{
     Failure, HandleRequest, HandleResponse, Reply as ProtoReply, handle_response,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 
-use crate::entity::Reply;
-use crate::{Error, Node, Request};
+use crate::command::{Command, Host, Outcome, Reply};
+use crate::node::Node;
+use crate::{Error, action, metrics as m};
+
+/// Client messages of a streamed call waiting for the user function.
+const STREAM_BUFFER: usize = 16;
 
 pub(crate) struct Service {
     pub(crate) node: Arc<Node>,
+}
+
+impl Service {
+    /// The command a request describes, checked against this processor's service and method
+    /// index. The router already read the entity id from the key fields; only the partition is
+    /// recomputed (a cheap hash) to catch a router that disagrees.
+    fn command(&self, request: HandleRequest) -> Result<Command, Error> {
+        let node = &self.node;
+        if request.service != node.service.as_str() {
+            return Err(Error::InvalidArgument(format!(
+                "this processor serves {}, not {:?}",
+                node.service, request.service
+            )));
+        }
+        let method = node
+            .index
+            .method(&request.method)
+            .cloned()
+            .ok_or_else(|| Error::UnknownMethod(request.method.clone()))?;
+        let keyed = method.entity.kind().is_some_and(EntityKind::is_keyed);
+        if keyed {
+            if request.entity_id.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} needs an entity key",
+                    method.path
+                )));
+            }
+            let partition =
+                partition_for(request.entity_id.as_bytes(), node.partition_count) as i32;
+            if request.partition >= 0 && request.partition != partition {
+                return Err(Error::InvalidArgument(format!(
+                    "entity {:?} is in partition {partition}, not {}",
+                    request.entity_id, request.partition
+                )));
+            }
+        } else if !request.entity_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is an action method: it takes no entity id",
+                method.path
+            )));
+        }
+        let deadline = (request.deadline_unix_ms > 0).then(|| {
+            let remaining = request
+                .deadline_unix_ms
+                .saturating_sub(crate::entity::now_ms());
+            Instant::now() + Duration::from_millis(remaining.max(0) as u64)
+        });
+        Ok(Command {
+            method,
+            entity_id: request.entity_id,
+            payload: request.payload,
+            metadata: request.metadata,
+            idempotency_key: (!request.idempotency_key.is_empty())
+                .then_some(request.idempotency_key),
+            deadline,
+            traceparent: (!request.traceparent.is_empty()).then_some(request.traceparent),
+            hops: request.hops,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -27,94 +95,20 @@ impl Processor for Service {
         &self,
         request: GrpcRequest<HandleRequest>,
     ) -> Result<Response<HandleResponse>, Status> {
-        let request = request.into_inner();
-        let node = &self.node;
-        if request.service != node.service.as_str() {
-            return Err(Error::InvalidArgument(format!(
-                "this processor serves {}, not {:?}",
-                node.service, request.service
-            ))
-            .into());
-        }
-        let method = node
-            .index
-            .method(&request.method)
-            .cloned()
-            .ok_or_else(|| Error::UnknownMethod(request.method.clone()))?;
-        let entity_id = method
-            .entity_id(&request.payload)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if entity_id != request.entity_id {
-            return Err(Error::InvalidArgument(format!(
-                "entity id {:?} does not match the request's key fields ({entity_id:?})",
-                request.entity_id
-            ))
-            .into());
-        }
-        let partition = partition_for(entity_id.as_bytes(), node.partition_count) as i32;
-        if request.partition >= 0 && request.partition != partition {
-            return Err(Error::InvalidArgument(format!(
-                "entity {entity_id:?} is in partition {partition}, not {}",
-                request.partition
-            ))
-            .into());
-        }
-        let deadline = (request.deadline_unix_ms > 0).then(|| {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            Instant::now()
-                + Duration::from_millis(
-                    request.deadline_unix_ms.saturating_sub(now_ms).max(0) as u64
-                )
-        });
-        let outcome = node
-            .dispatch(Request {
-                method,
-                entity_id,
-                payload: request.payload,
-                _metadata: request.metadata,
-                idempotency_key: (!request.idempotency_key.is_empty())
-                    .then_some(request.idempotency_key),
-                deadline,
-                traceparent: (!request.traceparent.is_empty()).then_some(request.traceparent),
-                hops: request.hops,
-            })
-            .await;
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                metrics::counter!(crate::metrics::COMMANDS, "outcome" => "error").increment(1);
-                return Err(e.into());
-            }
+        let outcome = match self.command(request.into_inner()) {
+            Ok(command) => self.node.run_here(command).await,
+            Err(e) => Err(e),
         };
-        let label = match &outcome.reply {
-            Reply::Failure { .. } => "failure",
-            _ => "ok",
+        let outcome = outcome.inspect_err(|_| {
+            metrics::counter!(m::COMMANDS, "outcome" => "error").increment(1);
+        })?;
+        let label = if outcome.reply.is_failure() {
+            "failure"
+        } else {
+            "ok"
         };
-        metrics::counter!(crate::metrics::COMMANDS, "outcome" => label).increment(1);
-        let result = match outcome.reply {
-            Reply::Message {
-                payload,
-                type_url,
-                metadata,
-            } => Some(handle_response::Outcome::Reply(ProtoReply {
-                payload,
-                type_url,
-                metadata,
-            })),
-            Reply::Empty => None,
-            Reply::Failure { description, code } => {
-                Some(handle_response::Outcome::Failure(Failure {
-                    description,
-                    grpc_code: code as i32,
-                }))
-            }
-        };
-        Ok(Response::new(HandleResponse {
-            outcome: result,
-            deduplicated: outcome.deduplicated,
-        }))
+        metrics::counter!(m::COMMANDS, "outcome" => label).increment(1);
+        Ok(Response::new(response_of(outcome)))
     }
 
     type HandleStreamedStream =
@@ -122,10 +116,97 @@ impl Processor for Service {
 
     async fn handle_streamed(
         &self,
-        _request: GrpcRequest<Streaming<HandleRequest>>,
+        request: GrpcRequest<Streaming<HandleRequest>>,
     ) -> Result<Response<Self::HandleStreamedStream>, Status> {
-        Err(Status::unimplemented(
-            "streamed methods arrive with CRDT entities and actions",
-        ))
+        let mut requests = request.into_inner();
+        let first = match requests.message().await? {
+            Some(first) => first,
+            None => {
+                return Err(Error::InvalidArgument(
+                    "a streamed call without its first request".into(),
+                )
+                .into());
+            }
+        };
+        let command = self.command(first)?;
+        let method = &command.method;
+        if method.is_unary() {
+            return Err(
+                Error::InvalidArgument(format!("{} is unary: call Handle", method.path)).into(),
+            );
+        }
+        if method.entity.kind() != Some(EntityKind::Action) {
+            return Err(Error::UnknownMethod(format!(
+                "{} (streamed methods of this entity kind are not served)",
+                method.path
+            ))
+            .into());
+        }
+        let shape = crate::kinds::action::Shape::of(method);
+        let shape_label = match shape {
+            crate::kinds::action::Shape::Unary => "unary",
+            crate::kinds::action::Shape::StreamedIn => "streamed-in",
+            crate::kinds::action::Shape::StreamedOut => "streamed-out",
+            crate::kinds::action::Shape::Streamed => "streamed",
+        };
+        metrics::counter!(m::ACTION_CALLS, "shape" => shape_label).increment(1);
+        // The client's later messages, as they come (bounded: a slow user function slows the
+        // client). The reader ends when the call ends or the client half-closes.
+        let (rest_tx, rest) = mpsc::channel(STREAM_BUFFER);
+        if shape.streams_in() {
+            tokio::spawn(async move {
+                loop {
+                    match requests.message().await {
+                        Ok(Some(request)) => {
+                            if rest_tx
+                                .send((request.payload, request.metadata))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        // Half-closed (the user function's request side is closed too) or
+                        // cancelled (the call is dropped with the response stream).
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            });
+        }
+        let (out, outcomes) = mpsc::channel(STREAM_BUFFER);
+        let host: Arc<dyn Host> = Arc::clone(&self.node) as Arc<dyn Host>;
+        tokio::spawn(action::streamed(
+            host,
+            self.node.uf.clone(),
+            command,
+            rest,
+            out,
+        ));
+        let responses = ReceiverStream::new(outcomes)
+            .map(|outcome: Result<Outcome, Error>| outcome.map(response_of).map_err(Status::from));
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+fn response_of(outcome: Outcome) -> HandleResponse {
+    let result = match outcome.reply {
+        Reply::Message {
+            payload,
+            type_url,
+            metadata,
+        } => Some(handle_response::Outcome::Reply(ProtoReply {
+            payload,
+            type_url,
+            metadata,
+        })),
+        Reply::Empty => None,
+        Reply::Failure { description, code } => Some(handle_response::Outcome::Failure(Failure {
+            description,
+            grpc_code: code as i32,
+        })),
+    };
+    HandleResponse {
+        outcome: result,
+        deduplicated: outcome.deduplicated,
     }
 }

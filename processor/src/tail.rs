@@ -1,26 +1,31 @@
-//! The in-memory journal tail of a partition: every event committed (or recovered from Kafka)
-//! that is not yet backed up to Cassandra, in offset order, indexed by entity.
+//! The in-memory tail of a partition: every record committed (or recovered from Kafka) that is
+//! not yet backed up to Cassandra — journal events and value-entity states — in commit order,
+//! indexed by entity.
 //!
-//! Activation reads an entity's history from Cassandra *plus* this tail, so an event is always
-//! found in at least one of them: the backup removes events from the tail only after Cassandra
+//! Activation reads an entity's history from Cassandra *plus* this tail, so a record is always
+//! found in at least one of them: the backup removes records from the tail only after Cassandra
 //! acknowledged them (and activation reads the tail first, then Cassandra).
+//!
+//! Records arrive in commit order: per topic that is offset order, which is what the backup's
+//! per-topic checkpoints rely on (a prefix of the tail is a prefix of each topic).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use statehouse_schemas::avro::EventRecord;
+use crate::records::{Topic, Written};
 
-/// One tail entry: an event and its journal offset.
+/// One tail entry: a record and where it is in Kafka.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    pub(crate) topic: Topic,
     pub(crate) offset: i64,
-    pub(crate) event: Arc<EventRecord>,
+    pub(crate) record: Arc<Written>,
 }
 
 #[derive(Default)]
 struct Inner {
     entries: VecDeque<Entry>,
-    by_entity: HashMap<String, Vec<Arc<EventRecord>>>,
+    by_entity: HashMap<String, Vec<Arc<Written>>>,
 }
 
 /// See the module docs.
@@ -29,23 +34,25 @@ pub(crate) struct Tail {
     inner: Mutex<Inner>,
 }
 
-pub(crate) use statehouse_core::ids::entity_key;
-
 impl Tail {
-    /// Add an event at `offset` (offsets arrive in increasing order).
-    pub(crate) fn push(&self, offset: i64, event: Arc<EventRecord>) {
+    /// Add a record committed at `offset` of `topic` (per topic, offsets arrive in order).
+    pub(crate) fn push(&self, topic: Topic, offset: i64, record: Arc<Written>) {
         let mut inner = self.inner.lock().expect("tail lock");
-        let key = entity_key(&event.persistence_id, &event.entity_id);
         inner
             .by_entity
-            .entry(key)
+            .entry(record.entity_key())
             .or_default()
-            .push(Arc::clone(&event));
-        inner.entries.push_back(Entry { offset, event });
+            .push(Arc::clone(&record));
+        inner.entries.push_back(Entry {
+            topic,
+            offset,
+            record,
+        });
     }
 
-    /// The events of one entity still in the tail, in seq order.
-    pub(crate) fn events_of(&self, key: &str) -> Vec<Arc<EventRecord>> {
+    /// The records of one entity (`<persistence_id>|<entity_id>`) still in the tail, in commit
+    /// order.
+    pub(crate) fn records_of(&self, key: &str) -> Vec<Arc<Written>> {
         let inner = self.inner.lock().expect("tail lock");
         inner.by_entity.get(key).cloned().unwrap_or_default()
     }
@@ -56,15 +63,17 @@ impl Tail {
         inner.entries.iter().take(max).cloned().collect()
     }
 
-    /// Drop every entry with an offset up to and including `offset` (they are backed up).
-    pub(crate) fn remove_through(&self, offset: i64) {
+    /// Drop the `count` oldest entries (they are backed up).
+    pub(crate) fn remove_oldest(&self, count: usize) {
         let mut inner = self.inner.lock().expect("tail lock");
-        while inner.entries.front().is_some_and(|e| e.offset <= offset) {
-            let entry = inner.entries.pop_front().expect("checked");
-            let key = entity_key(&entry.event.persistence_id, &entry.event.entity_id);
-            if let Some(events) = inner.by_entity.get_mut(&key) {
-                events.retain(|e| !Arc::ptr_eq(e, &entry.event));
-                if events.is_empty() {
+        for _ in 0..count {
+            let Some(entry) = inner.entries.pop_front() else {
+                break;
+            };
+            let key = entry.record.entity_key();
+            if let Some(records) = inner.by_entity.get_mut(&key) {
+                records.retain(|r| !Arc::ptr_eq(r, &entry.record));
+                if records.is_empty() {
                     inner.by_entity.remove(&key);
                 }
             }
@@ -79,12 +88,12 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use statehouse_schemas::avro::Writer;
+    use statehouse_schemas::avro::{EventRecord, Writer};
 
     use super::*;
 
-    fn event(entity: &str, seq: i64) -> Arc<EventRecord> {
-        Arc::new(EventRecord {
+    fn event(entity: &str, seq: i64) -> Arc<Written> {
+        Arc::new(Written::Event(EventRecord {
             service: "s".into(),
             persistence_id: "p".into(),
             entity_id: entity.into(),
@@ -101,38 +110,30 @@ mod tests {
             snapshot: None,
             traceparent: None,
             reply: None,
-        })
+        }))
+    }
+
+    fn seqs(tail: &Tail, key: &str) -> Vec<i64> {
+        tail.records_of(key).iter().map(|r| r.seq()).collect()
     }
 
     #[test]
     fn entries_leave_only_when_backed_up() {
         let tail = Tail::default();
-        tail.push(10, event("a", 1));
-        tail.push(11, event("b", 1));
-        tail.push(13, event("a", 2));
-        assert_eq!(
-            tail.events_of("p|a")
-                .iter()
-                .map(|e| e.seq)
-                .collect::<Vec<_>>(),
-            [1, 2]
-        );
+        tail.push(Topic::Journal, 10, event("a", 1));
+        tail.push(Topic::Journal, 11, event("b", 1));
+        tail.push(Topic::Journal, 13, event("a", 2));
+        assert_eq!(seqs(&tail, "p|a"), [1, 2]);
         assert_eq!(
             tail.oldest(2).iter().map(|e| e.offset).collect::<Vec<_>>(),
             [10, 11]
         );
-        tail.remove_through(11);
+        tail.remove_oldest(2);
         assert_eq!(tail.len(), 1);
-        assert_eq!(
-            tail.events_of("p|a")
-                .iter()
-                .map(|e| e.seq)
-                .collect::<Vec<_>>(),
-            [2]
-        );
-        assert!(tail.events_of("p|b").is_empty());
-        tail.remove_through(100);
+        assert_eq!(seqs(&tail, "p|a"), [2]);
+        assert!(tail.records_of("p|b").is_empty());
+        tail.remove_oldest(100);
         assert_eq!(tail.len(), 0);
-        assert!(tail.events_of("p|a").is_empty());
+        assert!(tail.records_of("p|a").is_empty());
     }
 }

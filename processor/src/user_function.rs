@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use statehouse_schemas::cloudstate::action::action_protocol_client::ActionProtocolClient;
 use statehouse_schemas::cloudstate::entity_discovery_client::EntityDiscoveryClient;
 use statehouse_schemas::cloudstate::eventsourced::event_sourced_client::EventSourcedClient;
+use statehouse_schemas::cloudstate::valueentity::value_entity_client::ValueEntityClient;
 use statehouse_schemas::cloudstate::{EntitySpec, ProxyInfo, UserFunctionError};
 use statehouse_schemas::protocol;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +27,15 @@ pub(crate) struct UserFunction {
 
 impl UserFunction {
     /// A lazily connecting channel to `host:port`.
+    ///
+    /// No HTTP/2 keepalive pings: the user function is on localhost, and grpc-go servers (the
+    /// Go SDK) answer pings more frequent than every 5 minutes with `GOAWAY too_many_pings`.
     pub(crate) fn new(host: &str, port: u16) -> Result<Self, Error> {
         let address = format!("http://{host}:{port}");
         let channel = Endpoint::from_shared(address.clone())
             .map_err(|e| Error::Config(format!("user function address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
             .connect_lazy();
         Ok(Self { channel, address })
     }
@@ -46,19 +50,36 @@ impl UserFunction {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    pub(crate) fn value_entity(&self) -> ValueEntityClient<Channel> {
+        ValueEntityClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn action(&self) -> ActionProtocolClient<Channel> {
+        ActionProtocolClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
     fn discovery(&self) -> EntityDiscoveryClient<Channel> {
         EntityDiscoveryClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Call `discover` until it answers, backing off from 1 s to 10 s (protocol §2.1).
-    pub(crate) async fn discover(&self, shutdown: &CancellationToken) -> Result<EntitySpec, Error> {
+    /// Call `discover` until it answers, backing off from 1 s to 10 s (protocol §2.1), telling
+    /// the user function the entity types this processor supports.
+    pub(crate) async fn discover(
+        &self,
+        supported_entity_types: &[&str],
+        shutdown: &CancellationToken,
+    ) -> Result<EntitySpec, Error> {
         let info = ProxyInfo {
             protocol_major_version: protocol::MAJOR_VERSION,
             protocol_minor_version: protocol::MINOR_VERSION,
             proxy_name: "statehouse".into(),
             proxy_version: env!("CARGO_PKG_VERSION").into(),
-            supported_entity_types: crate::SUPPORTED_ENTITY_TYPES
+            supported_entity_types: supported_entity_types
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),

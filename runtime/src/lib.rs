@@ -8,12 +8,17 @@
 //!   SIGINT/SIGTERM.
 //! * [`method_index`] — a user function's validated methods by gRPC path: descriptors, entity
 //!   key fields, HTTP rules; shared by the gateway and the processor.
+//! * [`router`] — the service registry (services and partition owners, fed from Kafka) and
+//!   the router that delivers a command to the processor that may run it, with retries;
+//!   shared by the gateway (client calls) and processors (forwards and side effects).
 //! * [`admin_server`] — the metrics and health port: Prometheus `/metrics`, `/healthz`
 //!   (liveness) and `/readyz` (readiness: only after discovery and recovery).
 
 pub mod admin_server;
 pub mod config;
 pub mod method_index;
+pub mod metrics;
+pub mod router;
 pub mod shutdown;
 pub mod telemetry;
 

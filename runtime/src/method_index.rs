@@ -30,7 +30,7 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ServiceDescriptor,
     Value,
 };
-use statehouse_schemas::cloudstate::{Entity, entity_passivation_strategy};
+use statehouse_schemas::cloudstate::{Entity, Eventing, entity_passivation_strategy};
 use statehouse_schemas::google::api::{HttpRule, http_rule};
 use statehouse_schemas::protocol;
 
@@ -146,6 +146,18 @@ pub enum Error {
         field: String,
         /// What the field is.
         kind: String,
+    },
+
+    /// A `cloudstate.eventing` option that does not decode.
+    #[error(
+        "{method}: the cloudstate.eventing option does not decode as cloudstate.Eventing: {source}"
+    )]
+    BadEventing {
+        /// The gRPC path of the method.
+        method: String,
+        /// What prost reported.
+        #[source]
+        source: prost::DecodeError,
     },
 
     /// A `google.api.http` option that does not decode.
@@ -275,6 +287,9 @@ pub struct MethodInfo {
     /// (flattened, each with `additional_bindings` empty), or — without the option — the
     /// default `POST /pkg.Service/Method` with body `*`.
     pub http_rules: Vec<HttpRule>,
+    /// The method's `(cloudstate.eventing)` option (extension 1081), if it has one: an input
+    /// (`in.topic`, `in.event_log`) and/or an output (`out.topic`).
+    pub eventing: Option<Eventing>,
 }
 
 impl MethodInfo {
@@ -537,7 +552,15 @@ fn index_service(
         } else {
             Vec::new()
         };
-        let http_rules = http_rules(&method.options(), &path)?;
+        let options = method.options().encode_to_vec();
+        let http_rules = http_rules(&options, &path)?;
+        let eventing = wire::last_bytes_field(&options, protocol::EVENTING_EXTENSION)
+            .map(Eventing::decode)
+            .transpose()
+            .map_err(|source| Error::BadEventing {
+                method: path.clone(),
+                source,
+            })?;
         out.push(MethodInfo {
             service: service.full_name().to_string(),
             name: method.name().to_string(),
@@ -548,6 +571,7 @@ fn index_service(
             key_fields,
             entity: Arc::clone(entity),
             http_rules,
+            eventing,
             path,
         });
     }
@@ -583,9 +607,8 @@ fn key_fields(input: &MessageDescriptor) -> Vec<FieldDescriptor> {
         .collect()
 }
 
-fn http_rules(options: &DynamicMessage, path: &str) -> Result<Vec<HttpRule>, Error> {
-    let options = options.encode_to_vec();
-    let Some(encoded) = wire::last_bytes_field(&options, protocol::HTTP_EXTENSION) else {
+fn http_rules(options: &[u8], path: &str) -> Result<Vec<HttpRule>, Error> {
+    let Some(encoded) = wire::last_bytes_field(options, protocol::HTTP_EXTENSION) else {
         return Ok(vec![HttpRule {
             pattern: Some(http_rule::Pattern::Post(path.to_string())),
             body: "*".into(),

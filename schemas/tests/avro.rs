@@ -12,8 +12,8 @@ use statehouse_schemas::{
     Error,
     avro::{
         self, AnyRecord, AvroRecord, CrdtDeltaRecord, Entity, EventRecord, HEADER_LEN, MARKER,
-        Processor, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord, Snapshot,
-        ValueRecord, WriteConsistency, Writer,
+        Processor, RecentReply, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord,
+        Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
     },
     cloudstate::crdt::CrdtWriteConsistency,
 };
@@ -62,6 +62,35 @@ fn value() -> ValueRecord {
         idempotency_key: Some("idem-1".into()),
         timestamp_ms: 1,
         writer: writer(),
+        recent: vec![
+            RecentReply {
+                idempotency_key: "idem-0".into(),
+                reply: None,
+            },
+            RecentReply {
+                idempotency_key: "idem-1".into(),
+                reply: Some(Reply {
+                    type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+                    payload: Bytes::new(),
+                }),
+            },
+        ],
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    }
+}
+
+fn deletion() -> ValueDeletion {
+    ValueDeletion {
+        service: "ve-cart".into(),
+        persistence_id: "ve-cart".into(),
+        entity_id: "user-2".into(),
+        seq: 5,
+        command_id: Some("cmd-9".into()),
+        idempotency_key: None,
+        timestamp_ms: 2,
+        writer: writer(),
+        recent: value().recent,
+        traceparent: None,
     }
 }
 
@@ -158,6 +187,11 @@ fn every_record_round_trips() {
 
     let bytes = round_trip(&value());
     assert_eq!(AnyRecord::decode(&bytes).unwrap().kind(), RecordKind::Value);
+    let bytes = round_trip(&deletion());
+    assert_eq!(
+        AnyRecord::decode(&bytes).unwrap(),
+        AnyRecord::ValueDeletion(deletion())
+    );
 
     let bytes = round_trip(&crdt_delta());
     assert_eq!(
@@ -224,10 +258,22 @@ fn pinned_fingerprints() {
             0x814b_49c1_7505_9580,
         ),
         (
-            "value_record.avsc",
+            "history/value_record.v1.avsc",
             RecordKind::Value,
             1,
             0x308e_fde0_8a14_83fd,
+        ),
+        (
+            "value_record.avsc",
+            RecordKind::Value,
+            2,
+            0x57f0_378e_a64b_c901,
+        ),
+        (
+            "value_deletion.avsc",
+            RecordKind::ValueDeletion,
+            1,
+            0x5605_3185_11a8_21df,
         ),
         (
             "crdt_delta_record.avsc",
@@ -254,7 +300,8 @@ fn pinned_fingerprints() {
         .collect();
     assert_eq!(shipped, PINNED);
     assert_eq!(EventRecord::fingerprint(), PINNED[1].3);
-    assert_eq!(RoutingRecord::fingerprint(), PINNED[5].3);
+    assert_eq!(ValueRecord::fingerprint(), PINNED[3].3);
+    assert_eq!(RoutingRecord::fingerprint(), PINNED[7].3);
 
     // Java's SchemaNormalization reduces a logical-typed primitive to the
     // bare primitive; so do we (apache-avro 0.22 would keep {"type":"long"}).
@@ -322,6 +369,7 @@ fn every_shipped_file_is_registered_and_older_versions_resolve_to_current() {
         });
     }
     assert_eq!(registry.current(RecordKind::Event).version(), 2);
+    assert_eq!(registry.current(RecordKind::Value).version(), 2);
     assert!(registry.lookup(0).is_none());
 }
 
@@ -519,4 +567,64 @@ fn truncated_or_corrupt_bytes_never_panic() {
         }
     }
     assert!(errors > 500, "{errors}");
+}
+
+/// The shape of ValueRecord version 1, as an older Statehouse wrote it.
+#[derive(Serialize)]
+struct ValueRecordV1 {
+    service: String,
+    persistence_id: String,
+    entity_id: String,
+    seq: i64,
+    type_url: String,
+    payload: Bytes,
+    command_id: Option<String>,
+    idempotency_key: Option<String>,
+    timestamp: i64,
+    writer: Writer,
+}
+
+#[test]
+fn value_records_written_with_version_1_decode_with_the_current_reader() {
+    let v1 = Registry::global()
+        .versions()
+        .find(|v| v.kind() == RecordKind::Value && v.version() == 1)
+        .unwrap();
+    let schema = Schema::parse_str(avro::files::VALUE_RECORD_V1).unwrap();
+    let old = ValueRecordV1 {
+        service: "ve".into(),
+        persistence_id: "cart".into(),
+        entity_id: "u1".into(),
+        seq: 3,
+        type_url: "type.googleapis.com/x.Cart".into(),
+        payload: Bytes::from_static(b"\x0a\x01p"),
+        command_id: Some("cmd".into()),
+        idempotency_key: None,
+        timestamp: 1_600_000_000_000,
+        writer: writer(),
+    };
+    let mut bytes = v1.header().to_vec();
+    GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_ser(&mut bytes, &old)
+        .unwrap();
+    let decoded = ValueRecord::decode(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        ValueRecord {
+            service: old.service.clone(),
+            persistence_id: old.persistence_id.clone(),
+            entity_id: old.entity_id.clone(),
+            seq: 3,
+            type_url: old.type_url.clone(),
+            payload: old.payload.clone(),
+            command_id: old.command_id.clone(),
+            idempotency_key: None,
+            timestamp_ms: old.timestamp,
+            writer: writer(),
+            recent: Vec::new(),
+            traceparent: None,
+        }
+    );
 }

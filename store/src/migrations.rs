@@ -18,12 +18,13 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "journal, snapshots, values, CRDT state, checkpoints, projection offsets",
-    statements: &[
-        // One partition per entity, events in seq order.
-        "CREATE TABLE IF NOT EXISTS {ks}.journal (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "journal, snapshots, values, CRDT state, checkpoints, projection offsets",
+        statements: &[
+            // One partition per entity, events in seq order.
+            "CREATE TABLE IF NOT EXISTS {ks}.journal (
             service text, entity_id text, seq bigint,
             type_url text, payload blob,
             command_id text, idempotency_key text, event_time timestamp,
@@ -32,38 +33,44 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             kafka_partition int, kafka_offset bigint,
             PRIMARY KEY ((service, entity_id), seq)
         ) WITH CLUSTERING ORDER BY (seq ASC)",
-        // Immutable snapshots, newest first: `LIMIT 1` is the latest.
-        "CREATE TABLE IF NOT EXISTS {ks}.snapshots (
+            // Immutable snapshots, newest first: `LIMIT 1` is the latest.
+            "CREATE TABLE IF NOT EXISTS {ks}.snapshots (
             service text, entity_id text, seq bigint,
             type_url text, snapshot blob, snapshot_time timestamp,
             PRIMARY KEY ((service, entity_id), seq)
         ) WITH CLUSTERING ORDER BY (seq DESC)",
-        // Value-entity state (`values` is a CQL keyword, hence the name).
-        "CREATE TABLE IF NOT EXISTS {ks}.entity_values (
+            // Value-entity state (`values` is a CQL keyword, hence the name).
+            "CREATE TABLE IF NOT EXISTS {ks}.entity_values (
             service text, entity_id text, seq bigint,
             type_url text, value blob, deleted boolean,
             kafka_partition int, kafka_offset bigint,
             PRIMARY KEY ((service, entity_id))
         )",
-        // Full CRDT states with the delta-topic offsets they include.
-        "CREATE TABLE IF NOT EXISTS {ks}.crdt_state (
+            // Full CRDT states with the delta-topic offsets they include.
+            "CREATE TABLE IF NOT EXISTS {ks}.crdt_state (
             service text, entity_id text,
             state blob, offsets map<int, bigint>, deleted boolean,
             PRIMARY KEY ((service, entity_id))
         )",
-        // Everything of (service, topic, partition) before `kafka_offset` is in Cassandra.
-        "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (
+            // Everything of (service, topic, partition) before `kafka_offset` is in Cassandra.
+            "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (
             service text, topic text, kafka_partition int,
             kafka_offset bigint, updated_at timestamp,
             PRIMARY KEY ((service, topic), kafka_partition)
         )",
-        "CREATE TABLE IF NOT EXISTS {ks}.projection_offsets (
+            "CREATE TABLE IF NOT EXISTS {ks}.projection_offsets (
             projection text, topic text, kafka_partition int,
             kafka_offset bigint, updated_at timestamp,
             PRIMARY KEY ((projection, topic), kafka_partition)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "entity_values.record: the value entity's latest record (ValueRecord or ValueDeletion, Avro single-object encoding)",
+        statements: &["ALTER TABLE {ks}.entity_values ADD record blob"],
+    },
+];
 
 /// The version a fully migrated keyspace has.
 pub fn latest_version() -> i32 {
@@ -152,10 +159,17 @@ pub(crate) async fn applied_versions(session: &Session, ks: &str) -> Result<Vec<
 }
 
 async fn ddl(session: &Session, statement: &str) -> Result<(), Error> {
-    session
-        .query_unpaged(statement, ())
-        .await
-        .map_err(|e| Error::query(first_line(statement), e))?;
+    if let Err(e) = session.query_unpaged(statement, ()).await {
+        // `ALTER TABLE … ADD` has no portable `IF NOT EXISTS` (ScyllaDB lacks it): a column
+        // that another migrating process added meanwhile is no error.
+        let text = e.to_string();
+        let added_already = statement.contains(" ADD ")
+            && (text.contains("conflicts with an existing column")
+                || text.contains("already exist"));
+        if !added_already {
+            return Err(Error::query(first_line(statement), e));
+        }
+    }
     session
         .await_schema_agreement()
         .await

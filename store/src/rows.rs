@@ -44,4 +44,8 @@ pub struct ValueRow {
     pub partition: i32,
     /// Offset of the value record in Kafka: newer offsets always win.
     pub offset: i64,
+    /// The whole record (Avro `ValueRecord`, or `ValueDeletion` for a delete), so recovery
+    /// gets what the row's columns do not hold (the recent idempotent replies). `None` in rows
+    /// written before migration 2.
+    pub record: Option<Bytes>,
 }

@@ -147,11 +147,12 @@ impl Store {
             .await?,
             upsert_value: prepare(
                 "INSERT INTO entity_values (service, entity_id, seq, type_url, value, deleted, \
-                 kafka_partition, kafka_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                 kafka_partition, kafka_offset, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 USING TIMESTAMP ?",
             )
             .await?,
             select_value: prepare(
-                "SELECT seq, type_url, value, deleted, kafka_partition, kafka_offset \
+                "SELECT seq, type_url, value, deleted, kafka_partition, kafka_offset, record \
                  FROM entity_values WHERE service = ? AND entity_id = ?",
             )
             .await?,
@@ -343,6 +344,7 @@ impl Store {
                     row.value.is_none(),
                     row.partition,
                     row.offset,
+                    &row.record,
                     write_timestamp(row.offset),
                 ),
             )
@@ -366,10 +368,10 @@ impl Store {
             .into_rows_result()
             .map_err(|e| Error::data("entity_values", e))?;
         let row = rows
-            .maybe_first_row::<(i64, String, Option<Bytes>, bool, i32, i64)>()
+            .maybe_first_row::<(i64, String, Option<Bytes>, bool, i32, i64, Option<Bytes>)>()
             .map_err(|e| Error::data("entity_values", e))?;
         Ok(row.map(
-            |(seq, type_url, value, deleted, partition, offset)| ValueRow {
+            |(seq, type_url, value, deleted, partition, offset, record)| ValueRow {
                 service: service.to_string(),
                 entity_id: entity_id.to_string(),
                 seq,
@@ -377,6 +379,7 @@ impl Store {
                 value: if deleted { None } else { value },
                 partition,
                 offset,
+                record,
             },
         ))
     }

@@ -1,13 +1,18 @@
-// Pins the Go user function of the e2e tests: the shopping cart of the official Cloudstate Go
-// SDK, github.com/cloudstateio/go-support v0.3.0 (protocol 0.2). No Go code of ours: the
-// example's main package is built as a tool of this module, by ../install.sh:
+// Pins the Go user functions of the e2e tests, from the official Cloudstate Go SDK,
+// github.com/cloudstateio/go-support v0.3.0 (protocol 0.2). No Go code of ours: the SDK's main
+// packages are built as tools of this module, by ../install.sh:
 //   go build -mod=readonly -o <cache>/go-shoppingcart github.com/cloudstateio/go-support/tck/cmd/tck_shoppingcart
-// (tck/cmd/tck_shoppingcart is v0.3.0's main for example/shoppingcart; it serves on $HOST:$PORT.)
+//   go build -mod=readonly -o <cache>/go-tck github.com/cloudstateio/go-support/tck/cmd/tck_eventsourced
+// (tck_shoppingcart serves example/shoppingcart; tck_eventsourced serves the TCK models of every
+// entity kind and the shopping cart. Both serve on $HOST:$PORT.)
 module statehouse.dev/e2e/gouf
 
 go 1.24
 
-tool github.com/cloudstateio/go-support/tck/cmd/tck_shoppingcart
+tool (
+	github.com/cloudstateio/go-support/tck/cmd/tck_eventsourced
+	github.com/cloudstateio/go-support/tck/cmd/tck_shoppingcart
+)
 
 require (
 	github.com/cloudstateio/go-support v0.3.0 // indirect

@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 use statehouse_schemas::google::api::{HttpRule, http_rule::Pattern};
 
 use crate::Error;
-use crate::router::{Route, Routes};
+use statehouse_runtime::router::{Route, Routes};
 
 pub(crate) use template::Template;
 

@@ -8,7 +8,7 @@ use statehouse_schemas::shoppingcart::{
 use statehouse_schemas::{FILE_DESCRIPTOR_SET, protocol};
 
 use super::*;
-use crate::router::Registry;
+use statehouse_runtime::router::Registry;
 
 fn table() -> Table {
     let registry = Registry::new();

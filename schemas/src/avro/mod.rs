@@ -35,8 +35,8 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use records::{
-    CrdtDeltaRecord, Entity, EventRecord, Processor, Reply, RoutingRecord, ServiceRecord, Snapshot,
-    ValueRecord, WriteConsistency, Writer,
+    CrdtDeltaRecord, Entity, EventRecord, Processor, RecentReply, Reply, RoutingRecord,
+    ServiceRecord, Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
 };
 pub use registry::{RecordKind, Registry, SchemaVersion, files};
 
@@ -109,6 +109,7 @@ macro_rules! avro_record {
 avro_record! {
     EventRecord => Event,
     ValueRecord => Value,
+    ValueDeletion => ValueDeletion,
     CrdtDeltaRecord => CrdtDelta,
     ServiceRecord => Service,
     RoutingRecord => Routing,
@@ -122,6 +123,8 @@ pub enum AnyRecord {
     Event(EventRecord),
     /// A value-entity state.
     Value(ValueRecord),
+    /// What deleted a value entity.
+    ValueDeletion(ValueDeletion),
     /// A CRDT delta.
     CrdtDelta(CrdtDeltaRecord),
     /// A service registry entry.
@@ -138,6 +141,9 @@ impl AnyRecord {
         Ok(match info.kind() {
             RecordKind::Event => AnyRecord::Event(registry.decode_body(info, body)?),
             RecordKind::Value => AnyRecord::Value(registry.decode_body(info, body)?),
+            RecordKind::ValueDeletion => {
+                AnyRecord::ValueDeletion(registry.decode_body(info, body)?)
+            }
             RecordKind::CrdtDelta => AnyRecord::CrdtDelta(registry.decode_body(info, body)?),
             RecordKind::Service => AnyRecord::Service(registry.decode_body(info, body)?),
             RecordKind::Routing => AnyRecord::Routing(registry.decode_body(info, body)?),
@@ -149,6 +155,7 @@ impl AnyRecord {
         match self {
             AnyRecord::Event(_) => RecordKind::Event,
             AnyRecord::Value(_) => RecordKind::Value,
+            AnyRecord::ValueDeletion(_) => RecordKind::ValueDeletion,
             AnyRecord::CrdtDelta(_) => RecordKind::CrdtDelta,
             AnyRecord::Service(_) => RecordKind::Service,
             AnyRecord::Routing(_) => RecordKind::Routing,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cloudstate::crdt::CrdtWriteConsistency;
 
 /// One journaled event (`dev.statehouse.v1.EventRecord`), the value of a
-/// journal topic record keyed `<entity_id>#<seq>`.
+/// journal topic record keyed `<persistence_id>|<entity_id>#<seq>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The Statehouse service that wrote the event.
@@ -73,7 +73,8 @@ pub struct Snapshot {
 }
 
 /// The state of a value entity (`dev.statehouse.v1.ValueRecord`), the value
-/// of a values topic record keyed `<entity_id>`. A delete is a tombstone.
+/// of a values topic record keyed `<persistence_id>|<entity_id>`. A delete is a
+/// tombstone whose `statehouse-deletion` header holds a [`ValueDeletion`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueRecord {
     /// The Statehouse service that wrote the state.
@@ -82,7 +83,7 @@ pub struct ValueRecord {
     pub persistence_id: String,
     /// The entity id.
     pub entity_id: String,
-    /// Version of the state, from 1, +1 per write.
+    /// Version of the state, from 1, +1 per write (continuing after a delete).
     pub seq: i64,
     /// The state's `Any` type URL.
     pub type_url: String,
@@ -97,6 +98,49 @@ pub struct ValueRecord {
     pub timestamp_ms: i64,
     /// Who wrote the state.
     pub writer: Writer,
+    /// The replies of the most recent state-changing commands that carried an
+    /// idempotency key, oldest first, this one last (bounded). (Schema version 2;
+    /// empty when read from version 1.)
+    pub recent: Vec<RecentReply>,
+    /// W3C trace context of the command. (Schema version 2.)
+    pub traceparent: Option<String>,
+}
+
+/// The reply of a recent state-changing command with an idempotency key
+/// (`dev.statehouse.v1.RecentReply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentReply {
+    /// The client's idempotency key.
+    pub idempotency_key: String,
+    /// The reply message; `None` when the command replied without one.
+    pub reply: Option<Reply>,
+}
+
+/// What deleted a value entity (`dev.statehouse.v1.ValueDeletion`): the
+/// `statehouse-deletion` header of the tombstone a delete writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueDeletion {
+    /// The Statehouse service that deleted the state.
+    pub service: String,
+    /// The persistence id of the entity type.
+    pub persistence_id: String,
+    /// The entity id.
+    pub entity_id: String,
+    /// Version of the entity after the delete.
+    pub seq: i64,
+    /// Id of the command that deleted the state.
+    pub command_id: Option<String>,
+    /// The client's idempotency key of that command.
+    pub idempotency_key: Option<String>,
+    /// When the state was deleted, milliseconds since the Unix epoch.
+    #[serde(rename = "timestamp")]
+    pub timestamp_ms: i64,
+    /// Who deleted the state.
+    pub writer: Writer,
+    /// As [`ValueRecord::recent`], this delete last.
+    pub recent: Vec<RecentReply>,
+    /// W3C trace context of the command.
+    pub traceparent: Option<String>,
 }
 
 /// A CRDT change published by one replica

@@ -9,13 +9,16 @@ use serde::de::DeserializeOwned;
 use super::{AvroRecord, HEADER_LEN, MARKER, canonical};
 use crate::Error;
 
-/// The five kinds of Statehouse records.
+/// The kinds of Statehouse records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
     /// [`EventRecord`](super::EventRecord): the journal.
     Event,
     /// [`ValueRecord`](super::ValueRecord): value-entity state.
     Value,
+    /// [`ValueDeletion`](super::ValueDeletion): what deleted a value entity (a tombstone's
+    /// header).
+    ValueDeletion,
     /// [`CrdtDeltaRecord`](super::CrdtDeltaRecord): CRDT replication.
     CrdtDelta,
     /// [`ServiceRecord`](super::ServiceRecord): the service registry.
@@ -26,9 +29,10 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 6] = [
         RecordKind::Event,
         RecordKind::Value,
+        RecordKind::ValueDeletion,
         RecordKind::CrdtDelta,
         RecordKind::Service,
         RecordKind::Routing,
@@ -39,6 +43,7 @@ impl RecordKind {
         match self {
             RecordKind::Event => "dev.statehouse.v1.EventRecord",
             RecordKind::Value => "dev.statehouse.v1.ValueRecord",
+            RecordKind::ValueDeletion => "dev.statehouse.v1.ValueDeletion",
             RecordKind::CrdtDelta => "dev.statehouse.v1.CrdtDeltaRecord",
             RecordKind::Service => "dev.statehouse.v1.ServiceRecord",
             RecordKind::Routing => "dev.statehouse.v1.RoutingRecord",
@@ -67,8 +72,12 @@ pub mod files {
     pub const EVENT_RECORD: &str = include_str!("../../avro/event_record.avsc");
     /// `avro/history/event_record.v1.avsc` (EventRecord version 1).
     pub const EVENT_RECORD_V1: &str = include_str!("../../avro/history/event_record.v1.avsc");
-    /// `avro/value_record.avsc` (ValueRecord version 1, current).
+    /// `avro/value_record.avsc` (ValueRecord version 2, current).
     pub const VALUE_RECORD: &str = include_str!("../../avro/value_record.avsc");
+    /// `avro/history/value_record.v1.avsc` (ValueRecord version 1).
+    pub const VALUE_RECORD_V1: &str = include_str!("../../avro/history/value_record.v1.avsc");
+    /// `avro/value_deletion.avsc` (ValueDeletion version 1, current).
+    pub const VALUE_DELETION: &str = include_str!("../../avro/value_deletion.avsc");
     /// `avro/crdt_delta_record.avsc` (CrdtDeltaRecord version 1, current).
     pub const CRDT_DELTA_RECORD: &str = include_str!("../../avro/crdt_delta_record.avsc");
     /// `avro/service_record.avsc` (ServiceRecord version 1, current).
@@ -104,8 +113,20 @@ const SHIPPED: &[Shipped] = &[
     Shipped {
         kind: RecordKind::Value,
         version: 1,
+        path: "history/value_record.v1.avsc",
+        source: files::VALUE_RECORD_V1,
+    },
+    Shipped {
+        kind: RecordKind::Value,
+        version: 2,
         path: "value_record.avsc",
         source: files::VALUE_RECORD,
+    },
+    Shipped {
+        kind: RecordKind::ValueDeletion,
+        version: 1,
+        path: "value_deletion.avsc",
+        source: files::VALUE_DELETION,
     },
     Shipped {
         kind: RecordKind::CrdtDelta,

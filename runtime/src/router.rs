@@ -1,5 +1,6 @@
-//! Routing a command to the processor that may run it (DESIGN §4 step 2), independent of HTTP
-//! so that processors can reuse it for forwards and side effects.
+//! Routing a command to the processor that may run it, independent of HTTP: the gateway routes
+//! client calls with it, processors route forwards and side effects (to any processor of any
+//! service) with it.
 //!
 //! * [`Registry`] — services (method indexes) and partition owners, fed from Kafka by
 //!   [`feed::run`] or directly.
@@ -7,7 +8,11 @@
 //!   (`statehouse_core::partition_for`), finds the owner in the routing table and calls
 //!   `statehouse.processor.v1.Processor/Handle` over a cached h2c channel per endpoint. Commands
 //!   of actions (no key) go to any processor of the service, round robin, with partition -1;
-//!   so do CRDT commands once their owner turned out unreachable (DESIGN §6).
+//!   so do CRDT commands once their owner turned out unreachable.
+//! * [`Router::open`] — the same for streamed methods (`Processor/HandleStreamed`): the first
+//!   request message picks the processor; the caller's later messages are sent only once that
+//!   processor accepted the call, so a refused attempt can be retried elsewhere without losing
+//!   any of them.
 //!
 //! **Retries.** A call is retried, until its deadline, only when it certainly did not run:
 //! the processor answered UNAVAILABLE or FAILED_PRECONDITION with a `NotOwner` detail, no owner
@@ -21,19 +26,22 @@ pub mod feed;
 mod registry;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::method_index::{EntityKind, MethodInfo};
 use bytes::Bytes;
+use futures::StreamExt;
 use rand::Rng;
 use statehouse_core::{ServiceName, Topics};
 use statehouse_kafka::admin::Admin;
-use statehouse_runtime::method_index::{EntityKind, MethodInfo};
 use statehouse_schemas::cloudstate::{Metadata, metadata_entry};
 use statehouse_schemas::statehouse::processor::v1::{
     HandleRequest, HandleResponse, NotOwner, processor_client::ProcessorClient,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -43,9 +51,8 @@ pub use registry::{
 };
 
 /// Why a command could not be delivered (or what the processor answered instead of a
-/// response).
+/// response). Exhaustive on purpose: every role maps each case to a status of its own choice.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The gRPC service of the method belongs to no registered service (any more).
     #[error("no registered service serves {grpc_service}")]
@@ -217,9 +224,9 @@ struct Target {
 }
 
 /// The outcome of one attempt that is not a final error.
-enum Attempt {
-    /// The processor answered.
-    Answered(HandleResponse),
+enum Attempt<T> {
+    /// The processor answered (unary) or accepted the call (streamed).
+    Answered(T),
     /// Nothing ran; try again.
     Retry(Retry),
     /// The deadline passed during the attempt.
@@ -300,6 +307,44 @@ impl Router {
     /// Delivers a command to the processor that may run it and returns its response,
     /// retrying (see the module docs) until `call.deadline`.
     pub async fn send(&self, call: Call<'_>) -> Result<HandleResponse, Error> {
+        self.route(call, |router, target, request, deadline| async move {
+            router.attempt(&target, request, deadline).await
+        })
+        .await
+    }
+
+    /// Opens a streamed call (`Processor/HandleStreamed`) on the processor that may run it,
+    /// retrying like [`Router::send`] until the call is accepted or `call.deadline` passes.
+    ///
+    /// `call.payload` is the first request message (empty for client-streamed and duplex calls,
+    /// whose first message carries no payload); `rest` holds the caller's later messages. They
+    /// are read only after a processor accepted the call, so an attempt that was refused loses
+    /// none of them. The returned stream yields one response per element for the client; it ends
+    /// with the call (a `Status` ends it early). Dropping it cancels the call.
+    pub async fn open(
+        &self,
+        call: Call<'_>,
+        rest: mpsc::Receiver<HandleRequest>,
+    ) -> Result<tonic::Streaming<HandleResponse>, Error> {
+        let rest = Arc::new(Mutex::new(Some(rest)));
+        self.route(call, move |router, target, request, deadline| {
+            let rest = Arc::clone(&rest);
+            async move {
+                router
+                    .attempt_stream(&target, request, rest, deadline)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The retry loop shared by unary and streamed calls: find a target, attempt, and on a
+    /// retriable outcome wait (backoff, or a registry change) and go again.
+    async fn route<T, F, Fut>(&self, call: Call<'_>, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Router, Target, HandleRequest, Instant) -> Fut,
+        Fut: Future<Output = Result<Attempt<T>, Error>>,
+    {
         let registry = &self.inner.registry;
         let service = registry
             .routes()
@@ -310,7 +355,7 @@ impl Router {
             .to_string();
         let kind = call.method.entity.kind();
         let keyed = kind.is_some_and(|kind| kind.is_keyed());
-        // A CRDT whose owner is unreachable may run on any processor (DESIGN §6).
+        // A CRDT whose owner is unreachable may run on any processor.
         let mut avoid: Option<String> = None;
         let traceparent = call
             .traceparent
@@ -347,10 +392,8 @@ impl Router {
                 Err(retry) => retry,
                 Ok(target) => {
                     request.partition = target.partition;
-                    match self
-                        .attempt(&target, request.clone(), call.deadline)
-                        .await?
-                    {
+                    let partition = target.partition;
+                    match attempt(self.clone(), target, request.clone(), call.deadline).await? {
                         Attempt::Answered(response) => return Ok(response),
                         Attempt::Retry(retry) => retry,
                         Attempt::TimedOut(message) => {
@@ -360,7 +403,7 @@ impl Router {
                                 Some(retry) => give_up(&service, retry),
                                 None => Error::DeadlineExceeded {
                                     service,
-                                    partition: target.partition,
+                                    partition,
                                     last: message,
                                 },
                             });
@@ -473,25 +516,78 @@ impl Router {
         target: &Target,
         request: HandleRequest,
         deadline: Instant,
-    ) -> Result<Attempt, Error> {
-        let channel = self.channel(&target.endpoint)?;
-        let mut client = ProcessorClient::new(channel)
-            .max_decoding_message_size(self.inner.options.max_reply_bytes);
+    ) -> Result<Attempt<HandleResponse>, Error> {
+        let mut client = self.client(&target.endpoint)?;
         // Retrying a command that may already have run is only safe when the processor can
         // recognise it: with an idempotency key.
         let has_key = !request.idempotency_key.is_empty();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut grpc_request = tonic::Request::new(request);
         grpc_request.set_timeout(remaining);
-        let status = match tokio::time::timeout_at(deadline, client.handle(grpc_request)).await {
-            Ok(Ok(response)) => return Ok(Attempt::Answered(response.into_inner())),
-            Ok(Err(status)) => status,
-            Err(_elapsed) => {
-                return Ok(Attempt::TimedOut(
-                    "the processor did not answer in time".into(),
-                ));
+        match tokio::time::timeout_at(deadline, client.handle(grpc_request)).await {
+            Ok(Ok(response)) => Ok(Attempt::Answered(response.into_inner())),
+            Ok(Err(status)) => self.refused(target, status, has_key, deadline),
+            Err(_elapsed) => Ok(Attempt::TimedOut(
+                "the processor did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// One `HandleStreamed` call: the first message, then — once the processor accepted the
+    /// call — the caller's later messages.
+    async fn attempt_stream(
+        &self,
+        target: &Target,
+        first: HandleRequest,
+        rest: Arc<Mutex<Option<mpsc::Receiver<HandleRequest>>>>,
+        deadline: Instant,
+    ) -> Result<Attempt<tonic::Streaming<HandleResponse>>, Error> {
+        let mut client = self.client(&target.endpoint)?;
+        let has_key = !first.idempotency_key.is_empty();
+        let (accepted, gate) = tokio::sync::oneshot::channel::<()>();
+        let later = futures::stream::once(gate).flat_map(move |opened| {
+            // Only an accepted call takes the caller's messages; a refused one leaves them for
+            // the next attempt.
+            let rx = match opened {
+                Ok(()) => rest.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                Err(_) => None,
+            };
+            futures::stream::unfold(rx, |rx| async move {
+                let mut rx = rx?;
+                let next = rx.recv().await?;
+                Some((next, Some(rx)))
+            })
+        });
+        let requests = futures::stream::once(std::future::ready(first)).chain(later);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut grpc_request = tonic::Request::new(requests);
+        grpc_request.set_timeout(remaining);
+        match tokio::time::timeout_at(deadline, client.handle_streamed(grpc_request)).await {
+            Ok(Ok(response)) => {
+                let _ = accepted.send(());
+                Ok(Attempt::Answered(response.into_inner()))
             }
-        };
+            Ok(Err(status)) => self.refused(target, status, has_key, deadline),
+            Err(_elapsed) => Ok(Attempt::TimedOut(
+                "the processor did not accept the call in time".into(),
+            )),
+        }
+    }
+
+    fn client(&self, endpoint: &str) -> Result<ProcessorClient<Channel>, Error> {
+        Ok(ProcessorClient::new(self.channel(endpoint)?)
+            .max_decoding_message_size(self.inner.options.max_reply_bytes)
+            .max_encoding_message_size(self.inner.options.max_reply_bytes))
+    }
+
+    /// What a status instead of an answer means: retry (nothing ran), time out, or a final error.
+    fn refused<T>(
+        &self,
+        target: &Target,
+        status: tonic::Status,
+        has_key: bool,
+        deadline: Instant,
+    ) -> Result<Attempt<T>, Error> {
         if matches!(status.code(), Code::Unavailable | Code::FailedPrecondition)
             && let Some(not_owner) = NotOwner::from_status(&status)
         {

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use crate::method_index::{self, MethodIndex, MethodInfo};
 use statehouse_core::ServiceName;
-use statehouse_runtime::method_index::{self, MethodIndex, MethodInfo};
 use statehouse_schemas::avro::{self, RoutingRecord, ServiceRecord};
 use statehouse_schemas::cloudstate::{
     Entity, EntityPassivationStrategy, TimeoutPassivationStrategy, entity_passivation_strategy,

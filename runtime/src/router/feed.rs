@@ -2,18 +2,15 @@
 //! by service name) and the `<prefix>routing` topic (Avro `RoutingRecord`s keyed
 //! `<service>/<partition>`), both compacted.
 //!
-//! One consumer with a group id of its own (`<prefix>gateway-<uuid>`) is assigned every
-//! partition of both topics from the beginning, reads with `read_committed`, and never commits
-//! offsets: every gateway (and every restart) rebuilds the whole registry from the compacted
-//! topics. A tombstone removes the service or the partition owner. Records that do not decode
-//! or validate are logged and skipped (a bad service record leaves the previous version of the
-//! service in place).
+//! One reader (`statehouse_kafka::reader::follow`, its own group id, `read_committed`, never
+//! committing offsets) follows every partition of both topics from the beginning: every gateway
+//! and processor (and every restart) rebuilds the whole registry from the compacted topics. A
+//! tombstone removes the service or the partition owner. Records that do not decode or validate
+//! are logged and skipped (a bad service record leaves the previous version of the service in
+//! place).
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use statehouse_core::topics::{routing_topic, services_topic};
 use statehouse_kafka::admin::Admin;
 use statehouse_schemas::avro::{AvroRecord, RoutingRecord, ServiceRecord};
@@ -24,21 +21,12 @@ use super::Registry;
 /// How long to wait before looking again for topics that do not exist yet.
 const TOPIC_POLL: Duration = Duration::from_secs(1);
 
-/// The consumer-side errors of the feed.
+/// The errors of the feed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Creating the consumer or assigning its partitions failed.
-    #[error("registry consumer: {context}: {source}")]
-    Consumer {
-        /// What was being done.
-        context: String,
-        /// What rdkafka reported.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
-    /// Topic metadata could not be read.
-    #[error(transparent)]
+    /// The reader could not be created, or topic metadata could not be read.
+    #[error("service registry reader: {0}")]
     Kafka(#[from] statehouse_kafka::Error),
 }
 
@@ -51,20 +39,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let services = services_topic(&options.topic_prefix);
     let routing = routing_topic(&options.topic_prefix);
-    let group = format!(
-        "{}gateway-{}",
-        options.topic_prefix,
-        uuid::Uuid::new_v4().simple()
-    );
-    let mut config = options.consumer_config(&group);
-    config.set("enable.auto.offset.store", "false");
-    let consumer: StreamConsumer = config.create().map_err(|source| Error::Consumer {
-        context: "creating the consumer".into(),
-        source,
-    })?;
-
     let admin = Admin::new(options)?;
-    let mut assignment = TopicPartitionList::new();
+    let mut assignment = Vec::new();
     for topic in [&services, &routing] {
         let partitions = loop {
             match admin.partition_count(topic).await {
@@ -79,46 +55,26 @@ pub async fn run(
                 _ = tokio::time::sleep(TOPIC_POLL) => {}
             }
         };
-        for partition in 0..partitions {
-            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(|source| Error::Consumer {
-                    context: format!("assigning {topic}/{partition}"),
-                    source,
-                })?;
-        }
+        assignment.extend((0..partitions).map(|p| (topic.as_str(), p, 0)));
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|source| Error::Consumer {
-            context: "assigning the registry topics".into(),
-            source,
-        })?;
-    tracing::info!(services, routing, group, "consuming the service registry");
-
+    let mut records = statehouse_kafka::reader::follow(options, &assignment, shutdown.clone())?;
+    tracing::info!(services, routing, "consuming the service registry");
     loop {
-        let message = tokio::select! {
+        let (topic, message) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = consumer.recv() => message,
+            message = records.recv() => match message {
+                Some(message) => message,
+                None => return Ok(()),
+            },
         };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                // librdkafka reconnects by itself; do not spin on a persistent error.
-                tracing::warn!(error = %e, "registry consumer error");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-                continue;
-            }
-        };
-        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
-        if message.topic() == services {
-            apply_service(&registry, key, message.payload());
-        } else if message.topic() == routing {
-            apply_routing(&registry, key, message.payload());
+        let key = message
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok());
+        if *topic == *services {
+            apply_service(&registry, key, message.value.as_deref());
+        } else if *topic == *routing {
+            apply_routing(&registry, key, message.value.as_deref());
         }
     }
 }

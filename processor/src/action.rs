@@ -1,0 +1,177 @@
+//! Running action calls against the user function (the mapping is `kinds::action`). Actions
+//! are stateless: any processor of the service runs them, with no partition and no mailbox.
+//!
+//! Streamed calls relay elements as they come: each response's side effects run first, a
+//! forward is dispatched and its reply takes the response's place, a response without a reply
+//! sends nothing, and a failure is sent and ends the call — the user function's call is
+//! dropped (cancelled) and so is the client's request side. When the client goes away, the
+//! user function's call is dropped too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use statehouse_schemas::cloudstate as cs;
+use statehouse_schemas::cloudstate::action::ActionResponse;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::command::{Command, Host, Outcome, Reply, Then};
+use crate::kinds::action::{Element, Shape, element, first_command, next_command};
+use crate::user_function::UserFunction;
+use crate::{Error, effects};
+
+/// A later client message of a streamed-in or duplex call.
+pub(crate) type Message = (Bytes, Option<cs::Metadata>);
+
+/// Run a unary action call.
+pub(crate) async fn unary(
+    host: Arc<dyn Host>,
+    uf: &UserFunction,
+    command: Command,
+) -> Result<Outcome, Error> {
+    let request = with_deadline(first_command(&command), command.deadline);
+    let response = uf
+        .action()
+        .handle_unary(request)
+        .await
+        .map_err(Error::UserFunctionCall)?
+        .into_inner();
+    let Element {
+        side_effects, then, ..
+    } = element(response);
+    effects::run(
+        host,
+        side_effects,
+        then.unwrap_or(Then::Reply(Reply::Empty)),
+        command.hops + 1,
+        command.deadline,
+    )
+    .await
+}
+
+/// Run a streamed action call: `rest` holds the client's later messages (streamed-in and
+/// duplex calls), `out` gets one outcome per element for the client. Returns when the call is
+/// over; dropping `out` ends the client's stream.
+pub(crate) async fn streamed(
+    host: Arc<dyn Host>,
+    uf: UserFunction,
+    command: Command,
+    rest: mpsc::Receiver<Message>,
+    out: mpsc::Sender<Result<Outcome, Error>>,
+) {
+    let shape = Shape::of(&command.method);
+    let first = first_command(&command);
+    let method = Arc::clone(&command.method);
+    let requests = move || {
+        futures::stream::once(std::future::ready(first.clone())).chain(
+            ReceiverStream::new(rest)
+                .map(move |(payload, metadata)| next_command(&method, &payload, metadata)),
+        )
+    };
+    let mut client = uf.action();
+    match shape {
+        Shape::Unary => {
+            let outcome = unary(host, &uf, command).await;
+            let _ = out.send(outcome).await;
+        }
+        Shape::StreamedIn => {
+            let call = client.handle_streamed_in(with_deadline(requests(), command.deadline));
+            let response = tokio::select! {
+                response = call => response,
+                // The client went away: dropping the call cancels it.
+                _ = out.closed() => return,
+            };
+            match response {
+                Ok(response) => {
+                    relay_one(&host, &command, response.into_inner(), &out).await;
+                }
+                Err(status) => {
+                    let _ = out.send(Err(Error::UserFunctionCall(status))).await;
+                }
+            }
+        }
+        Shape::StreamedOut | Shape::Streamed => {
+            let call = async {
+                if shape == Shape::StreamedOut {
+                    let request = with_deadline(first_command(&command), command.deadline);
+                    client.handle_streamed_out(request).await
+                } else {
+                    client
+                        .handle_streamed(with_deadline(requests(), command.deadline))
+                        .await
+                }
+            };
+            let responses = tokio::select! {
+                response = call => response,
+                _ = out.closed() => return,
+            };
+            let mut responses = match responses {
+                Ok(responses) => responses.into_inner(),
+                Err(status) => {
+                    let _ = out.send(Err(Error::UserFunctionCall(status))).await;
+                    return;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    next = responses.message() => next,
+                    _ = out.closed() => return,
+                };
+                match next {
+                    Ok(Some(response)) => {
+                        if !relay_one(&host, &command, response, &out).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = out.send(Err(Error::UserFunctionCall(status))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Relay one response: its side effects, then its element (if any). Returns whether the call
+/// goes on.
+async fn relay_one(
+    host: &Arc<dyn Host>,
+    command: &Command,
+    response: ActionResponse,
+    out: &mpsc::Sender<Result<Outcome, Error>>,
+) -> bool {
+    let Element {
+        side_effects,
+        then,
+        ends,
+    } = element(response);
+    let hops = command.hops + 1;
+    let outcome = match then {
+        Some(then) => {
+            effects::run(Arc::clone(host), side_effects, then, hops, command.deadline).await
+        }
+        None => match effects::run_side_effects(host, side_effects, hops, command.deadline).await {
+            Ok(()) => return true,
+            Err(e) => Err(e),
+        },
+    };
+    let failed = outcome.is_err();
+    out.send(outcome).await.is_ok() && !ends && !failed
+}
+
+fn with_deadline<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+    }
+    request
+}

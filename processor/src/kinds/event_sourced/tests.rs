@@ -1,0 +1,343 @@
+//! The event-sourced state machine, without Kafka, Cassandra or a user function.
+
+use bytes::Bytes;
+use statehouse_schemas::avro::{self, EventRecord};
+use statehouse_schemas::cloudstate::eventsourced::{
+    EventSourcedReply, EventSourcedStreamOut, event_sourced_stream_in, event_sourced_stream_out,
+};
+use statehouse_schemas::cloudstate::{self as cs, ClientAction, client_action};
+use statehouse_schemas::protocol;
+use statehouse_store::{JournalRow, SnapshotRow};
+
+use super::*;
+use crate::kinds::testing::{self, command, entity, method, stamp, writer};
+
+fn any(type_url: &str, value: &[u8]) -> prost_types::Any {
+    prost_types::Any {
+        type_url: type_url.into(),
+        value: value.to_vec(),
+    }
+}
+
+fn reply(id: i64, action: Option<client_action::Action>, events: usize) -> EventSourcedStreamOut {
+    EventSourcedStreamOut {
+        message: Some(event_sourced_stream_out::Message::Reply(
+            EventSourcedReply {
+                command_id: id,
+                client_action: action.map(|action| ClientAction {
+                    action: Some(action),
+                }),
+                side_effects: Vec::new(),
+                events: (0..events)
+                    .map(|i| any("type.googleapis.com/e.Added", &[i as u8]))
+                    .collect(),
+                snapshot: (events > 0).then(|| any("type.googleapis.com/e.Cart", b"snap")),
+            },
+        )),
+    }
+}
+
+fn message_reply(payload: &[u8]) -> client_action::Action {
+    client_action::Action::Reply(cs::Reply {
+        payload: Some(any("type.googleapis.com/google.protobuf.Empty", payload)),
+        metadata: None,
+    })
+}
+
+fn event(seq: i64, key: Option<&str>, reply: Option<&str>) -> EventRecord {
+    EventRecord {
+        service: "svc".into(),
+        persistence_id: "cart".into(),
+        entity_id: "u1".into(),
+        seq,
+        type_url: "type.googleapis.com/e.Added".into(),
+        payload: Bytes::from(vec![seq as u8]),
+        command_id: None,
+        idempotency_key: key.map(str::to_string),
+        timestamp_ms: 0,
+        writer: writer(),
+        snapshot: None,
+        traceparent: None,
+        reply: reply.map(|r| avro::Reply {
+            type_url: r.into(),
+            payload: Bytes::from_static(b"r"),
+        }),
+    }
+}
+
+fn row(seq: i64) -> JournalRow {
+    JournalRow {
+        service: "svc".into(),
+        entity_id: "cart|u1".into(),
+        seq,
+        type_url: "type.googleapis.com/e.Added".into(),
+        payload: Bytes::from(vec![seq as u8]),
+        command_id: None,
+        idempotency_key: (seq == 2).then(|| "k2".into()),
+        timestamp_ms: 0,
+        writer_id: "p".into(),
+        writer_epoch: 1,
+        reply: (seq == 2).then(|| ("type.googleapis.com/x.R".into(), Bytes::from_static(b"two"))),
+        partition: 0,
+        offset: seq,
+    }
+}
+
+#[test]
+fn start_sends_init_with_the_snapshot_then_the_events_after_it() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let snapshot = SnapshotRow {
+        service: "svc".into(),
+        entity_id: "cart|u1".into(),
+        seq: 2,
+        type_url: "type.googleapis.com/e.Cart".into(),
+        snapshot: Bytes::from_static(b"s2"),
+        timestamp_ms: 0,
+    };
+    // Cassandra has 1..=3 and a snapshot at 2; the tail has 3 (again) and 4.
+    let loaded = fold(
+        &e.key,
+        Some(snapshot),
+        vec![row(1), row(2), row(3)],
+        &[event(3, None, None), event(4, Some("k4"), Some(""))],
+    )
+    .unwrap();
+    assert_eq!(loaded.last_seq, 4);
+    assert_eq!(
+        loaded.remembered,
+        vec![
+            (
+                "k2".to_string(),
+                Reply::Message {
+                    payload: Bytes::from_static(b"two"),
+                    type_url: "type.googleapis.com/x.R".into(),
+                    metadata: None
+                }
+            ),
+            // An empty type URL is a reply without a message.
+            ("k4".to_string(), Reply::Empty),
+        ]
+    );
+    let (machine, start) = EventSourced::start(&e, loaded);
+    assert_eq!(machine.last_seq, 4);
+    let kinds: Vec<String> = start
+        .messages
+        .iter()
+        .map(|m| match m.message.as_ref().unwrap() {
+            event_sourced_stream_in::Message::Init(init) => format!(
+                "init {} {} snapshot@{}",
+                init.service_name,
+                init.entity_id,
+                init.snapshot.as_ref().map_or(0, |s| s.snapshot_sequence)
+            ),
+            event_sourced_stream_in::Message::Event(e) => format!("event {}", e.sequence),
+            event_sourced_stream_in::Message::Command(_) => "command".into(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            format!("init {} u1 snapshot@2", testing::CART),
+            "event 3".into(),
+            "event 4".into()
+        ]
+    );
+}
+
+#[test]
+fn a_gap_after_the_snapshot_is_refused() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let err = fold(&e.key, None, vec![row(1), row(3)], &[]).unwrap_err();
+    assert!(err.to_string().contains("event 2 is missing"), "{err}");
+    // A new entity starts at 0 with a bare init.
+    let loaded = fold(&e.key, None, Vec::new(), &[]).unwrap();
+    let (_, start) = EventSourced::start(&e, loaded);
+    assert_eq!(start.messages.len(), 1);
+}
+
+#[test]
+fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(
+        &e,
+        Loaded {
+            last_seq: 5,
+            ..Loaded::default()
+        },
+    );
+    let cmd = command(&m, "u1", Some("idem"));
+    let message = machine.command(&e, 1, &cmd);
+    let Some(event_sourced_stream_in::Message::Command(c)) = message.message else {
+        panic!("not a command");
+    };
+    assert_eq!(
+        (c.id, c.name.as_str(), c.entity_id.as_str()),
+        (1, "AddItem", "u1")
+    );
+    assert_eq!(c.metadata, None, "entities get no metadata");
+    assert_eq!(
+        c.payload.unwrap().type_url,
+        "type.googleapis.com/com.example.shoppingcart.AddLineItem"
+    );
+
+    let w = writer();
+    let step = machine.answer(
+        &e,
+        1,
+        &cmd,
+        reply(1, Some(message_reply(b"ok")), 2),
+        &Window::default(),
+        &stamp(&w),
+    );
+    let Step::Done { writes, then, .. } = step else {
+        panic!("not done: {step:?}");
+    };
+    assert_eq!(
+        then,
+        Then::Reply(Reply::Message {
+            payload: Bytes::from_static(b"ok"),
+            type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+            metadata: None
+        })
+    );
+    let events: Vec<&EventRecord> = writes
+        .iter()
+        .map(|w| match w {
+            Written::Event(e) => e,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7]);
+    assert!(events[0].snapshot.is_none() && events[0].reply.is_none());
+    assert_eq!(
+        events[1].snapshot.as_ref().unwrap().payload,
+        Bytes::from_static(b"snap")
+    );
+    assert_eq!(
+        events[1].reply.as_ref().unwrap().payload,
+        Bytes::from_static(b"ok")
+    );
+    assert_eq!(events[1].idempotency_key.as_deref(), Some("idem"));
+    assert_eq!(events[1].command_id.as_deref(), Some("cmd-1"));
+    assert_eq!(events[1].writer, w);
+    assert_eq!(events[1].traceparent.as_deref(), Some("00-trace-span-01"));
+    // Not committed yet: the next answer would reuse 6.. if the writes failed.
+    assert_eq!(machine.last_seq, 5);
+    machine.committed();
+    assert_eq!(machine.last_seq, 7);
+
+    // A reply without events writes nothing, and committing it changes nothing.
+    let step = machine.answer(
+        &e,
+        2,
+        &cmd,
+        reply(2, None, 0),
+        &Window::default(),
+        &stamp(&w),
+    );
+    assert_eq!(
+        step,
+        Step::Done {
+            writes: Vec::new(),
+            then: Then::Reply(Reply::Empty),
+            side_effects: Vec::new()
+        }
+    );
+    machine.committed();
+    assert_eq!(machine.last_seq, 7);
+}
+
+#[test]
+fn failures_restarts_and_protocol_violations() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    let cmd = command(&m, "u1", None);
+    let w = writer();
+    let window = Window::default();
+    let failure = |restart| {
+        Some(client_action::Action::Failure(cs::Failure {
+            command_id: 1,
+            description: "boom".into(),
+            restart,
+        }))
+    };
+    // A failure with restart: answered, nothing persisted, the stream goes.
+    let step = machine.answer(&e, 1, &cmd, reply(1, failure(true), 1), &window, &stamp(&w));
+    assert_eq!(step, Step::Restart(Reply::failure("boom")));
+    // Without restart it is an ordinary answer (the reference keeps events sent with it).
+    let step = machine.answer(
+        &e,
+        1,
+        &cmd,
+        reply(1, failure(false), 1),
+        &window,
+        &stamp(&w),
+    );
+    let Step::Done { writes, then, .. } = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(
+        (writes.len(), then),
+        (1, Then::Reply(Reply::failure("boom")))
+    );
+    match &writes[0] {
+        Written::Event(e) => assert_eq!(e.reply, None, "a failure is never stored as the reply"),
+        other => panic!("{other:?}"),
+    }
+
+    // Wrong command id: crash with the reference text, and tell the user function.
+    let step = machine.answer(&e, 2, &cmd, reply(1, None, 0), &window, &stamp(&w));
+    let Step::Crash { text, report } = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(text, "Unexpected entity reply");
+    assert!(
+        report
+            .unwrap()
+            .contains("replied to command 1 while command 2")
+    );
+    // A stream-level failure or an empty message.
+    let failed = EventSourcedStreamOut {
+        message: Some(event_sourced_stream_out::Message::Failure(cs::Failure {
+            command_id: 2,
+            description: "bad".into(),
+            restart: false,
+        })),
+    };
+    for out in [failed, EventSourcedStreamOut { message: None }] {
+        assert_eq!(
+            machine.answer(&e, 2, &cmd, out, &window, &stamp(&w)),
+            Step::Crash {
+                text: "Unexpected entity failure".into(),
+                report: None
+            }
+        );
+    }
+    // A forward: nothing stored as the reply.
+    let forward = cs::Forward {
+        service_name: "s".into(),
+        command_name: "c".into(),
+        payload: None,
+        metadata: None,
+    };
+    let step = machine.answer(
+        &e,
+        3,
+        &cmd,
+        reply(3, Some(client_action::Action::Forward(forward.clone())), 1),
+        &window,
+        &stamp(&w),
+    );
+    let Step::Done { writes, then, .. } = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(then, Then::Forward(forward));
+    match &writes[0] {
+        Written::Event(e) => assert_eq!(e.reply, None),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,315 @@
+//! The typed records a partition writes — journal events and value-entity states — and their
+//! Kafka form.
+//!
+//! A kind's state machine produces [`Written`] values; the entity mailbox encodes them once
+//! ([`Written::to_kafka`]) and hands the typed values to the writer with the encoded records,
+//! so the tail and the backup get them from the writer's observer without decoding what was
+//! just encoded. Decoding ([`Written::from_kafka`]) is for what is read back from Kafka:
+//! recovery at takeover.
+//!
+//! | record | topic | key | value |
+//! |---|---|---|---|
+//! | [`Written::Event`] | `<prefix><service>.journal` | `<persistence_id>\|<entity_id>#<seq>` | `EventRecord` |
+//! | [`Written::Value`] | `<prefix><service>.values` | `<persistence_id>\|<entity_id>` | `ValueRecord` |
+//! | [`Written::Deleted`] | `<prefix><service>.values` | `<persistence_id>\|<entity_id>` | none (tombstone); header `statehouse-deletion` = `ValueDeletion` |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use statehouse_core::ids::{entity_key, journal_key};
+use statehouse_kafka::headers;
+use statehouse_kafka::partition_writer::Record;
+use statehouse_kafka::reader::Message;
+use statehouse_schemas::avro::{AvroRecord, EventRecord, ValueDeletion, ValueRecord};
+
+use crate::Error;
+
+/// Which topic of the service a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Topic {
+    Journal,
+    Values,
+}
+
+/// The names of the topics a partition writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Topics {
+    pub(crate) journal: Arc<str>,
+    pub(crate) values: Arc<str>,
+}
+
+impl Topics {
+    pub(crate) fn name(&self, topic: Topic) -> &Arc<str> {
+        match topic {
+            Topic::Journal => &self.journal,
+            Topic::Values => &self.values,
+        }
+    }
+
+    pub(crate) fn of(&self, name: &str) -> Option<Topic> {
+        if name == &*self.journal {
+            Some(Topic::Journal)
+        } else if name == &*self.values {
+            Some(Topic::Values)
+        } else {
+            None
+        }
+    }
+
+    /// Both topics, in the order takeover settles and reads them.
+    pub(crate) fn all(&self) -> [(Topic, &Arc<str>); 2] {
+        [
+            (Topic::Journal, &self.journal),
+            (Topic::Values, &self.values),
+        ]
+    }
+}
+
+/// A record a partition writes (or wrote), typed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Written {
+    /// An event of an event-sourced entity.
+    Event(EventRecord),
+    /// The new state of a value entity.
+    Value(ValueRecord),
+    /// The delete of a value entity.
+    Deleted(ValueDeletion),
+}
+
+impl Written {
+    pub(crate) fn topic(&self) -> Topic {
+        match self {
+            Written::Event(_) => Topic::Journal,
+            Written::Value(_) | Written::Deleted(_) => Topic::Values,
+        }
+    }
+
+    /// The storage key of the entity, `<persistence_id>|<entity_id>`.
+    pub(crate) fn entity_key(&self) -> String {
+        let (persistence_id, entity_id) = match self {
+            Written::Event(e) => (&e.persistence_id, &e.entity_id),
+            Written::Value(v) => (&v.persistence_id, &v.entity_id),
+            Written::Deleted(d) => (&d.persistence_id, &d.entity_id),
+        };
+        entity_key(persistence_id, entity_id)
+    }
+
+    /// The entity's sequence number (event number, or value version).
+    pub(crate) fn seq(&self) -> i64 {
+        match self {
+            Written::Event(e) => e.seq,
+            Written::Value(v) => v.seq,
+            Written::Deleted(d) => d.seq,
+        }
+    }
+
+    /// The Kafka record (key, value, headers) of this record.
+    pub(crate) fn to_kafka(&self, topics: &Topics) -> Result<Record, Error> {
+        let encode_error = |e: statehouse_schemas::Error| Error::Journal(format!("encoding: {e}"));
+        let (entity_id, seq, type_url, traceparent) = match self {
+            Written::Event(e) => (&e.entity_id, e.seq, Some(&e.type_url), &e.traceparent),
+            Written::Value(v) => (&v.entity_id, v.seq, Some(&v.type_url), &v.traceparent),
+            Written::Deleted(d) => (&d.entity_id, d.seq, None, &d.traceparent),
+        };
+        let mut record_headers = Vec::with_capacity(5);
+        record_headers.push((
+            headers::ENTITY,
+            Bytes::copy_from_slice(entity_id.as_bytes()),
+        ));
+        record_headers.push((headers::SEQ, Bytes::from(seq.to_string())));
+        if let Some(type_url) = type_url {
+            record_headers.push((headers::TYPE, Bytes::copy_from_slice(type_url.as_bytes())));
+        }
+        if let Some(traceparent) = traceparent {
+            record_headers.push((
+                headers::TRACEPARENT,
+                Bytes::copy_from_slice(traceparent.as_bytes()),
+            ));
+        }
+        let key = match self {
+            Written::Event(_) => journal_key(&self.entity_key(), seq as u64),
+            Written::Value(_) | Written::Deleted(_) => self.entity_key(),
+        };
+        let value = match self {
+            Written::Event(e) => Some(Bytes::from(e.encode().map_err(encode_error)?)),
+            Written::Value(v) => Some(Bytes::from(v.encode().map_err(encode_error)?)),
+            Written::Deleted(d) => {
+                record_headers.push((
+                    headers::DELETION,
+                    Bytes::from(d.encode().map_err(encode_error)?),
+                ));
+                None
+            }
+        };
+        Ok(Record {
+            topic: Arc::clone(topics.name(self.topic())),
+            key: Bytes::from(key),
+            value,
+            headers: record_headers,
+        })
+    }
+
+    /// The record a Kafka message of `topic` holds; `None` for records that are not entity
+    /// records (a tombstone without a deletion header: an erased entity).
+    pub(crate) fn from_kafka(topic: Topic, message: &Message) -> Result<Option<Written>, Error> {
+        let at = |e: statehouse_schemas::Error| {
+            Error::Journal(format!(
+                "{topic:?} partition {} offset {}: {e}",
+                message.partition, message.offset
+            ))
+        };
+        Ok(match (topic, &message.value) {
+            (Topic::Journal, Some(value)) => {
+                Some(Written::Event(EventRecord::decode(value).map_err(at)?))
+            }
+            (Topic::Values, Some(value)) => {
+                Some(Written::Value(ValueRecord::decode(value).map_err(at)?))
+            }
+            (Topic::Journal, None) => None,
+            (Topic::Values, None) => match message
+                .headers
+                .iter()
+                .find(|(name, _)| name == headers::DELETION)
+            {
+                Some((_, deletion)) => Some(Written::Deleted(
+                    ValueDeletion::decode(deletion).map_err(at)?,
+                )),
+                None => None,
+            },
+        })
+    }
+}
+
+/// What a partition hands its writer with each append: the typed records, in the order of the
+/// encoded ones.
+pub(crate) type Typed = Vec<Arc<Written>>;
+
+#[cfg(test)]
+mod tests {
+    use statehouse_schemas::avro::{RecentReply, Reply, Writer};
+
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics {
+            journal: Arc::from("s.journal"),
+            values: Arc::from("s.values"),
+        }
+    }
+
+    fn message(record: &Record) -> Message {
+        Message {
+            partition: 3,
+            offset: 7,
+            key: Some(record.key.clone()),
+            value: record.value.clone(),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            timestamp_ms: None,
+        }
+    }
+
+    fn writer() -> Writer {
+        Writer {
+            processor_id: "p".into(),
+            epoch: 9,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_their_kafka_form() {
+        let event = Written::Event(EventRecord {
+            service: "s".into(),
+            persistence_id: "cart".into(),
+            entity_id: "u1".into(),
+            seq: 4,
+            type_url: "type.googleapis.com/x.ItemAdded".into(),
+            payload: Bytes::from_static(b"\x0a\x01a"),
+            command_id: Some("c".into()),
+            idempotency_key: None,
+            timestamp_ms: 1,
+            writer: writer(),
+            snapshot: None,
+            traceparent: Some("00-aa-bb-01".into()),
+            reply: None,
+        });
+        let record = event.to_kafka(&topics()).unwrap();
+        assert_eq!(&*record.topic, "s.journal");
+        assert_eq!(&record.key[..], b"cart|u1#4");
+        assert!(
+            record
+                .headers
+                .iter()
+                .any(|(k, v)| *k == headers::SEQ && &v[..] == b"4")
+        );
+        assert_eq!(
+            Written::from_kafka(Topic::Journal, &message(&record)).unwrap(),
+            Some(event)
+        );
+
+        let recent = vec![RecentReply {
+            idempotency_key: "k".into(),
+            reply: Some(Reply {
+                type_url: "t".into(),
+                payload: Bytes::new(),
+            }),
+        }];
+        let value = Written::Value(ValueRecord {
+            service: "s".into(),
+            persistence_id: "ve".into(),
+            entity_id: "u1".into(),
+            seq: 2,
+            type_url: "type.googleapis.com/x.State".into(),
+            payload: Bytes::from_static(b"\x0a\x01b"),
+            command_id: None,
+            idempotency_key: Some("k".into()),
+            timestamp_ms: 2,
+            writer: writer(),
+            recent: recent.clone(),
+            traceparent: None,
+        });
+        let record = value.to_kafka(&topics()).unwrap();
+        assert_eq!(
+            (&*record.topic, &record.key[..]),
+            ("s.values", &b"ve|u1"[..])
+        );
+        assert_eq!(
+            Written::from_kafka(Topic::Values, &message(&record)).unwrap(),
+            Some(value)
+        );
+
+        let deleted = Written::Deleted(ValueDeletion {
+            service: "s".into(),
+            persistence_id: "ve".into(),
+            entity_id: "u1".into(),
+            seq: 3,
+            command_id: None,
+            idempotency_key: None,
+            timestamp_ms: 3,
+            writer: writer(),
+            recent,
+            traceparent: None,
+        });
+        let record = deleted.to_kafka(&topics()).unwrap();
+        assert_eq!(record.value, None, "a delete is a tombstone");
+        assert_eq!(
+            Written::from_kafka(Topic::Values, &message(&record)).unwrap(),
+            Some(deleted)
+        );
+        // A bare tombstone (an erased entity) is no record; garbage is an error naming where.
+        let bare = Message {
+            headers: Vec::new(),
+            ..message(&record)
+        };
+        assert_eq!(Written::from_kafka(Topic::Values, &bare).unwrap(), None);
+        let garbage = Message {
+            value: Some(Bytes::from_static(b"nope")),
+            ..bare
+        };
+        let err = Written::from_kafka(Topic::Values, &garbage).unwrap_err();
+        assert!(err.to_string().contains("offset 7"), "{err}");
+    }
+}
