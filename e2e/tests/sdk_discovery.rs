@@ -58,7 +58,7 @@ fn expected_descriptor_files(kind: Kind) -> Vec<&'static str> {
             "google/api/annotations.proto",
             "google/api/http.proto",
         ],
-        Kind::RustShoppingCart => not_official(),
+        Kind::RustShoppingCart | Kind::GoTck => not_official(),
     }
 }
 
@@ -163,7 +163,7 @@ fn check_discovery(kind: Kind, uf: &UserFunction, spec: &EntitySpec) {
             );
             assert_eq!(info.support_library_name, "cloudstate-python-support");
         }
-        Kind::RustShoppingCart => not_official(),
+        Kind::RustShoppingCart | Kind::GoTck => not_official(),
     }
     println!("{kind}: service_info {info:?}");
 
@@ -632,7 +632,7 @@ async fn discovery(kind: Kind) {
             Err(status) => assert_eq!(status.code(), tonic::Code::Internal, "{kind}: {status:?}"),
             Ok(ok) => panic!("{kind}: reportError succeeded: {ok:?}"),
         },
-        Kind::RustShoppingCart => not_official(),
+        Kind::RustShoppingCart | Kind::GoTck => not_official(),
     }
 }
 
@@ -676,5 +676,7 @@ fn user_functions_restart_on_the_same_port() {
 
 /// These tests pin the official SDKs' behaviour; the Rust SDK has its own protocol tests.
 fn not_official() -> ! {
-    panic!("sdk_discovery covers the official SDKs; see sdk/tests for the Rust SDK")
+    panic!(
+        "sdk_discovery covers the official SDKs' shopping carts; see sdk/tests for the Rust SDK and e2e/tests/tck.rs for the TCK user function"
+    )
 }

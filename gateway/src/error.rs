@@ -50,13 +50,6 @@ pub enum Error {
         path: String,
     },
 
-    /// A streamed method, which the gateway does not serve yet.
-    #[error("{path} is a streaming method; the gateway serves unary methods only")]
-    StreamingUnsupported {
-        /// The gRPC path.
-        path: String,
-    },
-
     /// A compressed gRPC message.
     #[error("compressed gRPC messages are not supported (send grpc-encoding: identity)")]
     Compressed,
@@ -125,7 +118,7 @@ impl Error {
             Error::UnknownMethod { .. } | Error::NoRoute { .. } | Error::UnknownService { .. } => {
                 StatusCode::NOT_FOUND
             }
-            Error::StreamingUnsupported { .. } | Error::Compressed => StatusCode::NOT_IMPLEMENTED,
+            Error::Compressed => StatusCode::NOT_IMPLEMENTED,
             Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadFrame { .. }
             | Error::MalformedRequest(_)
@@ -188,7 +181,7 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::UnknownMethod { .. } | Error::NoRoute { .. } => Code::Unimplemented,
         // What the health protocol asks for an unknown service.
         Error::UnknownService { .. } => Code::NotFound,
-        Error::StreamingUnsupported { .. } | Error::Compressed => Code::Unimplemented,
+        Error::Compressed => Code::Unimplemented,
         // Shed: the client must send less.
         Error::RequestTooLarge { .. } => Code::ResourceExhausted,
         Error::BadFrame { .. }

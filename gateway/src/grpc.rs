@@ -82,6 +82,16 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    parse_frame(read_body(body, protocol, limit).await?, limit)
+}
+
+/// Reads a whole request body (gRPC-Web text decoded): at most `limit` bytes of messages plus
+/// one frame header.
+pub(crate) async fn read_body<B>(body: B, protocol: Protocol, limit: usize) -> Result<Bytes, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let text = matches!(protocol, Protocol::Web { text: true });
     let body_limit = if text {
         (limit + FRAME_HEADER).div_ceil(3) * 4 + 4
@@ -99,12 +109,11 @@ where
             }
         })?
         .to_bytes();
-    let body = if text {
+    Ok(if text {
         Bytes::from(decode_base64_chunks(&collected)?)
     } else {
         collected
-    };
-    parse_frame(body, limit)
+    })
 }
 
 /// The message of a body that holds exactly one uncompressed frame.
@@ -190,18 +199,10 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The response to a unary call: `Ok(Some(message))` with `headers`, `Ok(None)` (no message,
-/// status OK), or an error status.
-pub(crate) fn respond(
-    protocol: Protocol,
-    outcome: Result<Option<Bytes>, tonic::Status>,
-    headers: HeaderMap,
-) -> Response<Body> {
+/// The trailers that carry `status` (`grpc-status`, `grpc-message` percent-encoded per the gRPC
+/// spec, details).
+pub(crate) fn status_trailers(status: &tonic::Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    let (message, status) = match outcome {
-        Ok(message) => (message, tonic::Status::ok("")),
-        Err(status) => (None, status),
-    };
     if let Err(e) = status.add_header(&mut trailers) {
         tracing::warn!(error = %e, "status does not fit in headers");
         trailers.insert("grpc-status", HeaderValue::from_static("13"));
@@ -213,12 +214,54 @@ pub(crate) fn respond(
             trailers.insert("grpc-message", value);
         }
     }
+    trailers
+}
+
+/// gRPC-Web trailers: a frame with flag `0x80` holding the trailers as HTTP/1 header lines.
+pub(crate) fn web_trailers(trailers: &HeaderMap) -> Bytes {
+    let mut block = Vec::new();
+    for (name, value) in trailers {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.extend_from_slice(b":");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER + block.len());
+    frame.put_u8(0x80);
+    frame.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
+    frame.extend_from_slice(&block);
+    frame.freeze()
+}
+
+/// A gRPC-Web text chunk: base64 of `bytes` (chunks may be concatenated, each padded).
+pub(crate) fn web_text(bytes: &[u8]) -> Bytes {
+    Bytes::from(BASE64.encode(bytes))
+}
+
+/// The headers of a response in `protocol`, with `headers` added.
+pub(crate) fn response_head(protocol: Protocol, headers: HeaderMap) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().extend(headers);
     response
         .headers_mut()
         .insert(CONTENT_TYPE, protocol.content_type());
+    response
+}
+
+/// The response to a unary call: `Ok(Some(message))` with `headers`, `Ok(None)` (no message,
+/// status OK), or an error status.
+pub(crate) fn respond(
+    protocol: Protocol,
+    outcome: Result<Option<Bytes>, tonic::Status>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let (message, status) = match outcome {
+        Ok(message) => (message, tonic::Status::ok("")),
+        Err(status) => (None, status),
+    };
+    let trailers = status_trailers(&status);
+    let mut response = response_head(protocol, headers);
     match protocol {
         Protocol::Grpc => match message {
             // Trailers-only: the status goes in the headers.
@@ -239,21 +282,8 @@ pub(crate) fn respond(
             if let Some(message) = message {
                 body.extend_from_slice(&frame(&message));
             }
-            let mut block = Vec::new();
-            for (name, value) in &trailers {
-                block.extend_from_slice(name.as_str().as_bytes());
-                block.extend_from_slice(b":");
-                block.extend_from_slice(value.as_bytes());
-                block.extend_from_slice(b"\r\n");
-            }
-            body.put_u8(0x80);
-            body.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
-            body.extend_from_slice(&block);
-            let body = if text {
-                Bytes::from(BASE64.encode(&body))
-            } else {
-                body.freeze()
-            };
+            body.extend_from_slice(&web_trailers(&trailers));
+            let body = if text { web_text(&body) } else { body.freeze() };
             *response.body_mut() = Body::new(Unary {
                 data: Some(body),
                 trailers: None,
@@ -261,6 +291,57 @@ pub(crate) fn respond(
         }
     }
     response
+}
+
+/// Splits a stream of body bytes into gRPC messages (uncompressed, each at most `limit`
+/// bytes).
+#[derive(Debug)]
+pub(crate) struct FrameDecoder {
+    buf: BytesMut,
+    limit: usize,
+}
+
+impl FrameDecoder {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            limit,
+        }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, if the buffer holds one.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>, Error> {
+        let Some(header) = self.buf.get(..FRAME_HEADER) else {
+            return Ok(None);
+        };
+        if header[0] & 1 == 1 {
+            return Err(Error::Compressed);
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.limit {
+            return Err(Error::RequestTooLarge { limit: self.limit });
+        }
+        if self.buf.len() < FRAME_HEADER + len {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(FRAME_HEADER + len);
+        Ok(Some(frame.split_off(FRAME_HEADER).freeze()))
+    }
+
+    /// At the end of the body: bytes of an unfinished message are an error.
+    pub(crate) fn finish(&self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::BadFrame {
+                reason: "truncated message",
+            })
+        }
+    }
 }
 
 /// A body of at most one data frame and one trailers frame.

@@ -23,6 +23,7 @@ mod metadata;
 pub mod metrics;
 mod reflection;
 mod server;
+mod streaming;
 mod transcode;
 
 use statehouse_kafka::admin::Admin;

@@ -37,17 +37,17 @@ use tonic::codegen::Service as _;
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
 use crate::transcode::{self, Binding};
-use crate::{Error, health, metadata, reflection};
+use crate::{Error, health, metadata, reflection, streaming};
 use statehouse_runtime::router::{Route, Router};
 
 /// How long in-flight calls may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler shares.
-struct Shared {
-    router: Router,
-    max_request_bytes: usize,
-    default_timeout: Duration,
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) default_timeout: Duration,
     transcoder: transcode::Cache,
     health: health::Health,
     health_server: health::Server<health::Health>,
@@ -176,7 +176,10 @@ async fn grpc_call(
     let path = request.uri().path().to_string();
     let route = shared.router.registry().routes().method(&path).cloned();
     if let Some(route) = route {
-        return unary_grpc(shared, route, request, protocol).await;
+        if route.method.is_unary() {
+            return unary_grpc(shared, route, request, protocol).await;
+        }
+        return streaming::grpc(shared, route, request, protocol).await;
     }
     if protocol == Protocol::Grpc {
         let service = path
@@ -212,11 +215,6 @@ async fn unary_grpc(
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let outcome = async {
-        if !route.method.is_unary() {
-            return Err(Error::StreamingUnsupported {
-                path: route.method.path.clone(),
-            });
-        }
         let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
         call(shared, &route, &parts.headers, payload).await
     }
@@ -323,33 +321,13 @@ async fn json_call(
     variables: Vec<(String, String)>,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    if binding.route.method.server_streaming {
+        return streaming::json(shared, binding, variables, request).await;
+    }
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let outcome = async {
-        let body = if binding.expects_body() {
-            let content_type = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if !is_json(content_type) {
-                return Err(Error::UnsupportedMediaType(content_type.to_string()));
-            }
-            let limit = shared.max_request_bytes;
-            Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        Error::RequestTooLarge { limit }
-                    } else {
-                        Error::Body(e.to_string())
-                    }
-                })?
-                .to_bytes()
-        } else {
-            Bytes::new()
-        };
+        let body = json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
         match call(shared, &binding.route, &parts.headers, payload).await? {
             Some(reply) => {
@@ -386,12 +364,53 @@ async fn json_call(
     }
 }
 
+/// The JSON body of an HTTP request (empty when the binding takes none): `Content-Type` must
+/// be JSON; at most `gateway.max-request-bytes`.
+pub(crate) async fn json_body(
+    shared: &Shared,
+    binding: &Binding,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Error> {
+    if !binding.expects_body() {
+        return Ok(Bytes::new());
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !is_json(content_type) {
+        return Err(Error::UnsupportedMediaType(content_type.to_string()));
+    }
+    let limit = shared.max_request_bytes;
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::RequestTooLarge { limit }
+            } else {
+                Error::Body(e.to_string())
+            }
+        })?
+        .to_bytes())
+}
+
 /// Counts a finished call and its duration.
-fn record<T>(protocol: &'static str, outcome: &Result<T, Error>, started: std::time::Instant) {
+pub(crate) fn record<T>(
+    protocol: &'static str,
+    outcome: &Result<T, Error>,
+    started: std::time::Instant,
+) {
     let code = match outcome {
         Ok(_) => tonic::Code::Ok,
         Err(e) => code_of(e),
     };
+    record_code(protocol, code, started);
+}
+
+/// Counts a finished call with its code.
+pub(crate) fn record_code(protocol: &'static str, code: tonic::Code, started: std::time::Instant) {
     ::metrics::counter!(crate::metrics::CALLS, "protocol" => protocol, "code" => format!("{code:?}"))
         .increment(1);
     ::metrics::histogram!(crate::metrics::CALL_SECONDS, "protocol" => protocol)
@@ -405,7 +424,7 @@ fn is_json(content_type: &str) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Body::new(Full::new(Bytes::copy_from_slice(
         body.as_bytes(),
     ))));

@@ -58,6 +58,10 @@ pub enum Kind {
     PythonShoppingCart,
     /// The Rust sample (`samples/shopping-cart`) on `statehouse-sdk`.
     RustShoppingCart,
+    /// go-support v0.3.0 `tck/cmd/tck_eventsourced`: the Cloudstate TCK models of every entity
+    /// kind (event-sourced, value, CRDT, actions, eventing) plus the shopping cart, one user
+    /// function.
+    GoTck,
 }
 
 impl Kind {
@@ -70,6 +74,7 @@ impl Kind {
             Kind::GoShoppingCart => "go-shoppingcart",
             Kind::PythonShoppingCart => "python-shoppingcart",
             Kind::RustShoppingCart => "rust-shoppingcart",
+            Kind::GoTck => "go-tck",
         }
     }
 
@@ -79,6 +84,7 @@ impl Kind {
             Kind::GoShoppingCart => "github.com/cloudstateio/go-support v0.3.0",
             Kind::PythonShoppingCart => "PyPI cloudstate 0.1.1",
             Kind::RustShoppingCart => "statehouse-sdk (this workspace)",
+            Kind::GoTck => "github.com/cloudstateio/go-support v0.3.0 (TCK models)",
         }
     }
 
@@ -88,7 +94,7 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => (0, 2),
             Kind::PythonShoppingCart => (0, 0),
-            Kind::RustShoppingCart => (0, 2),
+            Kind::RustShoppingCart | Kind::GoTck => (0, 2),
         }
     }
 
@@ -98,14 +104,14 @@ impl Kind {
         match self {
             Kind::GoShoppingCart => 1080,
             Kind::PythonShoppingCart => 50002,
-            Kind::RustShoppingCart => 1080,
+            Kind::RustShoppingCart | Kind::GoTck => 1080,
         }
     }
 
     /// `Entity.persistence_id` of the shopping cart.
     pub fn persistence_id(self) -> &'static str {
         match self {
-            Kind::GoShoppingCart => "ShoppingCart",
+            Kind::GoShoppingCart | Kind::GoTck => "ShoppingCart",
             Kind::PythonShoppingCart | Kind::RustShoppingCart => "shopping-cart",
         }
     }
@@ -117,7 +123,7 @@ impl Kind {
     /// `['Cannot add negative quantity of to item <id>']`.
     pub fn add_negative_quantity_failure(self, product_id: &str) -> String {
         match self {
-            Kind::GoShoppingCart | Kind::RustShoppingCart => {
+            Kind::GoShoppingCart | Kind::RustShoppingCart | Kind::GoTck => {
                 format!("cannot add negative quantity of to item \"{product_id}\"")
             }
             Kind::PythonShoppingCart => {
@@ -129,7 +135,7 @@ impl Kind {
     /// The `Failure.description` for `RemoveItem` of a product not in the cart.
     pub fn remove_missing_item_failure(self, product_id: &str) -> String {
         match self {
-            Kind::GoShoppingCart | Kind::RustShoppingCart => {
+            Kind::GoShoppingCart | Kind::RustShoppingCart | Kind::GoTck => {
                 format!("cannot remove item {product_id} because it is not in the cart")
             }
             Kind::PythonShoppingCart => {
@@ -184,8 +190,12 @@ fn launch(kind: Kind) -> Launch {
     let repo = repo_root();
     let uf_src = repo.join("e2e").join("user-functions");
     match kind {
-        Kind::GoShoppingCart => {
-            let bin = dir.join("go").join("go-shoppingcart");
+        Kind::GoShoppingCart | Kind::GoTck => {
+            let bin = dir.join("go").join(if kind == Kind::GoTck {
+                "go-tck"
+            } else {
+                "go-shoppingcart"
+            });
             require_installed(kind, &bin);
             require_fresh(
                 kind,

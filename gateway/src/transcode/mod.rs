@@ -1,7 +1,8 @@
 //! HTTP/JSON transcoding (protocol §2.2.3): `google.api.http` rules turn HTTP requests with
 //! JSON bodies into request messages, and reply messages into JSON.
 //!
-//! * **Rules.** Every unary method has the bindings of its `MethodInfo::http_rules` (its
+//! * **Rules.** Every unary or server-streaming method has the bindings of its
+//!   `MethodInfo::http_rules` (its
 //!   `google.api.http` rule with one level of `additional_bindings`, or the default
 //!   `POST /pkg.Service/Method` with body `*`). Verbs get, put, post, delete, patch and custom
 //!   (`*` = any method). Bindings are tried most specific first (more literal segments, a verb,
@@ -130,7 +131,8 @@ impl Table {
         let mut methods: Vec<&Route> = routes.methods().collect();
         methods.sort_by(|a, b| a.method.path.cmp(&b.method.path));
         for route in methods {
-            if !route.method.is_unary() {
+            // Client streams have no HTTP/JSON form; server streams answer a JSON stream.
+            if route.method.client_streaming {
                 continue;
             }
             for rule in &route.method.http_rules {
