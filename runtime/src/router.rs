@@ -19,7 +19,8 @@
 //! is known yet, or the connection to the endpoint failed (UNAVAILABLE produced by the client,
 //! without any response from a server). Between attempts the router waits for the partition's
 //! owner to change in the registry, at most an exponential backoff (20 ms doubling to 500 ms,
-//! ±25 % jitter). Every other outcome — a reply, a user failure, INVALID_ARGUMENT, any other
+//! ±25 % jitter), and gives up a little before the deadline (a tenth of the time left, at most
+//! 250 ms) so that its answer reaches the caller in time. Every other outcome — a reply, a user failure, INVALID_ARGUMENT, any other
 //! status — is returned as it is.
 
 pub mod feed;
@@ -377,6 +378,7 @@ impl Router {
         let mut changes = registry.subscribe();
         let mut backoff = self.inner.options.initial_backoff;
         let mut last_retry = None;
+        let retry_until = retry_until(call.deadline);
         loop {
             changes.borrow_and_update();
             let target = self
@@ -412,10 +414,10 @@ impl Router {
                 }
             };
             let now = Instant::now();
-            if now >= call.deadline {
+            if now >= retry_until {
                 return Err(give_up(&service, retry));
             }
-            let wait = jitter(backoff).min(call.deadline - now);
+            let wait = jitter(backoff).min(retry_until - now);
             backoff = (backoff * 2).min(self.inner.options.max_backoff);
             tracing::debug!(service, ?wait, reason = %retry_reason(&retry), "retrying command");
             if kind == Some(EntityKind::Crdt)
@@ -727,6 +729,14 @@ fn retry_reason(retry: &Retry) -> String {
             format!("not the owner of partition {partition}: {message}")
         }
     }
+}
+
+/// When to stop retrying: a little before the deadline (a tenth of the time left, at most
+/// 250 ms), so that the answer — why the command could not run — reaches the caller before its
+/// own deadline passes.
+fn retry_until(deadline: Instant) -> Instant {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    deadline - (remaining / 10).min(Duration::from_millis(250))
 }
 
 /// `wait` ±25 %.
