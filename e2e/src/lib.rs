@@ -7,3 +7,4 @@ pub mod checker;
 pub mod driver;
 pub mod proto;
 pub mod relay;
+pub mod values;

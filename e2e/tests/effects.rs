@@ -177,20 +177,31 @@ async fn forwards_and_side_effects_reach_other_processors_and_services() {
     // Same service, an entity another processor owns: a forward, and a synchronous side effect.
     let a = owned_by(&registry, &pods[0].endpoint, partitions, &[]);
     let b = owned_by(&registry, &pods[1].endpoint, partitions, &[]);
-    let c = owned_by(&registry, &pods[1].endpoint, partitions, std::slice::from_ref(&b));
+    let c = owned_by(
+        &registry,
+        &pods[1].endpoint,
+        partitions,
+        std::slice::from_ref(&b),
+    );
     let to_b = relay::target(relay::SERVICE, "Relay", &relay_to(&b, None, vec![]), false);
     assert_eq!(
-        call(&mut client, relay_to(&a, Some(to_b), vec![]), long).await.unwrap(),
+        call(&mut client, relay_to(&a, Some(to_b), vec![]), long)
+            .await
+            .unwrap(),
         format!("{b}:1"),
         "the forward's reply is the other processor's entity's"
     );
     let to_c = relay::target(relay::SERVICE, "Relay", &relay_to(&c, None, vec![]), true);
     assert_eq!(
-        call(&mut client, relay_to(&a, None, vec![to_c]), long).await.unwrap(),
+        call(&mut client, relay_to(&a, None, vec![to_c]), long)
+            .await
+            .unwrap(),
         format!("{a}:2")
     );
     assert_eq!(
-        call(&mut client, relay_to(&c, None, vec![]), long).await.unwrap(),
+        call(&mut client, relay_to(&c, None, vec![]), long)
+            .await
+            .unwrap(),
         format!("{c}:2"),
         "the side effect ran once, on the other processor"
     );
@@ -198,7 +209,9 @@ async fn forwards_and_side_effects_reach_other_processors_and_services() {
     // Another service: a forward and a synchronous side effect to a value entity of `tck`.
     let to_tck = relay::target(TCK_MODEL, "Process", &tck_update("v1", "via-relay"), false);
     assert_eq!(
-        call(&mut client, relay_to(&a, Some(to_tck), vec![]), long).await.unwrap(),
+        call(&mut client, relay_to(&a, Some(to_tck), vec![]), long)
+            .await
+            .unwrap(),
         "via-relay",
         "the other service's reply (a TCK Response decodes as a RelayReply)"
     );
@@ -254,7 +267,12 @@ async fn forwards_and_side_effects_reach_other_processors_and_services() {
     let to_tck = relay::target(TCK_MODEL, "Process", &tck_update("v5", "late"), false);
     let mut retrying = client.clone();
     let pending = tokio::spawn(async move {
-        call(&mut retrying, relay_to(&a, Some(to_tck), vec![]), Duration::from_secs(90)).await
+        call(
+            &mut retrying,
+            relay_to(&a, Some(to_tck), vec![]),
+            Duration::from_secs(90),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.pods[0].processor.restart();
