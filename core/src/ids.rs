@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest accepted entity id, in bytes (DESIGN §8: explicit limits).
+/// Longest accepted entity id, in bytes (an explicit limit).
 pub const MAX_ENTITY_ID_LEN: usize = 1024;
 /// Longest accepted service name, in bytes (it becomes part of Kafka topic names, limit 249).
 pub const MAX_SERVICE_NAME_LEN: usize = 200;

@@ -1,4 +1,5 @@
-//! Names of a service's Kafka topics, transactional ids and consumer groups (DESIGN §2).
+//! Names of a service's Kafka topics, transactional ids and consumer groups
+//! (`ARCHITECTURE.md`, "Data paths": "Topics of a service", "Partition ownership").
 
 use crate::ids::ServiceName;
 

@@ -1,6 +1,6 @@
-//! Restarts under load (DESIGN §9, invariants 1 and 3): a processor is stopped gracefully
-//! (SIGTERM: it hands its partitions over) and killed with SIGKILL while clients keep sending
-//! commands through the gateway. Afterwards the checker reads the whole journal with
+//! Restarts under load (`ARCHITECTURE.md`, "Invariants" 1 and 3): a processor is stopped
+//! gracefully (SIGTERM: it hands its partitions over) and killed with SIGKILL while clients keep
+//! sending commands through the gateway. Afterwards the checker reads the whole journal with
 //! read_committed and queries every entity: lost, duplicated, aborted-visible, sequence gaps,
 //! interleaved writers and state ≠ fold of the journal must all be 0.
 

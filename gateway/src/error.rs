@@ -111,8 +111,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status of this error for HTTP/JSON clients (protocol §2.2.3: a user failure is
-    /// 500 with its description, a malformed request 400).
+    /// The HTTP status of this error for HTTP/JSON clients (`docs/protocol.md`, "Errors": a
+    /// user failure is 500 with its description, a malformed request 400).
     pub fn http_status(&self) -> StatusCode {
         match self {
             Error::UnknownMethod { .. } | Error::NoRoute { .. } | Error::UnknownService { .. } => {

@@ -1,10 +1,12 @@
-//! Statehouse gateway: the client front door (DESIGN §1, §4 step 1–2).
+//! Statehouse gateway: the client front door (`ARCHITECTURE.md`, "Bird's-eye view", and
+//! "Data paths", "A command").
 //!
 //! One port serves HTTP/1.1 and h2c: gRPC, gRPC-Web and HTTP/JSON transcoding for every user
 //! method the service registry knows, plus gRPC server reflection (v1, v1alpha) and
 //! `grpc.health.v1.Health` ([`Gateway`], routes in `server`). Each call's entity id is read from
 //! the request's key fields, and the command goes to the processor that owns the entity's
-//! partition (`statehouse_runtime::router::Router`, shared with the processors), which answers with the user function's reply.
+//! partition (`statehouse_runtime::router::Router`, shared with the processors), which answers
+//! with the user function's reply.
 //!
 //! * [`run`] — the `statehouse gateway` role: registry fed from Kafka (`router::feed`),
 //!   partition counts read from Kafka, the client port and the metrics/health port.

@@ -1,4 +1,5 @@
-//! gRPC server reflection, v1 and v1alpha (protocol §2.2.5), over the registry's descriptors.
+//! gRPC server reflection, v1 and v1alpha (`docs/protocol.md`, "Exposing services to clients"),
+//! over the registry's descriptors.
 //!
 //! * `list_services`: the reflection service itself (of the version asked), then every user
 //!   service, sorted — the exact order the Cloudstate TCK checks.

@@ -1,5 +1,5 @@
-//! The client port: HTTP/1.1 and h2c on one listener, routes tried in the order of protocol
-//! §2.2:
+//! The client port (`docs/protocol.md`, "Exposing services to clients"): HTTP/1.1 and h2c on
+//! one listener, routes tried in this order:
 //!
 //! 1. gRPC (HTTP/2, `application/grpc[+proto]`) for every routable user method, then gRPC
 //!    reflection v1 / v1alpha and `grpc.health.v1.Health`; any other gRPC path is UNIMPLEMENTED;
@@ -282,7 +282,8 @@ async fn call(
             Ok(Some(reply))
         }
         Some(Outcome::Failure(failure)) => Err(Error::Failure {
-            // A failure without a code is a user-function failure: UNKNOWN (protocol §2.10).
+            // A failure without a code is a user-function failure: UNKNOWN
+            // (`docs/protocol.md`, "Errors").
             code: match failure.grpc_code {
                 0 => tonic::Code::Unknown,
                 code => tonic::Code::from_i32(code),

@@ -1,5 +1,6 @@
 //! Topic administration: create a service's topics (and the shared registry and routing topics)
-//! with the policies of DESIGN §2, idempotently, and verify existing ones.
+//! with the policies of `ARCHITECTURE.md` ("Topics of a service"), idempotently, and verify
+//! existing ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! * [`Options`] — typed client options plus a librdkafka passthrough map; builds the producer,
 //!   consumer and admin configurations every other part uses (so the safety settings —
 //!   idempotence, `acks=all`, `read_committed` — cannot be forgotten or overridden).
-//! * [`admin`] — creates a service's topics with the policies of DESIGN §2, idempotently.
+//! * [`admin`] — creates a service's topics with their policies, idempotently
+//!   (`ARCHITECTURE.md`, "Topics of a service").
 //! * [`partition_writer`] — the fenced, transactional writer of one partition, with group commit.
 //! * [`ownership`] — partition ownership through the service's consumer group.
 //! * [`publisher`] — idempotent publishing of registry and routing records.

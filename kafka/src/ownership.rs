@@ -1,4 +1,4 @@
-//! Partition ownership through a Kafka consumer group (DESIGN §2).
+//! Partition ownership through a Kafka consumer group (`ARCHITECTURE.md`, "Partition ownership").
 //!
 //! The processors of a service join the group `<prefix><service>.owners`, subscribed to the
 //! service's journal topic with the cooperative-sticky assignor: the group decides which

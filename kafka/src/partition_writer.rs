@@ -1,4 +1,5 @@
-//! The transactional writer of one partition, with group commit (DESIGN §2).
+//! The transactional writer of one partition, with group commit
+//! (`ARCHITECTURE.md`, "Append (the partition writer)").
 //!
 //! A [`Writer`] owns a transactional producer whose `transactional.id` is the partition's
 //! (`statehouse.<service>.p<partition>`). Starting it calls `init_transactions`, which bumps the

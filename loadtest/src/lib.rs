@@ -17,6 +17,7 @@ pub mod baseline;
 pub mod driver;
 pub mod floor;
 pub mod keys;
+pub mod kinds;
 pub mod report;
 pub mod scenario;
 pub mod sweep;

@@ -6,7 +6,8 @@
 //! * `baseline-server`: the stateless read → modify → write service on Cassandra.
 //! * `floor`: raw Kafka transactional produce, batched like the partition writer.
 //! * `report`: combine the results of one bench run (what `cargo xtask bench` calls).
-//! * `latency`: one client, sequential `AddItem` and `GetCart`.
+//! * `latency`: one client, sequential `AddItem` and `GetCart` (`--api kinds`: a value-entity
+//!   update and a unary action of the Go TCK user function).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,9 +182,13 @@ enum Command {
         /// Unmeasured warm-up calls.
         #[arg(long, default_value_t = 200)]
         warmup: u32,
-        /// Carts to spread the commands over.
+        /// Carts (entities) to spread the commands over.
         #[arg(long, default_value_t = 100)]
         carts: u32,
+        /// `cart`: the shopping cart's AddItem and GetCart. `kinds`: the Go TCK user function's
+        /// value-entity update and unary action.
+        #[arg(long, default_value = "cart")]
+        api: String,
     },
 }
 
@@ -346,7 +351,12 @@ async fn main() -> anyhow::Result<()> {
             calls,
             warmup,
             carts,
-        } => latency(&target, calls, warmup, carts).await,
+            api,
+        } => match api.as_str() {
+            "cart" => latency(&target, calls, warmup, carts).await,
+            "kinds" => latency_kinds(&target, calls, warmup, carts).await,
+            other => anyhow::bail!("unknown --api {other:?}: cart or kinds"),
+        },
     }
 }
 
@@ -499,6 +509,59 @@ fn report_cmd(
     Ok(())
 }
 
+/// The latency table of a run, one row per command.
+fn print_latency(rows: &[(&str, &Histogram<u64>)]) {
+    println!("| command | p50 | p90 | p99 | p99.9 | max |");
+    println!("|---|---|---|---|---|---|");
+    for (name, h) in rows {
+        let ms = |q: f64| Duration::from_micros(h.value_at_quantile(q)).as_secs_f64() * 1000.0;
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
+}
+
+async fn latency_kinds(target: &str, calls: u32, warmup: u32, entities: u32) -> anyhow::Result<()> {
+    let mut client = statehouse_loadtest::kinds::Client::connect(target)
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let run = format!("{:x}", std::process::id());
+    let mut update = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut action = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let started = Instant::now();
+    for i in 0..warmup + calls {
+        let value = format!("v{i}");
+        let t = Instant::now();
+        let answer = client
+            .update_value(&format!("lt-{run}-{}", i % entities), &value)
+            .await
+            .context("value-entity update")?;
+        anyhow::ensure!(
+            answer == value,
+            "the update answered {answer:?}, not {value:?}"
+        );
+        let update_us = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        client.action("pong").await.context("unary action")?;
+        let action_us = t.elapsed().as_micros() as u64;
+        if i >= warmup {
+            update.record(update_us.max(1))?;
+            action.record(action_us.max(1))?;
+        }
+    }
+    println!(
+        "one client, {calls} measured calls each (after {warmup} warm-up), {entities} value entities, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    print_latency(&[("value update", &update), ("unary action", &action)]);
+    Ok(())
+}
+
 async fn latency(target: &str, calls: u32, warmup: u32, carts: u32) -> anyhow::Result<()> {
     let mut client = ShoppingCartClient::connect(target.to_string())
         .await
@@ -536,18 +599,6 @@ async fn latency(target: &str, calls: u32, warmup: u32, carts: u32) -> anyhow::R
         "one client, {calls} measured calls each (after {warmup} warm-up), {carts} carts, {:.1}s",
         elapsed.as_secs_f64()
     );
-    println!("| command | p50 | p90 | p99 | p99.9 | max |");
-    println!("|---|---|---|---|---|---|");
-    for (name, h) in [("AddItem", &add), ("GetCart", &get)] {
-        let ms = |q: f64| Duration::from_micros(h.value_at_quantile(q)).as_secs_f64() * 1000.0;
-        println!(
-            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            h.max() as f64 / 1000.0
-        );
-    }
+    print_latency(&[("AddItem", &add), ("GetCart", &get)]);
     Ok(())
 }

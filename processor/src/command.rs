@@ -87,7 +87,7 @@ impl Reply {
         }
     }
 
-    /// A user-function failure: `UNKNOWN` with its description (protocol §2.10).
+    /// A user-function failure: `UNKNOWN` with its description (`docs/protocol.md`, "Errors").
     pub(crate) fn failure(description: impl Into<String>) -> Reply {
         Reply::Failure {
             description: description.into(),
@@ -121,7 +121,8 @@ impl Outcome {
 pub(crate) type ReplyTo = oneshot::Sender<Result<Outcome, Error>>;
 
 /// What follows the user function's answer to a command, once its writes committed: a reply,
-/// or a forward whose reply becomes the client's (protocol §2.8).
+/// or a forward whose reply becomes the client's (`docs/protocol.md`, "Forwards and side
+/// effects").
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Then {
     Reply(Reply),

@@ -1,5 +1,5 @@
-//! Discovery (protocol §2.1): what the user function serves, validated, and what of it this
-//! processor serves.
+//! Discovery (`docs/protocol.md`, "Discovery"): what the user function serves, validated, and
+//! what of it this processor serves.
 //!
 //! The processor asks with the entity types it implements, but SDKs answer with everything
 //! they registered (the Go SDK ignores `supported_entity_types`). Entities of a type not built

@@ -1,9 +1,9 @@
-//! Side effects and forwards (protocol §2.8): after a command's writes committed, run its side
-//! effects in order — synchronous ones awaited (their results discarded), the others started
-//! and not awaited — then the client action: a reply goes back as it is, a forward becomes a
-//! new command whose reply is the client's. Targets may be any method of any service the
-//! processor knows (its own, or another service through the router); a target that does not
-//! exist is reported to the user function and fails the call.
+//! Side effects and forwards (`docs/protocol.md`, "Forwards and side effects"): after a
+//! command's writes committed, run its side effects in order — synchronous ones awaited (their
+//! results discarded), the others started and not awaited — then the client action: a reply
+//! goes back as it is, a forward becomes a new command whose reply is the client's. Targets may
+//! be any method of any service the processor knows (its own, or another service through the
+//! router); a target that does not exist is reported to the user function and fails the call.
 
 use std::sync::Arc;
 

@@ -21,7 +21,8 @@ pub enum Error {
     DeadlineExceeded,
     #[error("{0}")]
     Overloaded(String),
-    /// The entity's stream to the user function failed (fixed texts of protocol §2.10).
+    /// The entity's stream to the user function failed (the reference proxy's fixed texts,
+    /// `docs/protocol.md`).
     #[error("{0}")]
     EntityFailure(String),
     /// The events could not be committed; nothing the command did is durable.

@@ -1,13 +1,16 @@
 //! Statehouse processor: the sidecar of one user function.
 //!
 //! [`run`] connects to the user function (h2c on localhost), runs discovery and validates the
-//! entity spec, makes sure the service's topics exist, publishes the service to the registry
-//! topic, joins the service's ownership group and serves the internal `Processor` API. For each
-//! partition the group assigns, [`partition::Partition`] fences the previous owner, recovers the
-//! journal tail after the Cassandra checkpoint, publishes a routing record and serves; each
-//! active entity is an [`entity`] task with a mailbox and one `handle` stream to the user
-//! function. Events are committed through the partition's transactional writer (group commit)
-//! before a reply is released, and backed up to Cassandra asynchronously ([`backup`]).
+//! entity spec (reporting what it does not serve yet), makes sure the service's topics exist,
+//! publishes the service to the registry topic, follows the registry (for the shared router),
+//! joins the service's ownership group and serves the internal `Processor` API. For each
+//! partition the group assigns, `partition::Partition` fences the previous owner, recovers the
+//! journal and values tails after the Cassandra checkpoints, publishes a routing record and
+//! serves. Each active entity is a task of the generic entity mailbox (`entity`) over its kind's
+//! state machine (`kinds`); actions run on any processor of the service (`action`). Records are
+//! committed through the partition's transactional writer (group commit) before a reply is
+//! released, and backed up to Cassandra asynchronously (`backup`). `ARCHITECTURE.md` has the
+//! module map.
 
 mod action;
 mod backup;

@@ -7,11 +7,12 @@
 //! just encoded. Decoding ([`Written::from_kafka`]) is for what is read back from Kafka:
 //! recovery at takeover.
 //!
-//! | record | topic | key | value |
-//! |---|---|---|---|
-//! | [`Written::Event`] | `<prefix><service>.journal` | `<persistence_id>\|<entity_id>#<seq>` | `EventRecord` |
-//! | [`Written::Value`] | `<prefix><service>.values` | `<persistence_id>\|<entity_id>` | `ValueRecord` |
-//! | [`Written::Deleted`] | `<prefix><service>.values` | `<persistence_id>\|<entity_id>` | none (tombstone); header `statehouse-deletion` = `ValueDeletion` |
+//! * [`Written::Event`]: `<prefix><service>.journal`, key `<persistence_id>|<entity_id>#<seq>`,
+//!   an `EventRecord`;
+//! * [`Written::Value`]: `<prefix><service>.values`, key `<persistence_id>|<entity_id>`, a
+//!   `ValueRecord`;
+//! * [`Written::Deleted`]: the same key in the values topic, a tombstone whose header
+//!   `statehouse-deletion` holds a `ValueDeletion`.
 
 use std::sync::Arc;
 

@@ -155,20 +155,15 @@ impl Processor for Service {
         let (rest_tx, rest) = mpsc::channel(STREAM_BUFFER);
         if shape.streams_in() {
             tokio::spawn(async move {
-                loop {
-                    match requests.message().await {
-                        Ok(Some(request)) => {
-                            if rest_tx
-                                .send((request.payload, request.metadata))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                        // Half-closed (the user function's request side is closed too) or
-                        // cancelled (the call is dropped with the response stream).
-                        Ok(None) | Err(_) => break,
+                // Ends when the client half-closes (the user function's request side is closed
+                // too) or cancels (the call is dropped with the response stream).
+                while let Ok(Some(request)) = requests.message().await {
+                    if rest_tx
+                        .send((request.payload, request.metadata))
+                        .await
+                        .is_err()
+                    {
+                        break;
                     }
                 }
             });

@@ -1,5 +1,5 @@
 //! The connection to the user function (the sidecar model: plaintext HTTP/2 to localhost) and
-//! discovery (protocol §2.1).
+//! discovery (`docs/protocol.md`, "Discovery").
 
 use std::time::Duration;
 
@@ -67,7 +67,8 @@ impl UserFunction {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Call `discover` until it answers, backing off from 1 s to 10 s (protocol §2.1), telling
+    /// Call `discover` until it answers, backing off from 1 s to 10 s (`docs/protocol.md`,
+    /// "Discovery"), telling
     /// the user function the entity types this processor supports.
     pub(crate) async fn discover(
         &self,

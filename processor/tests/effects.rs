@@ -1,7 +1,7 @@
-//! Forwards and side effects (protocol §2.8), with a user function written for the test on the
-//! Rust SDK: the shopping-cart API where `AddItem` named "forward" replies with a forward to
-//! `GetCart`, and `AddItem` named "copy" adds the same item to `<user>-copy` through a
-//! synchronous side effect. Real Kafka and Cassandra.
+//! Forwards and side effects (`docs/protocol.md`, "Forwards and side effects"), with a user
+//! function written for the test on the Rust SDK: the shopping-cart API where `AddItem` named
+//! "forward" replies with a forward to `GetCart`, and `AddItem` named "copy" adds the same item
+//! to `<user>-copy` through a synchronous side effect. Real Kafka and Cassandra.
 
 use std::time::Duration;
 

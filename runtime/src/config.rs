@@ -1,4 +1,4 @@
-//! Layered configuration (DESIGN §8).
+//! Layered configuration.
 //!
 //! Precedence, lowest first: compiled defaults → the TOML file (`--config`, else
 //! `STATEHOUSE_CONFIG`, else `./statehouse.toml` if present) → environment variables

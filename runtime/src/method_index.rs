@@ -1,4 +1,5 @@
-//! The methods of a discovered service, indexed for routing (protocol §2.1 step 3, §2.3).
+//! The methods of a discovered service, indexed for routing (`docs/protocol.md`, "Discovery"
+//! and "Entity keys and routing").
 //!
 //! A user function describes itself with a `FileDescriptorSet` and a list of entities
 //! (`EntitySpec`). [`MethodIndex::build`] validates both the way the reference proxy does and
@@ -16,8 +17,9 @@
 //!   legacy 50002) and `google.api.http` (72295728) are found by number in the encoded options,
 //!   so they are recognised whether or not the set holds the files that define them (a set
 //!   without `entity_key.proto` still carries the option bytes, as an unknown field).
-//! * **Entity ids** follow §2.3: the key fields in declaration order; one key gives its value
-//!   (strings raw, numbers in decimal), several are joined with `-`; actions have no key (`""`).
+//! * **Entity ids** follow `docs/protocol.md`, "Entity keys and routing": the key fields in
+//!   declaration order; one key gives its value (strings raw, numbers in decimal), several are
+//!   joined with `-`; actions have no key (`""`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -293,8 +295,9 @@ pub struct MethodInfo {
 }
 
 impl MethodInfo {
-    /// The entity id of a request (protocol §2.3): the key fields' values in declaration order,
-    /// joined with `-`; `""` for actions (the request is then not decoded at all).
+    /// The entity id of a request (`docs/protocol.md`, "Entity keys and routing"): the key
+    /// fields' values in declaration order, joined with `-`; `""` for actions (the request is
+    /// then not decoded at all).
     ///
     /// Fails if the request does not decode as the input type, or if an entity method's key
     /// is empty.
@@ -395,7 +398,8 @@ impl fmt::Debug for MethodIndex {
 }
 
 impl MethodIndex {
-    /// Validates a user function's description (protocol §2.1 step 3) and indexes its methods.
+    /// Validates a user function's description (`docs/protocol.md`, "Discovery") and indexes
+    /// its methods.
     ///
     /// `supported_entity_types` are the `Entity.entity_type` strings the caller accepts.
     pub fn build(

@@ -1,10 +1,11 @@
 //! Packing protobuf messages into `google.protobuf.Any` and back.
 //!
 //! Cloudstate carries every command, reply, event and snapshot as an `Any`
-//! whose type URL is `type.googleapis.com/<full message name>`
-//! (protocol §1.9). These helpers build and check those URLs from
-//! [`prost::Name`], which `statehouse-schemas` implements for every generated
-//! message (and prost for `()`, i.e. `google.protobuf.Empty`).
+//! whose type URL is `type.googleapis.com/<full message name>` (see the
+//! protocol files in `schemas/proto/cloudstate/`). These helpers build and
+//! check those URLs from [`prost::Name`], which `statehouse-schemas`
+//! implements for every generated message (and prost for `()`, i.e.
+//! `google.protobuf.Empty`).
 //!
 //! ```
 //! use statehouse_schemas::shoppingcart::persistence::ItemRemoved;

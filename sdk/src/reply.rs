@@ -2,7 +2,8 @@
 //! [`Forward`]), [`SideEffect`]s, or a [`Failure`].
 //!
 //! These are the SDK's own types, converted to the protocol's `ClientAction`
-//! and `SideEffect` messages when the reply is sent (protocol §1.3, §2.8).
+//! and `SideEffect` messages when the reply is sent
+//! (`schemas/proto/cloudstate/entity.proto`; `docs/protocol.md`, "Forwards and side effects").
 
 use prost::Name;
 use prost_types::Any;

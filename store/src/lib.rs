@@ -1,7 +1,7 @@
 //! Statehouse's Cassandra / ScyllaDB store — the only crate that uses the `scylla` driver.
 //!
 //! Kafka is the source of truth; this store is a rebuildable, durable index that bounds
-//! recovery time (DESIGN §5):
+//! recovery time (`ARCHITECTURE.md`, "Backup" and "Backup index"):
 //! * [`migrations`] — creates the keyspace and tables, idempotently, recording what ran;
 //! * [`Store`] — the journal (rows per `(service, entity_id)` ordered by `seq`), immutable
 //!   snapshots (newest first), value-entity state, and per-partition checkpoints ("everything

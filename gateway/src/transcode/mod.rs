@@ -1,5 +1,6 @@
-//! HTTP/JSON transcoding (protocol §2.2.3): `google.api.http` rules turn HTTP requests with
-//! JSON bodies into request messages, and reply messages into JSON.
+//! HTTP/JSON transcoding (`docs/protocol.md`, "Exposing services to clients"):
+//! `google.api.http` rules turn HTTP requests with JSON bodies into request messages, and reply
+//! messages into JSON.
 //!
 //! * **Rules.** Every unary or server-streaming method has the bindings of its
 //!   `MethodInfo::http_rules` (its

@@ -61,6 +61,13 @@ pub(crate) struct EntityRef {
     pub(crate) info: Arc<EntityInfo>,
 }
 
+/// A command and where its outcome goes.
+type Envelope = (Command, ReplyTo);
+
+/// An active entity's mailbox, with the number of its instance (a restarted entity is another
+/// instance with the same key).
+type Mailbox = (u64, mpsc::Sender<Envelope>);
+
 /// What a kind needs to build its records: who writes, when, and the command's id.
 pub(crate) struct Stamp<'a> {
     pub(crate) service: &'a str,
@@ -190,7 +197,7 @@ pub(crate) struct Context {
     serving: AtomicBool,
     /// Cancelled when the partition stops: entities finish their command and end.
     pub(crate) stop: CancellationToken,
-    mailboxes: std::sync::Mutex<HashMap<String, (u64, mpsc::Sender<(Command, ReplyTo)>)>>,
+    mailboxes: std::sync::Mutex<HashMap<String, Mailbox>>,
     next_instance: AtomicU64,
 }
 
@@ -299,7 +306,7 @@ impl Context {
 
     /// Called by an idle entity: remove it if no command is waiting. Returns false if a command
     /// arrived meanwhile (the entity must go on).
-    fn try_passivate(&self, key: &str, rx: &mpsc::Receiver<(Command, ReplyTo)>) -> bool {
+    fn try_passivate(&self, key: &str, rx: &mpsc::Receiver<Envelope>) -> bool {
         let mut mailboxes = self.mailboxes.lock().expect("mailboxes lock");
         if !rx.is_empty() {
             return false;
@@ -327,7 +334,7 @@ struct Session<K: Kind> {
     last_command_id: i64,
 }
 
-struct Mailbox<K: Kind> {
+struct Entity<K: Kind> {
     ctx: Arc<Context>,
     entity: EntityRef,
     session: Option<Session<K>>,
@@ -339,10 +346,10 @@ async fn run<K: Kind>(
     ctx: Arc<Context>,
     entity: EntityRef,
     instance: u64,
-    mut rx: mpsc::Receiver<(Command, ReplyTo)>,
+    mut rx: mpsc::Receiver<Envelope>,
 ) {
     let idle = entity.info.passivation_timeout.unwrap_or(ctx.passivation);
-    let mut mailbox = Mailbox::<K> {
+    let mut mailbox = Entity::<K> {
         ctx: Arc::clone(&ctx),
         entity,
         session: None,
@@ -396,7 +403,7 @@ async fn next_message<K: Kind>(
     }
 }
 
-impl<K: Kind> Mailbox<K> {
+impl<K: Kind> Entity<K> {
     async fn handle(&mut self, command: Command, reply: ReplyTo) {
         let ctx = &self.ctx;
         // Queued before a pause? Then the partition may be someone else's by now.

@@ -1,5 +1,5 @@
-//! Stateless actions (`cloudstate.action.ActionProtocol`, protocol §1.7, §2.7): the messages
-//! sent to the user function and what each response means for the client.
+//! Stateless actions (`cloudstate.action.ActionProtocol`; `docs/protocol.md`, "Actions"): the
+//! messages sent to the user function and what each response means for the client.
 //!
 //! * The rpc follows the method's shape: unary → `handleUnary`, client streaming →
 //!   `handleStreamedIn`, server streaming → `handleStreamedOut`, both → `handleStreamed`.

@@ -1,4 +1,5 @@
-//! Event-sourced entities (`cloudstate.eventsourced.EventSourced`, protocol §2.4).
+//! Event-sourced entities (`cloudstate.eventsourced.EventSourced`; `docs/protocol.md`,
+//! "Event-sourced entities").
 //!
 //! * **Start:** `init` with the latest snapshot (if any), then every event after it, in order.
 //!   The history is the Cassandra backup (snapshot + journal rows) plus the partition's tail,

@@ -1,5 +1,5 @@
-//! Value entities (`cloudstate.valueentity.ValueEntity`, protocol §2.5): the user function
-//! keeps the state and replaces or deletes it with each command.
+//! Value entities (`cloudstate.valueentity.ValueEntity`; `docs/protocol.md`, "Value entities"):
+//! the user function keeps the state and replaces or deletes it with each command.
 //!
 //! * **Start:** `init` always carries `state` — the stored value, or an empty
 //!   `ValueEntityInitState` for an entity without one (the TCK checks the field is present).

@@ -2,7 +2,8 @@
 //!
 //! An [`Entity`] decides: a command handler looks at the current state and
 //! emits events; [`Entity::apply`] folds events into the state. The SDK runs
-//! one stream per entity instance (protocol §1.4, §2.4):
+//! one stream per entity instance (`schemas/proto/cloudstate/event_sourced.proto`;
+//! `docs/protocol.md`, "Event-sourced entities"):
 //!
 //! * `init` creates the state with `State::default()`, or with
 //!   [`Entity::restore`] from the snapshot it carries;
