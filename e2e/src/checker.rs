@@ -130,17 +130,7 @@ pub async fn check(
         *seen.entry(token.as_str()).or_default() += 1;
     }
     report.journaled = seen.len();
-    report.duplicate = seen.values().filter(|&&n| n > 1).count();
-    report.lost_ack = history
-        .acked
-        .keys()
-        .filter(|t| !seen.contains_key(t.as_str()))
-        .count();
-    report.aborted_visible = history
-        .failed
-        .iter()
-        .filter(|t| seen.contains_key(t.as_str()))
-        .count();
+    (report.lost_ack, report.duplicate, report.aborted_visible) = tally(history, &seen);
     let mut client = ShoppingCartClient::connect(format!("http://{gateway}"))
         .await
         .expect("connecting to the gateway");
@@ -168,6 +158,24 @@ pub async fn check(
         }
     }
     report
+}
+
+/// How many tokens of the log (`seen`: token → times written) tell of an anomaly: acknowledged
+/// but missing (lost-ack), written more than once (duplicate), failed but written
+/// (aborted-visible).
+pub fn tally(history: &History, seen: &HashMap<&str, usize>) -> (usize, usize, usize) {
+    let lost_ack = history
+        .acked
+        .keys()
+        .filter(|t| !seen.contains_key(t.as_str()))
+        .count();
+    let duplicate = seen.values().filter(|&&n| n > 1).count();
+    let aborted_visible = history
+        .failed
+        .iter()
+        .filter(|t| seen.contains_key(t.as_str()))
+        .count();
+    (lost_ack, duplicate, aborted_visible)
 }
 
 /// [`check`] for the shopping-cart service of a [`Stack`](statehouse_test_support::stack::Stack).

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use statehouse_e2e::values::{self, Driver};
+use statehouse_e2e::driver::{self, Api, Driver};
+use statehouse_e2e::values::{self, Values};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 
@@ -46,13 +47,16 @@ async fn r1_value_entities_lose_and_duplicate_nothing_under_kills() {
     for i in 0..3 {
         stack.wait_ready(i, Duration::from_secs(120));
     }
-    let driver_options = values::Options {
+    // Twelve clients, five value entities each.
+    let driver_options = driver::Options {
         clients: 12,
-        ..values::Options::default()
+        carts: 5,
+        ..driver::Options::default()
     };
-    let ids = driver_options.entity_ids();
-    values::until_all_answer(&stack.gateway_addr, &ids, Duration::from_secs(120)).await;
-    let driver = Driver::start(&stack.gateway_addr, driver_options, seed).await;
+    let ids = Values::entities(&driver_options);
+    let answer = driver::until_all_answer_with::<Values>;
+    answer(&stack.gateway_addr, &ids, Duration::from_secs(120)).await;
+    let driver = Driver::start_with::<Values>(&stack.gateway_addr, driver_options, seed).await;
 
     let bound = Duration::from_millis(u64::from(SESSION_MS) * 2 + 10_000);
     let started = Instant::now();
@@ -70,7 +74,7 @@ async fn r1_value_entities_lose_and_duplicate_nothing_under_kills() {
         let killed = Instant::now();
         tokio::time::sleep(down_for).await;
         stack.pods[victim].processor.restart();
-        let recovered = values::until_all_answer(&stack.gateway_addr, &ids, bound).await + down_for;
+        let recovered = answer(&stack.gateway_addr, &ids, bound).await + down_for;
         println!(
             "R1 (values) kill #{}: processor {victim} down {down_for:?}; every entity answered {:?} after the kill ({} acknowledged)",
             kills.len() + 1,

@@ -62,6 +62,14 @@ impl Protocol {
         }
     }
 
+    /// The `protocol` label of the call metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Web { .. } => "grpc-web",
+        }
+    }
+
     fn content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Protocol::Grpc => "application/grpc",

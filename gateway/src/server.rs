@@ -219,10 +219,7 @@ async fn unary_grpc(
         call(shared, &route, &parts.headers, payload).await
     }
     .await;
-    let label = match protocol {
-        Protocol::Grpc => "grpc",
-        Protocol::Web { .. } => "grpc-web",
-    };
+    let label = protocol.label();
     record(label, &outcome, started);
     match outcome {
         Ok(Some(reply)) => {

@@ -115,10 +115,7 @@ pub(crate) async fn grpc(
         }
         Err(e) => Err(e),
     };
-    let label = match protocol {
-        Protocol::Grpc => "grpc",
-        Protocol::Web { .. } => "grpc-web",
-    };
+    let label = protocol.label();
     let (upstream, deadline) = match opened {
         Ok(opened) => opened,
         Err(e) => {

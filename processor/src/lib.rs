@@ -18,6 +18,7 @@ mod command;
 mod discovery;
 mod effects;
 mod entity;
+mod env;
 mod error;
 mod health;
 mod kinds;
@@ -50,8 +51,8 @@ use tracing::{info, warn};
 
 pub use error::Error;
 
+use crate::env::Env;
 use crate::node::Node;
-use crate::partition::Env;
 use crate::user_function::UserFunction;
 
 /// A processor started by [`start`].
@@ -166,7 +167,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         });
     }
-    let env = Env {
+    let env = Arc::new(Env {
         kafka: config.kafka.clone(),
         service: service.clone(),
         service_topics: topics.clone(),
@@ -182,7 +183,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         backup_interval: Duration::from_millis(p.backup_interval_ms),
         active: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown.clone(),
-    };
+    });
     let node = Node::new(node::Parts {
         config: config.clone(),
         service: service.clone(),

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, Host, Outcome, Reply};
-use crate::partition::{Env, Partition};
+use crate::env::Env;
+use crate::partition::Partition;
 use crate::pause::Detector;
 use crate::user_function::UserFunction;
 use crate::{Error, action};
@@ -48,7 +49,7 @@ pub(crate) struct Node {
     pub(crate) partition_count: u32,
     pub(crate) shutdown: CancellationToken,
     /// What partitions are taken over with.
-    pub(crate) env: Env,
+    pub(crate) env: Arc<Env>,
     /// The registry (services, partition owners) and the router to other processors.
     pub(crate) router: Router,
     pub(crate) pause: Arc<Detector>,
@@ -64,7 +65,7 @@ pub(crate) struct Parts {
     pub(crate) processor_id: String,
     pub(crate) endpoint: String,
     pub(crate) uf: UserFunction,
-    pub(crate) env: Env,
+    pub(crate) env: Arc<Env>,
     pub(crate) router: Router,
     pub(crate) shutdown: CancellationToken,
 }

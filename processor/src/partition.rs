@@ -8,7 +8,6 @@
 //! commands, let the entities finish the command in flight, let the writer commit, flush the
 //! backup (bounded).
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use statehouse_core::ids::entity_key;
 use statehouse_kafka::partition_writer::{self, Observer, Record, Writer};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_runtime::method_index::EntityKind;
-use statehouse_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -24,34 +22,17 @@ use crate::Error;
 use crate::backup::Backup;
 use crate::command::{Command, Host, ReplyTo};
 use crate::entity::{self, EntityRef};
+use crate::env::Env;
 use crate::kinds::event_sourced::EventSourced;
 use crate::kinds::value::Value;
 use crate::records::{Topics, Typed, Written};
 use crate::tail::Tail;
-use crate::user_function::UserFunction;
 
 /// A takeover gives up (and is retried) when reading a topic to its end makes no progress for
 /// this long; a long journal may take as long as it needs while it moves.
 const RECOVERY_STALL: Duration = Duration::from_secs(30);
 /// Bound of the checkpoint read at takeover (without it, recovery starts from offset 0).
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What every partition of a processor is taken over with.
-pub(crate) struct Env {
-    pub(crate) kafka: statehouse_kafka::Options,
-    pub(crate) service: statehouse_core::ServiceName,
-    pub(crate) service_topics: statehouse_core::Topics,
-    pub(crate) topics: Topics,
-    pub(crate) processor_id: String,
-    pub(crate) store: Store,
-    pub(crate) uf: UserFunction,
-    pub(crate) passivation: Duration,
-    pub(crate) max_active: usize,
-    pub(crate) backup_interval: Duration,
-    /// Active entities of the whole processor.
-    pub(crate) active: Arc<AtomicUsize>,
-    pub(crate) shutdown: CancellationToken,
-}
 
 pub(crate) struct Partition {
     pub(crate) id: u32,
@@ -88,7 +69,7 @@ impl Observer<Typed> for TailObserver {
 impl Partition {
     /// Take the partition over: fence the previous owner, recover the tail, start the backup.
     pub(crate) async fn take_over(
-        env: &Env,
+        env: &Arc<Env>,
         host: Arc<dyn Host>,
         id: u32,
     ) -> Result<Arc<Self>, Error> {
@@ -163,24 +144,14 @@ impl Partition {
             took = ?started.elapsed(),
             "partition recovered"
         );
-        let entities = entity::Context::new(entity::Parts {
+        let entities = entity::Context::new(
+            Arc::clone(env),
             host,
-            partition: id,
-            service: env.service.to_string(),
-            writer_id: statehouse_schemas::avro::Writer {
-                processor_id: env.processor_id.clone(),
-                epoch,
-            },
-            writer: writer.clone(),
-            topics: env.topics.clone(),
-            tail: Arc::clone(&tail),
-            store: env.store.clone(),
-            uf: env.uf.clone(),
-            passivation: env.passivation,
-            max_active: env.max_active,
-            active: Arc::clone(&env.active),
-            stop: env.shutdown.child_token(),
-        });
+            id,
+            epoch,
+            writer.clone(),
+            Arc::clone(&tail),
+        );
         let backup = Backup {
             service: env.service.to_string(),
             partition: id,

@@ -23,14 +23,13 @@ pub(crate) mod window;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use statehouse_kafka::partition_writer;
 use statehouse_runtime::method_index::EntityInfo;
 use statehouse_schemas::avro;
 use statehouse_schemas::cloudstate as cs;
-use statehouse_store::Store;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::command::{Command, Host, Outcome, Reply, ReplyTo, Then};
-use crate::records::{Topics, Typed, Written};
+use crate::env::Env;
+use crate::records::{Typed, Written};
 use crate::tail::Tail;
 use crate::user_function::UserFunction;
 use crate::{Error, effects, metrics as m};
@@ -176,24 +176,16 @@ pub(crate) trait Kind: Sized + Send + 'static {
     fn unsolicited(entity: &EntityRef, out: &Self::Out) -> String;
 }
 
-/// What the entities of one partition share: the partition's writer, tail and topics, the
-/// node's services, and the registry of active mailboxes.
+/// What the entities of one partition share: the processor's [`Env`], the partition's writer
+/// and tail, and the registry of active mailboxes.
 pub(crate) struct Context {
+    pub(crate) env: Arc<Env>,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) partition: u32,
-    pub(crate) service: String,
     /// Who writes: this processor instance, with the partition's owner epoch.
     pub(crate) writer_id: avro::Writer,
     pub(crate) writer: partition_writer::Handle<Typed>,
-    pub(crate) topics: Topics,
     pub(crate) tail: Arc<Tail>,
-    pub(crate) store: Store,
-    pub(crate) uf: UserFunction,
-    /// Idle time before passivation when the entity type names none.
-    pub(crate) passivation: Duration,
-    pub(crate) max_active: usize,
-    /// Active entities of the whole processor.
-    pub(crate) active: Arc<AtomicUsize>,
     serving: AtomicBool,
     /// Cancelled when the partition stops: entities finish their command and end.
     pub(crate) stop: CancellationToken,
@@ -201,40 +193,28 @@ pub(crate) struct Context {
     next_instance: AtomicU64,
 }
 
-/// The parts of a [`Context`] its partition provides.
-pub(crate) struct Parts {
-    pub(crate) host: Arc<dyn Host>,
-    pub(crate) partition: u32,
-    pub(crate) service: String,
-    pub(crate) writer_id: avro::Writer,
-    pub(crate) writer: partition_writer::Handle<Typed>,
-    pub(crate) topics: Topics,
-    pub(crate) tail: Arc<Tail>,
-    pub(crate) store: Store,
-    pub(crate) uf: UserFunction,
-    pub(crate) passivation: Duration,
-    pub(crate) max_active: usize,
-    pub(crate) active: Arc<AtomicUsize>,
-    pub(crate) stop: CancellationToken,
-}
-
 impl Context {
-    pub(crate) fn new(parts: Parts) -> Arc<Self> {
+    /// The entities of partition `partition`, owned since `epoch`, writing through `writer`.
+    pub(crate) fn new(
+        env: Arc<Env>,
+        host: Arc<dyn Host>,
+        partition: u32,
+        epoch: i64,
+        writer: partition_writer::Handle<Typed>,
+        tail: Arc<Tail>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            host: parts.host,
-            partition: parts.partition,
-            service: parts.service,
-            writer_id: parts.writer_id,
-            writer: parts.writer,
-            topics: parts.topics,
-            tail: parts.tail,
-            store: parts.store,
-            uf: parts.uf,
-            passivation: parts.passivation,
-            max_active: parts.max_active,
-            active: parts.active,
+            writer_id: avro::Writer {
+                processor_id: env.processor_id.clone(),
+                epoch,
+            },
+            stop: env.shutdown.child_token(),
+            env,
+            host,
+            partition,
+            writer,
+            tail,
             serving: AtomicBool::new(true),
-            stop: parts.stop,
             mailboxes: std::sync::Mutex::new(HashMap::new()),
             next_instance: AtomicU64::new(0),
         })
@@ -285,11 +265,11 @@ impl Context {
             },
             None => (command, reply),
         };
-        if self.active.load(Ordering::Relaxed) >= self.max_active {
+        let max_active = self.env.max_active;
+        if self.env.active.load(Ordering::Relaxed) >= max_active {
             return Err((
                 Error::Overloaded(format!(
-                    "{} entities are active, the limit (processor.max-active-entities)",
-                    self.max_active
+                    "{max_active} entities are active, the limit (processor.max-active-entities)"
                 )),
                 envelope.1,
             ));
@@ -298,7 +278,7 @@ impl Context {
         tx.try_send(envelope).expect("a new mailbox has room");
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         mailboxes.insert(entity.key.clone(), (instance, tx));
-        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        let active = self.env.active.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(m::ACTIVE_ENTITIES).set(active as f64);
         tokio::spawn(run::<K>(Arc::clone(self), entity, instance, rx));
         Ok(())
@@ -348,7 +328,10 @@ async fn run<K: Kind>(
     instance: u64,
     mut rx: mpsc::Receiver<Envelope>,
 ) {
-    let idle = entity.info.passivation_timeout.unwrap_or(ctx.passivation);
+    let idle = entity
+        .info
+        .passivation_timeout
+        .unwrap_or(ctx.env.passivation);
     let mut mailbox = Entity::<K> {
         ctx: Arc::clone(&ctx),
         entity,
@@ -389,7 +372,7 @@ async fn run<K: Kind>(
         let _ = reply.send(Err(ctx.host.not_serving(ctx.partition)));
     }
     mailbox.close_session().await;
-    let active = ctx.active.fetch_sub(1, Ordering::Relaxed) - 1;
+    let active = ctx.env.active.fetch_sub(1, Ordering::Relaxed) - 1;
     metrics::gauge!(m::ACTIVE_ENTITIES).set(active as f64);
 }
 
@@ -471,7 +454,7 @@ impl<K: Kind> Entity<K> {
         let ctx = &self.ctx;
         let host = &ctx.host;
         let next_id = || host.next_command_id();
-        let stamp = Stamp::new(&ctx.service, &ctx.writer_id, now_ms(), &next_id);
+        let stamp = Stamp::new(ctx.env.service.as_str(), &ctx.writer_id, now_ms(), &next_id);
         Ok(session
             .machine
             .answer(&self.entity, id, command, out, &self.window, &stamp))
@@ -542,7 +525,7 @@ impl<K: Kind> Entity<K> {
         }
         let (tx, requests) = mpsc::channel(64);
         let (answers, rx) = mpsc::channel(16);
-        let uf = self.ctx.uf.clone();
+        let uf = self.ctx.env.uf.clone();
         tokio::spawn(async move {
             let mut stream = match K::open(&uf, ReceiverStream::new(requests)).await {
                 Ok(stream) => stream,
@@ -572,7 +555,7 @@ impl<K: Kind> Entity<K> {
             if tx.send(message).await.is_err() {
                 return Err(Error::UserFunction(format!(
                     "the entity stream to {} closed during activation",
-                    self.ctx.uf.address()
+                    self.ctx.env.uf.address()
                 )));
             }
         }
@@ -620,13 +603,27 @@ async fn persist(ctx: &Context, writes: Vec<Written>) -> Result<(), Error> {
     let mut records = Vec::with_capacity(writes.len());
     let mut typed = Vec::with_capacity(writes.len());
     for written in writes {
-        records.push(written.to_kafka(&ctx.topics)?);
+        records.push(written.to_kafka(&ctx.env.topics)?);
         typed.push(Arc::new(written));
     }
     let n = records.len();
     ctx.writer.append_with(records, typed).await?;
     metrics::counter!(m::RECORDS_PERSISTED).increment(n as u64);
     Ok(())
+}
+
+/// The protocol `Command` of an entity command: id `id` of the stream, the method name, the
+/// payload, and no metadata (entities get none: the reference proxy sends none, and the TCK
+/// compares the messages exactly).
+pub(crate) fn protocol_command(entity: &EntityRef, id: i64, command: &Command) -> cs::Command {
+    cs::Command {
+        entity_id: entity.id.clone(),
+        id,
+        name: command.method.name.clone(),
+        payload: Some(command.payload_any()),
+        streamed: false,
+        metadata: None,
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

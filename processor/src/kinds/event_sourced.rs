@@ -18,18 +18,18 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use statehouse_schemas::avro::{self, EventRecord};
+use statehouse_schemas::cloudstate::client_action;
 use statehouse_schemas::cloudstate::eventsourced::{
     EventSourcedEvent, EventSourcedInit, EventSourcedSnapshot, EventSourcedStreamIn,
     EventSourcedStreamOut, event_sourced_stream_in, event_sourced_stream_out,
 };
-use statehouse_schemas::cloudstate::{self as cs, client_action};
 use statehouse_store::{JournalRow, SnapshotRow};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
 use crate::Error;
 use crate::command::{Command, Reply, Then};
-use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window};
+use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window, protocol_command};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -83,14 +83,16 @@ impl Kind for EventSourced {
             .collect();
         let stored = async {
             let snapshot = ctx
+                .env
                 .store
-                .latest_snapshot(&ctx.service, &entity.key, None)
+                .latest_snapshot(ctx.env.service.as_str(), &entity.key, None)
                 .await?;
             let from = snapshot.as_ref().map_or(1, |s| s.seq + 1);
             let rows = ctx
+                .env
                 .store
                 .read_journal(
-                    &ctx.service,
+                    ctx.env.service.as_str(),
                     &entity.key,
                     (from - IDEMPOTENCY_LOOKBACK).max(1),
                 )
@@ -151,14 +153,9 @@ impl Kind for EventSourced {
 
     fn command(&mut self, entity: &EntityRef, id: i64, command: &Command) -> EventSourcedStreamIn {
         EventSourcedStreamIn {
-            message: Some(event_sourced_stream_in::Message::Command(cs::Command {
-                entity_id: entity.id.clone(),
-                id,
-                name: command.method.name.clone(),
-                payload: Some(command.payload_any()),
-                streamed: false,
-                metadata: None,
-            })),
+            message: Some(event_sourced_stream_in::Message::Command(protocol_command(
+                entity, id, command,
+            ))),
         }
     }
 

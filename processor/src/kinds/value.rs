@@ -16,18 +16,18 @@
 
 use bytes::Bytes;
 use statehouse_schemas::avro::{self, AvroRecord, RecentReply, ValueDeletion, ValueRecord};
+use statehouse_schemas::cloudstate::client_action;
 use statehouse_schemas::cloudstate::valueentity::{
     ValueEntityInit, ValueEntityInitState, ValueEntityStreamIn, ValueEntityStreamOut,
     value_entity_action, value_entity_stream_in, value_entity_stream_out,
 };
-use statehouse_schemas::cloudstate::{self as cs, client_action};
 use statehouse_store::ValueRow;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
 use crate::Error;
 use crate::command::{Command, Reply, Then};
-use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window};
+use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window, protocol_command};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -66,7 +66,8 @@ impl Kind for Value {
             .into_iter()
             .filter(|r| matches!(**r, Written::Value(_) | Written::Deleted(_)))
             .max_by_key(|r| r.seq());
-        let stored = match ctx.store.read_value(&ctx.service, &entity.key).await {
+        let service = ctx.env.service.as_str();
+        let stored = match ctx.env.store.read_value(service, &entity.key).await {
             Ok(row) => row,
             Err(e) if newest_in_tail.is_some() => {
                 warn!(entity = %entity.key, error = %e, "Cassandra unavailable; activating from the values tail");
@@ -121,14 +122,9 @@ impl Kind for Value {
 
     fn command(&mut self, entity: &EntityRef, id: i64, command: &Command) -> ValueEntityStreamIn {
         ValueEntityStreamIn {
-            message: Some(value_entity_stream_in::Message::Command(cs::Command {
-                entity_id: entity.id.clone(),
-                id,
-                name: command.method.name.clone(),
-                payload: Some(command.payload_any()),
-                streamed: false,
-                metadata: None,
-            })),
+            message: Some(value_entity_stream_in::Message::Command(protocol_command(
+                entity, id, command,
+            ))),
         }
     }
 

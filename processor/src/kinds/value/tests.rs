@@ -3,7 +3,7 @@
 use statehouse_schemas::cloudstate::valueentity::{
     ValueEntityAction, ValueEntityDelete, ValueEntityReply, ValueEntityUpdate,
 };
-use statehouse_schemas::cloudstate::{ClientAction, SideEffect};
+use statehouse_schemas::cloudstate::{self as cs, ClientAction, SideEffect};
 use statehouse_schemas::protocol;
 
 use super::*;
