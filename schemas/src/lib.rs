@@ -10,7 +10,8 @@
 //!   and the rich error `Status`.
 //! * **Statehouse's own APIs** ([`statehouse`]): the internal
 //!   gateway → processor call (`statehouse.processor.v1.Processor`), the admin
-//!   API and the projection handler API.
+//!   API, the projection handler API, and the canonical form of CRDT states
+//!   (`statehouse.crdt.v1`).
 //! * **The shopping cart example** ([`shoppingcart`]) used by samples and tests.
 //! * **Avro records** ([`avro`]): the values of every Statehouse Kafka topic,
 //!   single-object encoded, with every shipped schema version known by
@@ -163,6 +164,15 @@ pub mod statehouse {
         /// `statehouse.admin.v1`.
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/statehouse.admin.v1.rs"));
+        }
+    }
+
+    /// CRDT states as Statehouse replicates them (join-semilattice elements, canonically
+    /// encoded).
+    pub mod crdt {
+        /// `statehouse.crdt.v1`.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/statehouse.crdt.v1.rs"));
         }
     }
 
