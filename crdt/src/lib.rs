@@ -19,5 +19,6 @@ mod state;
 
 pub use dot::{CausalContext, Dot, DotSet, ReplicaId};
 pub use state::{
-    Elem, Flag, GCounter, GSet, LwwRegister, Mismatch, ORMap, ORSet, PNCounter, State, Type, Vote,
+    DEPARTED, Elem, Flag, GCounter, GSet, LwwRegister, Mismatch, ORMap, ORSet, PNCounter, State,
+    Type, Vote,
 };

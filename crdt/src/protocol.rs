@@ -19,22 +19,24 @@ use crate::Elem;
 use crate::dot::ReplicaId;
 use crate::state::{Flag, GSet, LwwRegister, Mismatch, ORMap, ORSet, State, Type, Vote};
 
-/// A user function's delta that the CRDT cannot take (the entity fails, as the reference proxy
-/// does).
+/// A user function's delta that the CRDT cannot take: the entity fails, with the reference
+/// proxy's text (`Display`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
-    #[error("empty CRDT delta")]
+    #[error("Empty delta")]
     Empty,
-    #[error("cannot apply a {delta} delta to a {state}")]
+    /// A delta of another type than the entity's CRDT.
+    #[error("{delta}Delta is incompatible with CRDT {state}")]
     Mismatch {
         state: &'static str,
         delta: &'static str,
     },
-    #[error("cannot decrement a GCounter")]
-    NegativeGCounter,
-    #[error("cannot disable a Flag")]
+    /// An increment above `i64::MAX`: a negative number sent as unsigned.
+    #[error("Cannot decrement a GCounter, requested amount was {0}")]
+    NegativeGCounter(i64),
+    #[error("Cannot switch off already enabled flag")]
     FlagOff,
-    #[error("an ORMap entry delta without a key or a delta")]
+    #[error("ORMap entry delta without a key or a delta")]
     BadEntry,
 }
 
@@ -90,7 +92,7 @@ pub fn apply(
         (State::GCounter(c), crdt_delta::Delta::Gcounter(d)) => {
             // A uint64 above i64::MAX is a negative number sent as unsigned.
             if d.increment > i64::MAX as u64 {
-                return Err(Invalid::NegativeGCounter);
+                return Err(Invalid::NegativeGCounter(d.increment as i64));
             }
             State::GCounter(c.increment(me, d.increment))
         }
@@ -270,10 +272,11 @@ impl View {
             Type::LwwRegister => View::LwwRegister(None),
             Type::Flag => View::Flag(false),
             Type::ORMap => View::ORMap(BTreeMap::new()),
+            // What a user function's fresh Vote holds: it counts itself.
             Type::Vote => View::Vote {
                 self_vote: false,
                 votes_for: 0,
-                total_voters: 0,
+                total_voters: 1,
             },
         }
     }
@@ -354,26 +357,36 @@ impl View {
                 }
                 View::ORMap(m)
             }
+            // The processor's deltas carry all three fields (total_voters is at least 1); a
+            // user function's own vote carries only `self_vote`, and it counts the change
+            // itself, as the SDKs do.
             (
                 View::Vote {
+                    self_vote,
                     votes_for,
                     total_voters,
-                    ..
                 },
                 crdt_delta::Delta::Vote(d),
-            ) => View::Vote {
-                self_vote: d.self_vote,
-                votes_for: if d.votes_for != 0 || d.total_voters != 0 {
-                    d.votes_for.max(0) as u32
+            ) => {
+                if d.total_voters > 0 {
+                    View::Vote {
+                        self_vote: d.self_vote,
+                        votes_for: d.votes_for.max(0) as u32,
+                        total_voters: d.total_voters as u32,
+                    }
                 } else {
-                    *votes_for
-                },
-                total_voters: if d.total_voters != 0 {
-                    d.total_voters.max(0) as u32
-                } else {
-                    *total_voters
-                },
-            },
+                    let votes_for = match (*self_vote, d.self_vote) {
+                        (false, true) => votes_for.saturating_add(1),
+                        (true, false) => votes_for.saturating_sub(1),
+                        _ => *votes_for,
+                    };
+                    View::Vote {
+                        self_vote: d.self_vote,
+                        votes_for,
+                        total_voters: *total_voters,
+                    }
+                }
+            }
             _ => return None,
         })
     }
@@ -386,15 +399,16 @@ fn delta(d: crdt_delta::Delta) -> CrdtDelta {
 /// The protocol delta that takes a user function holding `old` (`None`: nothing, e.g. at
 /// init) to `new`; `None` when there is nothing to tell.
 pub fn diff(old: Option<&View>, new: &View) -> Option<CrdtDelta> {
+    // Nothing held (or another type): the whole value, even an empty one.
+    let is_init = !matches!(old, Some(old) if old.kind() == new.kind());
     let bottom;
     let old = match old {
-        Some(old) if old.kind() == new.kind() => old,
+        Some(old) if !is_init => old,
         _ => {
             bottom = View::bottom(new.kind());
             &bottom
         }
     };
-    let is_init = old == &View::bottom(new.kind());
     Some(match (old, new) {
         (View::GCounter(a), View::GCounter(b)) => {
             if a == b && !is_init {

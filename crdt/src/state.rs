@@ -87,7 +87,17 @@ pub struct GCounter {
     pub counts: BTreeMap<ReplicaId, u64>,
 }
 
+/// The replica slot of counters that holds what pruned (departed) replicas counted.
+pub const DEPARTED: &str = "~departed";
+
 impl GCounter {
+    fn prune(&mut self, departed: &ReplicaId) {
+        if let Some(n) = self.counts.remove(departed) {
+            let slot = self.counts.entry(ReplicaId::new(DEPARTED)).or_default();
+            *slot = slot.saturating_add(n);
+        }
+    }
+
     pub fn value(&self) -> u64 {
         self.counts.values().fold(0u64, |a, b| a.saturating_add(*b))
     }
@@ -482,11 +492,66 @@ impl State {
         }
     }
 
+    /// Forget replica `departed` (gone for good), keeping the value: what it counted moves to
+    /// the [`DEPARTED`] slot of counters, its vote goes (only live replicas vote), and nested
+    /// states of maps are pruned alike. Sets, maps and registers keep their dots and clocks.
+    /// Every replica applies a prune at the same place of an entity's totally ordered records,
+    /// so all fold the same counts into the slot; fragments that still name `departed` later
+    /// are [`State::strip`]ped first.
+    pub fn prune(&mut self, departed: &ReplicaId) {
+        if departed.as_str() == DEPARTED {
+            return;
+        }
+        match self {
+            State::GCounter(c) => c.prune(departed),
+            State::PNCounter(c) => {
+                c.increments.prune(departed);
+                c.decrements.prune(departed);
+            }
+            State::Vote(v) => {
+                v.votes.remove(departed);
+            }
+            State::ORMap(m) => {
+                for values in m.entries.values_mut() {
+                    for value in values.values_mut() {
+                        value.prune(departed);
+                    }
+                }
+            }
+            State::GSet(_) | State::ORSet(_) | State::LwwRegister(_) | State::Flag(_) => {}
+        }
+    }
+
+    /// Leave out of a fragment what replicas pruned earlier counted (it is in the
+    /// [`DEPARTED`] slot already).
+    pub fn strip(&mut self, pruned: &BTreeSet<ReplicaId>) {
+        if pruned.is_empty() {
+            return;
+        }
+        match self {
+            State::GCounter(c) => c.counts.retain(|r, _| !pruned.contains(r)),
+            State::PNCounter(c) => {
+                c.increments.counts.retain(|r, _| !pruned.contains(r));
+                c.decrements.counts.retain(|r, _| !pruned.contains(r));
+            }
+            State::Vote(v) => v.votes.retain(|r, _| !pruned.contains(r)),
+            State::ORMap(m) => {
+                for values in m.entries.values_mut() {
+                    for value in values.values_mut() {
+                        value.strip(pruned);
+                    }
+                }
+            }
+            State::GSet(_) | State::ORSet(_) | State::LwwRegister(_) | State::Flag(_) => {}
+        }
+    }
+
     /// Every replica this state names (counts, dots, registers, votes): what pruning a
     /// departed replica looks at.
     pub fn replicas(&self) -> BTreeSet<ReplicaId> {
         let mut out = BTreeSet::new();
         self.collect_replicas(&mut out);
+        out.retain(|r| r.as_str() != DEPARTED);
         out
     }
 

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use statehouse_runtime::method_index::MethodInfo;
 use statehouse_schemas::cloudstate as cs;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::Error;
@@ -118,7 +117,6 @@ impl Outcome {
 }
 
 /// Where a command's outcome goes.
-pub(crate) type ReplyTo = oneshot::Sender<Result<Outcome, Error>>;
 
 /// What follows the user function's answer to a command, once its writes committed: a reply,
 /// or a forward whose reply becomes the client's (`docs/protocol.md`, "Forwards and side

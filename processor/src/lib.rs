@@ -21,6 +21,7 @@ mod entity;
 mod env;
 mod error;
 mod health;
+mod journal;
 mod kinds;
 mod metrics;
 mod node;

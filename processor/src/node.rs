@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, Host, Outcome, Reply};
+use crate::entity::Caller;
 use crate::env::Env;
 use crate::partition::Partition;
 use crate::pause::Detector;
@@ -146,7 +147,7 @@ impl Node {
         }
         let partition = self.partition(id).ok_or_else(|| self.not_serving(id))?;
         let (reply, rx) = oneshot::channel();
-        if let Err((e, _)) = partition.send(command, reply) {
+        if let Err((e, _)) = partition.send(command, Caller::Unary(reply)) {
             return Err(e);
         }
         rx.await

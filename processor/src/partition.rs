@@ -20,9 +20,10 @@ use tracing::{error, info, warn};
 
 use crate::Error;
 use crate::backup::Backup;
-use crate::command::{Command, Host, ReplyTo};
-use crate::entity::{self, EntityRef};
+use crate::command::{Command, Host};
+use crate::entity::{Caller, EntityRef, Home};
 use crate::env::Env;
+use crate::journal::Journal;
 use crate::kinds::event_sourced::EventSourced;
 use crate::kinds::value::Value;
 use crate::records::{Topics, Typed, Written};
@@ -40,7 +41,9 @@ pub(crate) struct Partition {
     /// it; routers use it to order routing records).
     pub(crate) epoch: i64,
     pub(crate) writer: partition_writer::Handle<Typed>,
-    entities: Arc<entity::Context>,
+    journal: Arc<Journal>,
+    event_sourced: Arc<Home<EventSourced>>,
+    values: Arc<Home<Value>>,
     /// Cancelled only on release or process shutdown; the writer and backup outlive the
     /// entities until then.
     writer_stop: CancellationToken,
@@ -144,14 +147,21 @@ impl Partition {
             took = ?started.elapsed(),
             "partition recovered"
         );
-        let entities = entity::Context::new(
+        let journal = Arc::new(Journal::new(
             Arc::clone(env),
-            host,
-            id,
             epoch,
             writer.clone(),
             Arc::clone(&tail),
+        ));
+        let stop = env.shutdown.child_token();
+        let event_sourced = Home::new(
+            Arc::clone(&journal),
+            Arc::clone(env),
+            Arc::clone(&host),
+            Some(id),
+            stop.clone(),
         );
+        let values = Home::new(Arc::clone(&journal), Arc::clone(env), host, Some(id), stop);
         let backup = Backup {
             service: env.service.to_string(),
             partition: id,
@@ -166,18 +176,20 @@ impl Partition {
             id,
             epoch,
             writer,
-            entities,
+            journal,
+            event_sourced,
+            values,
             writer_stop,
             backup_done: Mutex::new(Some(task)),
         }))
     }
 
     pub(crate) fn is_serving(&self) -> bool {
-        self.entities.is_serving()
+        self.journal.is_serving()
     }
 
     /// Hand a command to its entity, activating the entity if needed.
-    pub(crate) fn send(&self, command: Command, reply: ReplyTo) -> Result<(), (Error, ReplyTo)> {
+    pub(crate) fn send(&self, command: Command, caller: Caller) -> Result<(), (Error, Caller)> {
         let info = Arc::clone(&command.method.entity);
         let entity = EntityRef {
             key: entity_key(&info.persistence_id, &command.entity_id),
@@ -185,16 +197,14 @@ impl Partition {
             info,
         };
         match entity.info.kind() {
-            Some(EntityKind::EventSourced) => {
-                self.entities.send::<EventSourced>(entity, command, reply)
-            }
-            Some(EntityKind::ValueEntity) => self.entities.send::<Value>(entity, command, reply),
+            Some(EntityKind::EventSourced) => self.event_sourced.send(entity, command, caller),
+            Some(EntityKind::ValueEntity) => self.values.send(entity, command, caller),
             _ => Err((
                 Error::InvalidArgument(format!(
                     "{} is not a method of an entity kind this processor runs in partitions",
                     command.method.path
                 )),
-                reply,
+                caller,
             )),
         }
     }
@@ -202,10 +212,14 @@ impl Partition {
     /// Stop serving (revoke or shutdown): entities finish the command in flight, then the writer
     /// commits what it holds and the backup flushes (bounded).
     pub(crate) async fn release(&self, service: &str) {
-        self.entities.stop_serving();
+        self.journal.stop_serving();
+        self.event_sourced.stop();
+        self.values.stop();
         // Wait (bounded) for the entities to finish.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.entities.active_here() > 0 && tokio::time::Instant::now() < deadline {
+        while self.event_sourced.active() + self.values.active() > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.writer_stop.cancel();
@@ -295,5 +309,5 @@ async fn rescue_hanging(
 /// The owner epoch: milliseconds at takeover. Monotonic across owners as long as their clocks
 /// agree within a takeover interval; the transactional fence does not depend on it.
 fn epoch_now() -> i64 {
-    entity::now_ms()
+    crate::entity::now_ms()
 }

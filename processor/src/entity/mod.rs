@@ -1,45 +1,51 @@
 //! The entity mailbox: one task per active entity, generic over its [`Kind`].
 //!
 //! The task owns everything that does not depend on the kind:
-//! * **ordering** — commands run one at a time, in arrival order, from a bounded mailbox;
+//! * **the mailbox** — commands arrive in order through a bounded queue; the kind says when the
+//!   next one may go to the user function (event-sourced and value entities: one at a time;
+//!   CRDTs: as they come, answered by command id);
 //! * **the stream session** with the user function — opened on the first command (the kind
-//!   loads the entity from Cassandra plus the partition's tail and says what starts the stream:
-//!   init, replay), dropped on a crash or restart (the next command opens a new one), half-closed
-//!   on passivation;
+//!   loads the entity and says what starts the stream: init, replay), dropped on a crash or
+//!   restart (the next command opens a new one), half-closed on passivation or when the kind
+//!   closes it;
+//! * **the calls in flight** — unary callers get one outcome; streamed callers get elements
+//!   (through a bounded relay task each, so a slow client never blocks the entity) until the
+//!   kind ends the call or the client goes away, which the kind is told about;
+//! * **deadlines** — a unary command not answered in time fails, and the stream is dropped (a
+//!   late answer could no longer be matched with confidence);
 //! * **the idempotency window** ([`window`]) — a retry with a known key gets the stored reply;
-//! * **writes** — what the kind's answer asks to persist is encoded once, appended through the
-//!   partition's transactional writer with the typed records attached, and the reply waits for
-//!   the commit;
-//! * **effects** — side effects and forwards run after the commit, off the entity task;
-//! * **passivation and drain** — an idle entity leaves its partition's registry (unless a command
-//!   arrived meanwhile); when the partition stops, queued commands go back to their router.
+//! * **writes** — the kind's writes (partition records, CRDT fragments) run off the loop and
+//!   their outcome comes back to the kind;
+//! * **effects** — side effects and forwards run after the kind answered, off the entity task;
+//! * **passivation and drain** — an idle entity leaves its home's registry (unless a command
+//!   arrived meanwhile); when the home stops, queued commands go back to their router.
 //!
-//! The kind is a pure state machine ([`Kind`]): a user-function message in, a [`Step`] out
-//! (writes + reply/forward + side effects, a restart, or a crash with the reference proxy's
-//! text). Its I/O — loading, opening its stream — is two small async functions next to it.
+//! The kind is a pure state machine ([`Kind`]): a user-function message (or a command, a write's
+//! outcome, an outside input, a cancelled call) in, [`Action`]s out. Its I/O — loading, opening
+//! its stream, writing — is three small async functions next to it.
 
 pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use statehouse_kafka::partition_writer;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use statehouse_runtime::method_index::EntityInfo;
 use statehouse_schemas::avro;
 use statehouse_schemas::cloudstate as cs;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::command::{Command, Host, Outcome, Reply, ReplyTo, Then};
+use crate::command::{Command, Host, Outcome, Reply, Then};
 use crate::env::Env;
-use crate::records::{Typed, Written};
-use crate::tail::Tail;
 use crate::user_function::UserFunction;
 use crate::{Error, effects, metrics as m};
 
@@ -47,7 +53,10 @@ pub(crate) use window::Window;
 
 /// Bound of one entity's mailbox.
 pub(crate) const MAILBOX: usize = 256;
-/// How long a command waits for the user function when the caller set no deadline.
+/// Elements of one streamed call waiting for its client; a client that falls further behind
+/// loses its call.
+const STREAM_BUFFER: usize = 64;
+/// How long a unary command waits for the user function when the caller set no deadline.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One active entity, as its kind sees it.
@@ -61,12 +70,30 @@ pub(crate) struct EntityRef {
     pub(crate) info: Arc<EntityInfo>,
 }
 
-/// A command and where its outcome goes.
-type Envelope = (Command, ReplyTo);
+/// Where a command's outcome goes.
+pub(crate) enum Caller {
+    /// One outcome.
+    Unary(oneshot::Sender<Result<Outcome, Error>>),
+    /// Elements until the call ends (the sender is dropped), or an error that ends it.
+    Stream(mpsc::Sender<Result<Outcome, Error>>),
+}
 
-/// An active entity's mailbox, with the number of its instance (a restarted entity is another
-/// instance with the same key).
-type Mailbox = (u64, mpsc::Sender<Envelope>);
+impl Caller {
+    /// Answer an error (a streamed caller's call ends with it).
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            Caller::Unary(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Caller::Stream(tx) => {
+                let _ = tx.try_send(Err(error));
+            }
+        }
+    }
+}
+
+/// A command and where its outcome goes.
+pub(crate) type Envelope = (Command, Caller);
 
 /// What a kind needs to build its records: who writes, when, and the command's id.
 pub(crate) struct Stamp<'a> {
@@ -105,29 +132,43 @@ pub(crate) struct Start<In> {
     pub(crate) remembered: Vec<(String, Reply)>,
 }
 
-/// What the user function's answer to a command leads to.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Step {
-    /// Commit `writes` (if any) in the partition's next transaction, then run the side effects
-    /// and answer (`then`).
-    Done {
-        writes: Vec<Written>,
-        then: Then,
+/// What a kind asks the mailbox to do.
+pub(crate) enum Action<K: Kind> {
+    /// Send a message to the user function.
+    Send(K::In),
+    /// Run a write; [`Kind::written`] gets its outcome with `token`.
+    Write { token: u64, write: K::Write },
+    /// Answer command `id`: run `side_effects`, then `then` — a unary caller's outcome
+    /// (`None`: a reply without a message), a streamed caller's next element (`None`: no
+    /// element). `remember`: store the reply for the command's idempotency key.
+    Answer {
+        id: i64,
+        then: Option<Then>,
         side_effects: Vec<cs::SideEffect>,
+        remember: bool,
     },
-    /// Answer `reply` and drop the stream: the next command starts a new one from the stored
-    /// state (an event-sourced failure with `restart`).
-    Restart(Reply),
-    /// The stream failed or the user function broke the protocol: drop the stream, fail the
-    /// command with `text` (UNKNOWN), and tell the user function `report` if set.
+    /// End streamed call `id` (after its answers).
+    End { id: i64 },
+    /// Fail command `id` with `error`.
+    Fail { id: i64, error: Error },
+    /// Run side effects that answer nobody.
+    Effects(Vec<cs::SideEffect>),
+    /// The stream failed or the user function broke the protocol: drop the stream, fail every
+    /// call in flight with `text` (UNKNOWN), tell the user function `report` if set.
     Crash {
         text: String,
         report: Option<String>,
     },
+    /// Drop the stream after its answers; any call still in flight fails with
+    /// [`Kind::TERMINATED`]. The next command starts a new stream.
+    Drop,
+    /// Half-close the stream for good: the entity stays active and refuses every later command
+    /// with `refuse` (a deleted CRDT).
+    Close { refuse: String },
 }
 
-/// One entity kind's protocol with the user function, as a pure state machine: it lives as long
-/// as one stream session.
+/// One entity kind's protocol with the user function, as a pure state machine living as long as
+/// one stream session, plus its I/O (`load`, `open`, `write`).
 pub(crate) trait Kind: Sized + Send + 'static {
     /// Messages to the user function.
     type In: prost::Message + Send + 'static;
@@ -135,13 +176,25 @@ pub(crate) trait Kind: Sized + Send + 'static {
     type Out: prost::Message + Send + 'static;
     /// What activation loads.
     type Loaded: Send + 'static;
+    /// What the kind's entities share (a partition's journal; the processor's CRDT replicas).
+    type Ctx: Send + Sync + 'static;
+    /// What the kind writes, off the entity loop.
+    type Write: Send + 'static;
+    /// Inputs from outside the stream (CRDTs: the replicated state changed).
+    type Input: Send + 'static;
 
-    /// The text a command in flight gets when the stream ends or fails under it.
+    /// The text a call in flight gets when the stream ends or fails under it.
     const TERMINATED: &'static str;
 
-    /// Load the entity: its stored state from Cassandra plus the partition's tail.
+    /// Whether the home still takes commands.
+    fn serving(ctx: &Self::Ctx) -> bool;
+
+    /// The stamp of the records of commands in `ctx`.
+    fn writer(ctx: &Self::Ctx) -> &avro::Writer;
+
+    /// Load the entity.
     fn load(
-        ctx: &Context,
+        ctx: &Self::Ctx,
         entity: &EntityRef,
     ) -> impl Future<Output = Result<Self::Loaded, Error>> + Send;
 
@@ -151,119 +204,172 @@ pub(crate) trait Kind: Sized + Send + 'static {
         requests: ReceiverStream<Self::In>,
     ) -> impl Future<Output = Result<tonic::Streaming<Self::Out>, tonic::Status>> + Send;
 
+    /// Run a write.
+    fn write(
+        ctx: Arc<Self::Ctx>,
+        write: Self::Write,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+
     /// The machine of a new stream, and what starts the stream.
     fn start(entity: &EntityRef, loaded: Self::Loaded) -> (Self, Start<Self::In>);
 
-    /// The stream message of command `id`.
-    fn command(&mut self, entity: &EntityRef, id: i64, command: &Command) -> Self::In;
+    /// Whether another command may go to the user function now.
+    fn accepts(&self) -> bool;
 
-    /// The user function's answer to command `id` (the one in flight).
-    fn answer(
+    /// The stream message of command `id` (`streamed`: the caller takes a stream).
+    fn command(
         &mut self,
         entity: &EntityRef,
         id: i64,
         command: &Command,
-        out: Self::Out,
-        window: &Window,
-        stamp: &Stamp<'_>,
-    ) -> Step;
+        streamed: bool,
+    ) -> Self::In;
 
-    /// The writes of the last [`Step::Done`] committed.
-    fn committed(&mut self);
+    /// A message from the user function.
+    fn message(&mut self, entity: &EntityRef, out: Self::Out, turn: &Turn<'_>)
+    -> Vec<Action<Self>>;
 
-    /// A message from the user function while no command is in flight (a protocol
-    /// violation): what to tell the user function.
-    fn unsolicited(entity: &EntityRef, out: &Self::Out) -> String;
+    /// A write finished.
+    fn written(
+        &mut self,
+        entity: &EntityRef,
+        token: u64,
+        result: Result<(), Error>,
+    ) -> Vec<Action<Self>>;
+
+    /// An input from outside the stream.
+    fn input(
+        &mut self,
+        entity: &EntityRef,
+        input: Self::Input,
+        turn: &Turn<'_>,
+    ) -> Vec<Action<Self>> {
+        let _ = (entity, input, turn);
+        Vec::new()
+    }
+
+    /// The client of streamed call `id` went away.
+    fn cancelled(&mut self, entity: &EntityRef, id: i64) -> Vec<Action<Self>> {
+        let _ = (entity, id);
+        Vec::new()
+    }
+
+    /// Whether the entity may be passivated when idle (no call in flight).
+    fn may_passivate(&self) -> bool {
+        true
+    }
 }
 
-/// What the entities of one partition share: the processor's [`Env`], the partition's writer
-/// and tail, and the registry of active mailboxes.
-pub(crate) struct Context {
-    pub(crate) env: Arc<Env>,
-    pub(crate) host: Arc<dyn Host>,
-    pub(crate) partition: u32,
-    /// Who writes: this processor instance, with the partition's owner epoch.
-    pub(crate) writer_id: avro::Writer,
-    pub(crate) writer: partition_writer::Handle<Typed>,
-    pub(crate) tail: Arc<Tail>,
-    serving: AtomicBool,
-    /// Cancelled when the partition stops: entities finish their command and end.
-    pub(crate) stop: CancellationToken,
-    mailboxes: std::sync::Mutex<HashMap<String, Mailbox>>,
+/// What the kind may read while it handles a message.
+pub(crate) struct Turn<'a> {
+    pub(crate) window: &'a Window,
+    pub(crate) stamp: &'a Stamp<'a>,
+}
+
+/// The active entities of one kind in one home (a partition, the processor's CRDT replicas):
+/// their mailboxes.
+pub(crate) struct Home<K: Kind> {
+    pub(crate) ctx: Arc<K::Ctx>,
+    env: Arc<Env>,
+    host: Arc<dyn Host>,
+    /// The partition, for "not served here" answers (`None`: any processor serves).
+    partition: Option<u32>,
+    /// Cancelled when the home stops: entities finish their commands and end.
+    stop: CancellationToken,
+    mailboxes: std::sync::Mutex<HashMap<String, Mailbox<K>>>,
     next_instance: AtomicU64,
 }
 
-impl Context {
-    /// The entities of partition `partition`, owned since `epoch`, writing through `writer`.
+/// An active entity's mailbox: its instance number (a restarted entity is another instance
+/// with the same key), the command queue and the outside inputs.
+struct Mailbox<K: Kind> {
+    instance: u64,
+    commands: mpsc::Sender<Envelope>,
+    inputs: mpsc::Sender<K::Input>,
+}
+
+impl<K: Kind> Home<K> {
     pub(crate) fn new(
+        ctx: Arc<K::Ctx>,
         env: Arc<Env>,
         host: Arc<dyn Host>,
-        partition: u32,
-        epoch: i64,
-        writer: partition_writer::Handle<Typed>,
-        tail: Arc<Tail>,
+        partition: Option<u32>,
+        stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            writer_id: avro::Writer {
-                processor_id: env.processor_id.clone(),
-                epoch,
-            },
-            stop: env.shutdown.child_token(),
+            ctx,
             env,
             host,
             partition,
-            writer,
-            tail,
-            serving: AtomicBool::new(true),
+            stop,
             mailboxes: std::sync::Mutex::new(HashMap::new()),
             next_instance: AtomicU64::new(0),
         })
     }
 
-    /// Whether the partition serves: not stopping, its writer still running.
-    pub(crate) fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped()
+    fn not_serving(&self) -> Error {
+        match self.partition {
+            Some(p) => self.host.not_serving(p),
+            None => Error::ShuttingDown,
+        }
     }
 
-    /// Stop taking commands (revoke or shutdown); entities finish the command in flight.
-    pub(crate) fn stop_serving(&self) {
-        self.serving.store(false, Ordering::Release);
+    /// Stop: entities finish their commands and end.
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 
-    /// Active mailboxes of this partition.
-    pub(crate) fn active_here(&self) -> usize {
+    /// Active entities of this home.
+    pub(crate) fn active(&self) -> usize {
         self.mailboxes.lock().expect("mailboxes lock").len()
     }
 
-    /// Hand a command to its entity's mailbox, starting the entity (of kind `K`) if it is not
-    /// active.
-    pub(crate) fn send<K: Kind>(
+    /// Hand an input to the entity `key`, if it is active (false: it is not).
+    pub(crate) fn input(&self, key: &str, input: K::Input) -> bool {
+        let mailboxes = self.mailboxes.lock().expect("mailboxes lock");
+        match mailboxes.get(key) {
+            Some(mailbox) => mailbox.inputs.try_send(input).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The keys of the active entities.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.mailboxes
+            .lock()
+            .expect("mailboxes lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Hand a command to its entity's mailbox, starting the entity if it is not active.
+    pub(crate) fn send(
         self: &Arc<Self>,
         entity: EntityRef,
         command: Command,
-        reply: ReplyTo,
-    ) -> Result<(), (Error, ReplyTo)> {
+        caller: Caller,
+    ) -> Result<(), (Error, Caller)> {
         let mut mailboxes = self.mailboxes.lock().expect("mailboxes lock");
-        if !self.is_serving() {
-            return Err((self.host.not_serving(self.partition), reply));
+        if self.stop.is_cancelled() || !K::serving(&self.ctx) {
+            return Err((self.not_serving(), caller));
         }
         let envelope = match mailboxes.get(&entity.key) {
-            Some((_, tx)) => match tx.try_send((command, reply)) {
+            Some(mailbox) => match mailbox.commands.try_send((command, caller)) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full((_, reply))) => {
+                Err(mpsc::error::TrySendError::Full((_, caller))) => {
                     return Err((
                         Error::Overloaded(format!(
                             "entity {} has {MAILBOX} commands waiting; slow down",
                             entity.id
                         )),
-                        reply,
+                        caller,
                     ));
                 }
                 // The entity ended (passivated or crashed) after we looked: start a new one.
                 Err(mpsc::error::TrySendError::Closed(envelope)) => envelope,
             },
-            None => (command, reply),
+            None => (command, caller),
         };
         let max_active = self.env.max_active;
         if self.env.active.load(Ordering::Relaxed) >= max_active {
@@ -274,13 +380,21 @@ impl Context {
                 envelope.1,
             ));
         }
-        let (tx, rx) = mpsc::channel(MAILBOX);
-        tx.try_send(envelope).expect("a new mailbox has room");
+        let (commands, rx) = mpsc::channel(MAILBOX);
+        commands.try_send(envelope).expect("a new mailbox has room");
+        let (inputs, inputs_rx) = mpsc::channel(MAILBOX);
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        mailboxes.insert(entity.key.clone(), (instance, tx));
+        mailboxes.insert(
+            entity.key.clone(),
+            Mailbox {
+                instance,
+                commands,
+                inputs,
+            },
+        );
         let active = self.env.active.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(m::ACTIVE_ENTITIES).set(active as f64);
-        tokio::spawn(run::<K>(Arc::clone(self), entity, instance, rx));
+        tokio::spawn(run(Arc::clone(self), entity, instance, rx, inputs_rx));
         Ok(())
     }
 
@@ -298,7 +412,7 @@ impl Context {
     /// Called by an entity that ends for any other reason.
     fn forget(&self, key: &str, instance: u64) {
         let mut mailboxes = self.mailboxes.lock().expect("mailboxes lock");
-        if mailboxes.get(key).is_some_and(|(i, _)| *i == instance) {
+        if mailboxes.get(key).is_some_and(|m| m.instance == instance) {
             mailboxes.remove(key);
         }
     }
@@ -314,65 +428,117 @@ struct Session<K: Kind> {
     last_command_id: i64,
 }
 
+/// A call in flight.
+struct Call {
+    command: Command,
+    /// Unary: the caller until answered. Streamed: the relay of its elements.
+    target: Target,
+    /// Unary calls only.
+    deadline: Option<Instant>,
+}
+
+enum Target {
+    Unary(oneshot::Sender<Result<Outcome, Error>>),
+    Stream(mpsc::Sender<Relayed>),
+}
+
+/// What the relay task of a streamed call does next.
+enum Relayed {
+    /// Run the side effects, then send the element (if any).
+    Element {
+        side_effects: Vec<cs::SideEffect>,
+        then: Option<Then>,
+    },
+    Fail(Error),
+}
+
+type Pending<T> = FuturesUnordered<Pin<Box<dyn Future<Output = T> + Send>>>;
+
 struct Entity<K: Kind> {
-    ctx: Arc<Context>,
+    home: Arc<Home<K>>,
     entity: EntityRef,
     session: Option<Session<K>>,
     window: Window,
+    calls: HashMap<i64, Call>,
+    writes: Pending<(u64, Result<(), Error>)>,
+    /// Streamed calls whose client went away.
+    cancels: (mpsc::Sender<i64>, mpsc::Receiver<i64>),
+    /// Refusing every command (a deleted CRDT).
+    refuse: Option<String>,
 }
 
-/// The entity task. Ends when passivated, when its partition stops, or when its mailbox closes.
+/// The entity task. Ends when passivated, when its home stops, or when its mailbox closes.
 async fn run<K: Kind>(
-    ctx: Arc<Context>,
+    home: Arc<Home<K>>,
     entity: EntityRef,
     instance: u64,
     mut rx: mpsc::Receiver<Envelope>,
+    mut inputs: mpsc::Receiver<K::Input>,
 ) {
     let idle = entity
         .info
         .passivation_timeout
-        .unwrap_or(ctx.env.passivation);
-    let mut mailbox = Entity::<K> {
-        ctx: Arc::clone(&ctx),
+        .unwrap_or(home.env.passivation);
+    let mut this = Entity::<K> {
+        home: Arc::clone(&home),
         entity,
         session: None,
         window: Window::default(),
+        calls: HashMap::new(),
+        writes: FuturesUnordered::new(),
+        cancels: mpsc::channel(MAILBOX),
+        refuse: None,
     };
     let mut passivated = false;
     loop {
-        let (command, reply) = tokio::select! {
+        let accepts = this.session.as_ref().is_none_or(|s| s.machine.accepts());
+        let idle_now = this.calls.is_empty()
+            && this.writes.is_empty()
+            && this
+                .session
+                .as_ref()
+                .is_none_or(|s| s.machine.may_passivate());
+        let deadline = this.calls.values().filter_map(|c| c.deadline).min();
+        tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => break,
-            envelope = rx.recv() => match envelope {
-                Some(envelope) => envelope,
+            // Stopping: once only streamed calls are left (they end with the entity).
+            _ = home.stop.cancelled(), if this.only_streams() && this.writes.is_empty() => break,
+            Some((token, result)) = this.writes.next(), if !this.writes.is_empty() => {
+                this.on_written(token, result);
+            }
+            message = next_message(&mut this.session) => this.on_message(message),
+            Some(id) = this.cancels.1.recv() => this.on_cancelled(id),
+            Some(input) = inputs.recv() => this.on_input(input),
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                this.on_deadline();
+            }
+            envelope = rx.recv(), if accepts && !home.stop.is_cancelled() => match envelope {
+                Some((command, caller)) => this.on_command(command, caller).await,
                 None => break,
             },
-            // The user function spoke while no command was in flight, or closed the stream.
-            message = next_message(&mut mailbox.session) => {
-                mailbox.unsolicited(message);
-                continue;
-            }
-            _ = tokio::time::sleep(idle) => {
-                if ctx.try_passivate(&mailbox.entity.key, &rx) {
+            _ = tokio::time::sleep(idle), if idle_now => {
+                if home.try_passivate(&this.entity.key, &rx) {
                     passivated = true;
-                    debug!(entity = %mailbox.entity.key, "passivated");
+                    debug!(entity = %this.entity.key, "passivated");
                     break;
                 }
-                continue;
             }
-        };
-        mailbox.handle(command, reply).await;
+        }
     }
     if !passivated {
-        ctx.forget(&mailbox.entity.key, instance);
+        home.forget(&this.entity.key, instance);
     }
     // Commands that arrived after the decision to stop go back to their router to retry.
     rx.close();
-    while let Ok((_, reply)) = rx.try_recv() {
-        let _ = reply.send(Err(ctx.host.not_serving(ctx.partition)));
+    while let Ok((_, caller)) = rx.try_recv() {
+        caller.fail(home.not_serving());
     }
-    mailbox.close_session().await;
-    let active = ctx.env.active.fetch_sub(1, Ordering::Relaxed) - 1;
+    // Streamed calls end with the entity (their clients see the end of the stream).
+    this.calls
+        .retain(|_, c| matches!(c.target, Target::Unary(_)));
+    this.fail_all(|| Error::EntityFailure(K::TERMINATED.to_string()));
+    this.close_session().await;
+    let active = home.env.active.fetch_sub(1, Ordering::Relaxed) - 1;
     metrics::gauge!(m::ACTIVE_ENTITIES).set(active as f64);
 }
 
@@ -387,145 +553,330 @@ async fn next_message<K: Kind>(
 }
 
 impl<K: Kind> Entity<K> {
-    async fn handle(&mut self, command: Command, reply: ReplyTo) {
-        let ctx = &self.ctx;
+    fn only_streams(&self) -> bool {
+        self.calls
+            .values()
+            .all(|c| matches!(c.target, Target::Stream(_)))
+    }
+
+    async fn on_command(&mut self, command: Command, caller: Caller) {
+        let home = &self.home;
         // Queued before a pause? Then the partition may be someone else's by now.
-        if !ctx.host.may_serve() || !ctx.is_serving() {
-            let _ = reply.send(Err(ctx.host.not_serving(ctx.partition)));
+        if !home.host.may_serve() || !K::serving(&home.ctx) {
+            caller.fail(home.not_serving());
+            return;
+        }
+        if let Some(text) = &self.refuse {
+            caller.fail(Error::EntityFailure(text.clone()));
             return;
         }
         if command.deadline.is_some_and(|d| d <= Instant::now()) {
-            let _ = reply.send(Err(Error::DeadlineExceeded));
+            caller.fail(Error::DeadlineExceeded);
             return;
         }
         if self.session.is_none()
             && let Err(e) = self.activate().await
         {
             warn!(entity = %self.entity.key, error = %e, "activation failed");
-            let _ = reply.send(Err(e));
+            caller.fail(e);
             return;
         }
-        if let Some(stored) = command
-            .idempotency_key
-            .as_deref()
-            .and_then(|k| self.window.get(k))
-        {
-            let _ = reply.send(Ok(Outcome {
-                reply: stored.clone(),
-                deduplicated: true,
-            }));
-            return;
-        }
-        match self.run_command(&command).await {
-            Ok(step) => self.finish(command, reply, step).await,
-            Err(e) => {
-                // The stream is no longer usable for this entity: the next command starts a
-                // new one from the stored state.
-                self.session = None;
-                let _ = reply.send(Err(e));
+        if let (Caller::Unary(_), Some(stored)) = (
+            &caller,
+            command
+                .idempotency_key
+                .as_deref()
+                .and_then(|k| self.window.get(k)),
+        ) {
+            let stored = stored.clone();
+            if let Caller::Unary(tx) = caller {
+                let _ = tx.send(Ok(Outcome {
+                    reply: stored,
+                    deduplicated: true,
+                }));
             }
+            return;
         }
-    }
-
-    /// Send one command and turn the user function's answer into a step.
-    async fn run_command(&mut self, command: &Command) -> Result<Step, Error> {
-        let terminated = || Error::EntityFailure(K::TERMINATED.to_string());
         let session = self.session.as_mut().expect("activated");
         session.last_command_id += 1;
         let id = session.last_command_id;
-        let message = session.machine.command(&self.entity, id, command);
-        if session.tx.send(message).await.is_err() {
-            return Err(terminated());
-        }
-        let deadline = command
-            .deadline
-            .unwrap_or_else(|| Instant::now() + DEFAULT_COMMAND_TIMEOUT);
-        let out = match tokio::time::timeout_at(deadline, session.rx.recv()).await {
-            // The user function is too slow: its later answer can no longer be trusted to
-            // belong to this command.
-            Err(_) => return Err(Error::DeadlineExceeded),
-            Ok(Some(Ok(out))) => out,
-            Ok(Some(Err(status))) => {
-                warn!(entity = %self.entity.key, %status, "entity stream failed");
-                return Err(terminated());
-            }
-            Ok(None) => return Err(terminated()),
-        };
-        let ctx = &self.ctx;
-        let host = &ctx.host;
-        let next_id = || host.next_command_id();
-        let stamp = Stamp::new(ctx.env.service.as_str(), &ctx.writer_id, now_ms(), &next_id);
-        Ok(session
+        let streamed = matches!(caller, Caller::Stream(_));
+        let message = session
             .machine
-            .answer(&self.entity, id, command, out, &self.window, &stamp))
+            .command(&self.entity, id, &command, streamed);
+        let (target, deadline) = match caller {
+            Caller::Unary(tx) => (
+                Target::Unary(tx),
+                Some(
+                    command
+                        .deadline
+                        .unwrap_or_else(|| Instant::now() + DEFAULT_COMMAND_TIMEOUT),
+                ),
+            ),
+            Caller::Stream(out) => (
+                Target::Stream(relay(
+                    Arc::clone(&self.home.host),
+                    &command,
+                    out,
+                    id,
+                    self.cancels.0.clone(),
+                )),
+                None,
+            ),
+        };
+        self.calls.insert(
+            id,
+            Call {
+                command,
+                target,
+                deadline,
+            },
+        );
+        if session.tx.send(message).await.is_err() {
+            self.crash(K::TERMINATED.to_string(), None);
+        }
     }
 
-    async fn finish(&mut self, command: Command, reply: ReplyTo, step: Step) {
-        let (writes, then, side_effects) = match step {
-            Step::Crash { text, report } => {
-                self.session = None;
-                if let Some(report) = report {
-                    tokio::spawn(Arc::clone(&self.ctx.host).report_error(report));
-                }
-                let _ = reply.send(Err(Error::EntityFailure(text)));
-                return;
-            }
-            Step::Restart(answer) => {
-                self.session = None;
-                let _ = reply.send(Ok(Outcome::new(answer)));
-                return;
-            }
-            Step::Done {
-                writes,
-                then,
-                side_effects,
-            } => (writes, then, side_effects),
+    fn turn_actions(&mut self, f: impl FnOnce(&mut K, &EntityRef, &Turn<'_>) -> Vec<Action<K>>) {
+        let Some(session) = self.session.as_mut() else {
+            return;
         };
-        let wrote = !writes.is_empty();
-        if wrote {
-            if let Err(e) = persist(&self.ctx, writes).await {
-                // The user function already applied the change: its state is ahead of what is
-                // stored. Drop the stream so the next command starts from the stored state.
-                self.session = None;
-                let _ = reply.send(Err(e));
-                return;
+        let home = &self.home;
+        let host = &home.host;
+        let next_id = || host.next_command_id();
+        let stamp = Stamp::new(
+            home.env.service.as_str(),
+            K::writer(&home.ctx),
+            now_ms(),
+            &next_id,
+        );
+        let turn = Turn {
+            window: &self.window,
+            stamp: &stamp,
+        };
+        let actions = f(&mut session.machine, &self.entity, &turn);
+        self.perform(actions);
+    }
+
+    fn on_message(&mut self, message: Option<Result<K::Out, tonic::Status>>) {
+        match message {
+            Some(Ok(out)) => {
+                self.turn_actions(|machine, entity, turn| machine.message(entity, out, turn))
             }
-            if let Some(session) = &mut self.session {
-                session.machine.committed();
+            Some(Err(status)) => {
+                warn!(entity = %self.entity.key, %status, "entity stream failed");
+                self.crash(K::TERMINATED.to_string(), None);
+            }
+            None => {
+                debug!(entity = %self.entity.key, "the user function closed the entity stream");
+                self.crash(K::TERMINATED.to_string(), None);
             }
         }
-        if let (true, Some(key), Then::Reply(answer)) = (wrote, &command.idempotency_key, &then)
-            && !answer.is_failure()
-        {
-            self.window.remember(key.clone(), answer.clone());
+    }
+
+    fn on_written(&mut self, token: u64, result: Result<(), Error>) {
+        if let Some(session) = self.session.as_mut() {
+            let actions = session.machine.written(&self.entity, token, result);
+            self.perform(actions);
         }
-        match then {
-            Then::Reply(answer) if side_effects.is_empty() => {
-                let _ = reply.send(Ok(Outcome::new(answer)));
+    }
+
+    fn on_input(&mut self, input: K::Input) {
+        self.turn_actions(|machine, entity, turn| machine.input(entity, input, turn));
+    }
+
+    fn on_cancelled(&mut self, id: i64) {
+        if !self.calls.contains_key(&id) {
+            return;
+        }
+        if let Some(session) = self.session.as_mut() {
+            let actions = session.machine.cancelled(&self.entity, id);
+            self.perform(actions);
+        }
+    }
+
+    fn on_deadline(&mut self) {
+        let now = Instant::now();
+        let late: Vec<i64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        for id in late {
+            if let Some(call) = self.calls.remove(&id) {
+                fail(call.target, Error::DeadlineExceeded);
             }
-            then => {
-                let host = Arc::clone(&self.ctx.host);
-                tokio::spawn(async move {
-                    let outcome =
-                        effects::run(host, side_effects, then, command.hops + 1, command.deadline)
+        }
+        // The user function is too slow: its later answers can no longer be trusted to belong
+        // to their commands. Start over with the next command.
+        self.drop_session();
+    }
+
+    fn perform(&mut self, actions: Vec<Action<K>>) {
+        for action in actions {
+            match action {
+                Action::Send(message) => {
+                    let sent = self
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.tx.try_send(message).is_ok());
+                    if !sent {
+                        self.crash(K::TERMINATED.to_string(), None);
+                        return;
+                    }
+                }
+                Action::Write { token, write } => {
+                    let ctx = Arc::clone(&self.home.ctx);
+                    self.writes
+                        .push(Box::pin(async move { (token, K::write(ctx, write).await) }));
+                }
+                Action::Answer {
+                    id,
+                    then,
+                    side_effects,
+                    remember,
+                } => self.answer(id, then, side_effects, remember),
+                Action::End { id } => {
+                    // Dropping the relay's sender ends the call once its elements went out.
+                    self.calls.remove(&id);
+                }
+                Action::Fail { id, error } => {
+                    if let Some(call) = self.calls.remove(&id) {
+                        fail(call.target, error);
+                    }
+                }
+                Action::Effects(side_effects) => {
+                    if !side_effects.is_empty() {
+                        let host = Arc::clone(&self.home.host);
+                        tokio::spawn(async move {
+                            let _ = effects::run_side_effects(&host, side_effects, 1, None).await;
+                        });
+                    }
+                }
+                Action::Crash { text, report } => {
+                    self.crash(text, report);
+                    return;
+                }
+                Action::Drop => {
+                    self.drop_session();
+                    return;
+                }
+                Action::Close { refuse } => {
+                    self.refuse = Some(refuse);
+                    if let Some(session) = self.session.take() {
+                        // Half-close; the user function ends its side.
+                        drop(session.tx);
+                        tokio::spawn(drain(session.rx));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn answer(
+        &mut self,
+        id: i64,
+        then: Option<Then>,
+        side_effects: Vec<cs::SideEffect>,
+        remember: bool,
+    ) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        match &call.target {
+            Target::Stream(relay) => {
+                if relay
+                    .try_send(Relayed::Element { side_effects, then })
+                    .is_err()
+                {
+                    // The client reads too slowly (or is gone): its call ends.
+                    if let Some(call) = self.calls.remove(&id) {
+                        fail(
+                            call.target,
+                            Error::Overloaded("the client does not keep up with its stream".into()),
+                        );
+                    }
+                }
+            }
+            Target::Unary(_) => {
+                let Some(Call {
+                    command,
+                    target: Target::Unary(tx),
+                    ..
+                }) = self.calls.remove(&id)
+                else {
+                    unreachable!("checked above");
+                };
+                let then = then.unwrap_or(Then::Reply(Reply::Empty));
+                if let (true, Some(key), Then::Reply(reply)) =
+                    (remember, &command.idempotency_key, &then)
+                    && !reply.is_failure()
+                {
+                    self.window.remember(key.clone(), reply.clone());
+                }
+                match then {
+                    Then::Reply(reply) if side_effects.is_empty() => {
+                        let _ = tx.send(Ok(Outcome::new(reply)));
+                    }
+                    then => {
+                        let host = Arc::clone(&self.home.host);
+                        tokio::spawn(async move {
+                            let outcome = effects::run(
+                                host,
+                                side_effects,
+                                then,
+                                command.hops + 1,
+                                command.deadline,
+                            )
                             .await;
-                    let _ = reply.send(outcome);
-                });
+                            let _ = tx.send(outcome);
+                        });
+                    }
+                }
             }
+        }
+    }
+
+    /// Fail every call in flight, drop the stream.
+    fn crash(&mut self, text: String, report: Option<String>) {
+        if let Some(report) = report {
+            tokio::spawn(Arc::clone(&self.home.host).report_error(report));
+        }
+        self.fail_all(|| Error::EntityFailure(text.clone()));
+        self.session = None;
+    }
+
+    /// Drop the stream after the answers; calls still in flight fail.
+    fn drop_session(&mut self) {
+        self.fail_all(|| Error::EntityFailure(K::TERMINATED.to_string()));
+        self.session = None;
+    }
+
+    fn fail_all(&mut self, error: impl Fn() -> Error) {
+        for (_, call) in self.calls.drain() {
+            fail(call.target, error());
         }
     }
 
     /// Load the entity, open its stream and send what starts it.
     async fn activate(&mut self) -> Result<(), Error> {
-        let loaded = K::load(&self.ctx, &self.entity).await?;
+        // Writes of a dropped stream finish first: what the new stream starts from must
+        // include them (or know they failed).
+        while self.writes.next().await.is_some() {}
+        let loaded = K::load(&self.home.ctx, &self.entity).await?;
         let (machine, start) = K::start(&self.entity, loaded);
         self.window.clear();
         for (key, reply) in start.remembered {
             self.window.remember(key, reply);
         }
-        let (tx, requests) = mpsc::channel(64);
-        let (answers, rx) = mpsc::channel(16);
-        let uf = self.ctx.env.uf.clone();
+        let (tx, requests) = mpsc::channel(MAILBOX);
+        let (answers, rx) = mpsc::channel(MAILBOX);
+        let uf = self.home.env.uf.clone();
         tokio::spawn(async move {
             let mut stream = match K::open(&uf, ReceiverStream::new(requests)).await {
                 Ok(stream) => stream,
@@ -555,7 +906,7 @@ impl<K: Kind> Entity<K> {
             if tx.send(message).await.is_err() {
                 return Err(Error::UserFunction(format!(
                     "the entity stream to {} closed during activation",
-                    self.ctx.env.uf.address()
+                    self.home.env.uf.address()
                 )));
             }
         }
@@ -570,22 +921,6 @@ impl<K: Kind> Entity<K> {
         Ok(())
     }
 
-    /// A message (or the end of the stream) while no command is in flight.
-    fn unsolicited(&mut self, message: Option<Result<K::Out, tonic::Status>>) {
-        self.session = None;
-        match message {
-            None => debug!(entity = %self.entity.key, "the user function closed the entity stream"),
-            Some(Err(status)) => {
-                warn!(entity = %self.entity.key, %status, "entity stream failed while idle")
-            }
-            Some(Ok(out)) => {
-                let report = K::unsolicited(&self.entity, &out);
-                warn!(entity = %self.entity.key, report, "message from the user function while no command was in flight");
-                tokio::spawn(Arc::clone(&self.ctx.host).report_error(report));
-            }
-        }
-    }
-
     /// Half-close the stream and wait (bounded) for the user function to close it too.
     async fn close_session(&mut self) {
         if let Some(mut session) = self.session.take() {
@@ -598,30 +933,95 @@ impl<K: Kind> Entity<K> {
     }
 }
 
-/// Commit `writes` in the partition's next transaction.
-async fn persist(ctx: &Context, writes: Vec<Written>) -> Result<(), Error> {
-    let mut records = Vec::with_capacity(writes.len());
-    let mut typed = Vec::with_capacity(writes.len());
-    for written in writes {
-        records.push(written.to_kafka(&ctx.env.topics)?);
-        typed.push(Arc::new(written));
+fn fail(target: Target, error: Error) {
+    match target {
+        Target::Unary(tx) => {
+            let _ = tx.send(Err(error));
+        }
+        Target::Stream(relay) => {
+            let _ = relay.try_send(Relayed::Fail(error));
+        }
     }
-    let n = records.len();
-    ctx.writer.append_with(records, typed).await?;
-    metrics::counter!(m::RECORDS_PERSISTED).increment(n as u64);
-    Ok(())
+}
+
+/// Read a half-closed stream to its end (bounded), so the user function's side completes.
+async fn drain<T>(mut rx: mpsc::Receiver<T>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.recv().await.is_some() {}
+    })
+    .await;
+}
+
+/// The relay task of a streamed call: runs each element's side effects and forward in order,
+/// sends the element, and tells the entity when the client went away.
+fn relay(
+    host: Arc<dyn Host>,
+    command: &Command,
+    out: mpsc::Sender<Result<Outcome, Error>>,
+    id: i64,
+    cancels: mpsc::Sender<i64>,
+) -> mpsc::Sender<Relayed> {
+    let (tx, mut rx) = mpsc::channel::<Relayed>(STREAM_BUFFER);
+    let hops = command.hops + 1;
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = out.closed() => {
+                    let _ = cancels.send(id).await;
+                    return;
+                }
+            };
+            match next {
+                // The entity ended the call.
+                None => return,
+                Some(Relayed::Fail(error)) => {
+                    let _ = out.send(Err(error)).await;
+                    return;
+                }
+                Some(Relayed::Element { side_effects, then }) => {
+                    let outcome = match then {
+                        Some(then) => Some(
+                            effects::run(Arc::clone(&host), side_effects, then, hops, None).await,
+                        ),
+                        None => effects::run_side_effects(&host, side_effects, hops, None)
+                            .await
+                            .err()
+                            .map(Err),
+                    };
+                    if let Some(outcome) = outcome {
+                        let failed =
+                            outcome.is_err() || matches!(&outcome, Ok(o) if o.reply.is_failure());
+                        if out.send(outcome).await.is_err() {
+                            let _ = cancels.send(id).await;
+                            return;
+                        }
+                        if failed {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// The protocol `Command` of an entity command: id `id` of the stream, the method name, the
 /// payload, and no metadata (entities get none: the reference proxy sends none, and the TCK
 /// compares the messages exactly).
-pub(crate) fn protocol_command(entity: &EntityRef, id: i64, command: &Command) -> cs::Command {
+pub(crate) fn protocol_command(
+    entity: &EntityRef,
+    id: i64,
+    command: &Command,
+    streamed: bool,
+) -> cs::Command {
     cs::Command {
         entity_id: entity.id.clone(),
         id,
         name: command.method.name.clone(),
         payload: Some(command.payload_any()),
-        streamed: false,
+        streamed,
         metadata: None,
     }
 }

@@ -27,9 +27,13 @@ use statehouse_store::{JournalRow, SnapshotRow};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
+use std::sync::Arc;
+
 use crate::Error;
 use crate::command::{Command, Reply, Then};
-use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window, protocol_command};
+use crate::entity::{Action, EntityRef, Kind, Stamp, Start, Turn, Window, protocol_command};
+use crate::journal::Journal;
+use crate::kinds::journaled::{self, InFlight, Serial, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -43,6 +47,7 @@ pub(crate) struct EventSourced {
     last_seq: i64,
     /// Events of the answer waiting for their commit.
     pending: i64,
+    serial: Serial,
 }
 
 /// An entity's history as activation found it.
@@ -67,10 +72,21 @@ impl Kind for EventSourced {
     type In = EventSourcedStreamIn;
     type Out = EventSourcedStreamOut;
     type Loaded = Loaded;
+    type Ctx = Journal;
+    type Write = Vec<Written>;
+    type Input = std::convert::Infallible;
 
     const TERMINATED: &'static str = "Unexpected entity termination";
 
-    async fn load(ctx: &Context, entity: &EntityRef) -> Result<Loaded, Error> {
+    fn serving(ctx: &Journal) -> bool {
+        journaled::serving(ctx)
+    }
+
+    fn writer(ctx: &Journal) -> &avro::Writer {
+        &ctx.writer_id
+    }
+
+    async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the events.
         let tail: Vec<EventRecord> = ctx
             .tail
@@ -119,6 +135,10 @@ impl Kind for EventSourced {
         Ok(uf.event_sourced().handle(requests).await?.into_inner())
     }
 
+    async fn write(ctx: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
+        journaled::write(ctx, writes).await
+    }
+
     fn start(entity: &EntityRef, loaded: Loaded) -> (Self, Start<EventSourcedStreamIn>) {
         let mut messages = Vec::with_capacity(loaded.events.len() + 1);
         messages.push(EventSourcedStreamIn {
@@ -143,6 +163,7 @@ impl Kind for EventSourced {
             EventSourced {
                 last_seq: loaded.last_seq,
                 pending: 0,
+                serial: Serial::default(),
             },
             Start {
                 messages,
@@ -151,23 +172,68 @@ impl Kind for EventSourced {
         )
     }
 
-    fn command(&mut self, entity: &EntityRef, id: i64, command: &Command) -> EventSourcedStreamIn {
-        EventSourcedStreamIn {
-            message: Some(event_sourced_stream_in::Message::Command(protocol_command(
-                entity, id, command,
-            ))),
-        }
+    fn accepts(&self) -> bool {
+        self.serial.accepts()
     }
 
-    fn answer(
+    fn command(
         &mut self,
         entity: &EntityRef,
         id: i64,
         command: &Command,
+        _streamed: bool,
+    ) -> EventSourcedStreamIn {
+        self.serial.begin(id, command);
+        EventSourcedStreamIn {
+            message: Some(event_sourced_stream_in::Message::Command(protocol_command(
+                entity, id, command, false,
+            ))),
+        }
+    }
+
+    fn message(
+        &mut self,
+        entity: &EntityRef,
+        out: EventSourcedStreamOut,
+        turn: &Turn<'_>,
+    ) -> Vec<Action<Self>> {
+        let Some(in_flight) = self.serial.take() else {
+            let report = unsolicited(entity, &out);
+            warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
+            return vec![Action::Crash {
+                text: Self::TERMINATED.to_string(),
+                report: Some(report),
+            }];
+        };
+        let step = self.answer(entity, &in_flight, out, turn.window, turn.stamp);
+        self.serial.step(in_flight, step)
+    }
+
+    fn written(
+        &mut self,
+        _entity: &EntityRef,
+        _token: u64,
+        result: Result<(), Error>,
+    ) -> Vec<Action<Self>> {
+        let (committed, actions) = self.serial.written(result);
+        if committed {
+            self.committed();
+        }
+        actions
+    }
+}
+
+impl EventSourced {
+    /// The step the user function's answer to `command` (the one in flight) leads to.
+    pub(crate) fn answer(
+        &mut self,
+        entity: &EntityRef,
+        command: &InFlight,
         out: EventSourcedStreamOut,
         _window: &Window,
         stamp: &Stamp<'_>,
     ) -> Step {
+        let id = command.id;
         let reply = match out.message {
             Some(event_sourced_stream_out::Message::Reply(reply)) => reply,
             Some(event_sourced_stream_out::Message::Failure(failure)) => {
@@ -252,29 +318,27 @@ impl Kind for EventSourced {
         }
     }
 
-    fn committed(&mut self) {
+    pub(crate) fn committed(&mut self) {
         self.last_seq += std::mem::take(&mut self.pending);
-    }
-
-    fn unsolicited(entity: &EntityRef, out: &EventSourcedStreamOut) -> String {
-        format!(
-            "entity {} sent {:?} while no command was outstanding",
-            entity.key,
-            out.message.as_ref().map(|m| match m {
-                event_sourced_stream_out::Message::Reply(r) =>
-                    format!("a reply to command {}", r.command_id),
-                event_sourced_stream_out::Message::Failure(f) =>
-                    format!("a failure ({})", f.description),
-            })
-        )
     }
 }
 
+/// What the user function sent while no command was in flight.
+fn unsolicited(entity: &EntityRef, out: &EventSourcedStreamOut) -> String {
+    format!(
+        "entity {} sent {:?} while no command was outstanding",
+        entity.key,
+        out.message.as_ref().map(|m| match m {
+            event_sourced_stream_out::Message::Reply(r) =>
+                format!("a reply to command {}", r.command_id),
+            event_sourced_stream_out::Message::Failure(f) =>
+                format!("a failure ({})", f.description),
+        })
+    )
+}
+
 fn crash(text: &str, report: Option<String>) -> Step {
-    Step::Crash {
-        text: text.to_string(),
-        report,
-    }
+    Step::crash(text, report)
 }
 
 /// The history to replay: the newest snapshot (Cassandra's or one in the tail) and the events

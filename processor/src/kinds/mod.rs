@@ -3,11 +3,13 @@
 //! Kafka, no Cassandra and no user function.
 //!
 //! * [`event_sourced`] and [`value`] implement [`crate::entity::Kind`]: the generic entity
-//!   mailbox runs them.
+//!   mailbox runs them; [`journaled`] is what the two share (one command at a time, records
+//!   committed through the partition's journal before the answer).
 //! * [`action`] maps action commands and responses; `crate::action` runs the calls.
 
 pub(crate) mod action;
 pub(crate) mod event_sourced;
+pub(crate) mod journaled;
 pub(crate) mod value;
 
 #[cfg(test)]

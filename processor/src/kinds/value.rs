@@ -25,9 +25,13 @@ use statehouse_store::ValueRow;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
+use std::sync::Arc;
+
 use crate::Error;
 use crate::command::{Command, Reply, Then};
-use crate::entity::{Context, EntityRef, Kind, Stamp, Start, Step, Window, protocol_command};
+use crate::entity::{Action, EntityRef, Kind, Stamp, Start, Turn, Window, protocol_command};
+use crate::journal::Journal;
+use crate::kinds::journaled::{self, InFlight, Serial, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -41,6 +45,7 @@ pub(crate) struct Value {
     seq: i64,
     /// A write of the last answer waits for its commit.
     pending: bool,
+    serial: Serial,
 }
 
 /// The stored state of an entity, as activation found it.
@@ -55,10 +60,21 @@ impl Kind for Value {
     type In = ValueEntityStreamIn;
     type Out = ValueEntityStreamOut;
     type Loaded = Loaded;
+    type Ctx = Journal;
+    type Write = Vec<Written>;
+    type Input = std::convert::Infallible;
 
     const TERMINATED: &'static str = "Unexpected Value entity termination";
 
-    async fn load(ctx: &Context, entity: &EntityRef) -> Result<Loaded, Error> {
+    fn serving(ctx: &Journal) -> bool {
+        journaled::serving(ctx)
+    }
+
+    fn writer(ctx: &Journal) -> &avro::Writer {
+        &ctx.writer_id
+    }
+
+    async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the record.
         let newest_in_tail = ctx
             .tail
@@ -92,6 +108,10 @@ impl Kind for Value {
         Ok(uf.value_entity().handle(requests).await?.into_inner())
     }
 
+    async fn write(ctx: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
+        journaled::write(ctx, writes).await
+    }
+
     fn start(entity: &EntityRef, loaded: Loaded) -> (Self, Start<ValueEntityStreamIn>) {
         let init = ValueEntityStreamIn {
             message: Some(value_entity_stream_in::Message::Init(ValueEntityInit {
@@ -112,6 +132,7 @@ impl Kind for Value {
             Value {
                 seq: loaded.seq,
                 pending: false,
+                serial: Serial::default(),
             },
             Start {
                 messages: vec![init],
@@ -120,23 +141,68 @@ impl Kind for Value {
         )
     }
 
-    fn command(&mut self, entity: &EntityRef, id: i64, command: &Command) -> ValueEntityStreamIn {
-        ValueEntityStreamIn {
-            message: Some(value_entity_stream_in::Message::Command(protocol_command(
-                entity, id, command,
-            ))),
-        }
+    fn accepts(&self) -> bool {
+        self.serial.accepts()
     }
 
-    fn answer(
+    fn command(
         &mut self,
         entity: &EntityRef,
         id: i64,
         command: &Command,
+        _streamed: bool,
+    ) -> ValueEntityStreamIn {
+        self.serial.begin(id, command);
+        ValueEntityStreamIn {
+            message: Some(value_entity_stream_in::Message::Command(protocol_command(
+                entity, id, command, false,
+            ))),
+        }
+    }
+
+    fn message(
+        &mut self,
+        entity: &EntityRef,
+        out: ValueEntityStreamOut,
+        turn: &Turn<'_>,
+    ) -> Vec<Action<Self>> {
+        let Some(in_flight) = self.serial.take() else {
+            let report = unsolicited(entity, &out);
+            warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
+            return vec![Action::Crash {
+                text: Self::TERMINATED.to_string(),
+                report: Some(report),
+            }];
+        };
+        let step = self.answer(entity, &in_flight, out, turn.window, turn.stamp);
+        self.serial.step(in_flight, step)
+    }
+
+    fn written(
+        &mut self,
+        _entity: &EntityRef,
+        _token: u64,
+        result: Result<(), Error>,
+    ) -> Vec<Action<Self>> {
+        let (committed, actions) = self.serial.written(result);
+        if committed {
+            self.committed();
+        }
+        actions
+    }
+}
+
+impl Value {
+    /// The step the user function's answer to `command` (the one in flight) leads to.
+    pub(crate) fn answer(
+        &mut self,
+        entity: &EntityRef,
+        command: &InFlight,
         out: ValueEntityStreamOut,
         window: &Window,
         stamp: &Stamp<'_>,
     ) -> Step {
+        let id = command.id;
         let reply = match out.message {
             Some(value_entity_stream_out::Message::Reply(reply)) => reply,
             Some(value_entity_stream_out::Message::Failure(failure)) => {
@@ -245,39 +311,37 @@ impl Kind for Value {
         }
     }
 
-    fn committed(&mut self) {
+    pub(crate) fn committed(&mut self) {
         if std::mem::take(&mut self.pending) {
             self.seq += 1;
         }
     }
+}
 
-    fn unsolicited(entity: &EntityRef, out: &ValueEntityStreamOut) -> String {
-        let what = match &out.message {
-            Some(value_entity_stream_out::Message::Reply(r)) => {
-                format!("a reply to command {}", r.command_id)
-            }
-            Some(value_entity_stream_out::Message::Failure(f)) => {
-                format!("a failure ({})", f.description)
-            }
-            None => "an empty message".into(),
-        };
-        format!(
-            "Unexpected Value entity reply: entity {} sent {what} while no command was outstanding",
-            entity.key
-        )
-    }
+/// What the user function sent while no command was in flight.
+fn unsolicited(entity: &EntityRef, out: &ValueEntityStreamOut) -> String {
+    let what = match &out.message {
+        Some(value_entity_stream_out::Message::Reply(r)) => {
+            format!("a reply to command {}", r.command_id)
+        }
+        Some(value_entity_stream_out::Message::Failure(f)) => {
+            format!("a failure ({})", f.description)
+        }
+        None => "an empty message".into(),
+    };
+    format!(
+        "Unexpected Value entity reply: entity {} sent {what} while no command was outstanding",
+        entity.key
+    )
 }
 
 fn crash(text: &str, report: Option<String>) -> Step {
-    Step::Crash {
-        text: text.to_string(),
-        report,
-    }
+    Step::crash(text, report)
 }
 
 /// The recent replies a new record carries: the window's newest, then this command's if it
 /// has a key and its answer is a reply (a forward's reply is not known here).
-fn recent_with(window: &Window, command: &Command, then: &Then) -> Vec<RecentReply> {
+fn recent_with(window: &Window, command: &InFlight, then: &Then) -> Vec<RecentReply> {
     let own = match (&command.idempotency_key, then) {
         (Some(key), Then::Reply(reply)) if window.get(key).is_none() => Some(RecentReply {
             idempotency_key: key.clone(),

@@ -169,7 +169,7 @@ fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
         },
     );
     let cmd = command(&m, "u1", Some("idem"));
-    let message = machine.command(&e, 1, &cmd);
+    let message = machine.command(&e, 1, &cmd, false);
     let Some(event_sourced_stream_in::Message::Command(c)) = message.message else {
         panic!("not a command");
     };
@@ -186,8 +186,7 @@ fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
     let w = writer();
     let step = machine.answer(
         &e,
-        1,
-        &cmd,
+        &InFlight::of(1, &cmd),
         reply(1, Some(message_reply(b"ok")), 2),
         &Window::default(),
         &stamp(&w),
@@ -232,8 +231,7 @@ fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
     // A reply without events writes nothing, and committing it changes nothing.
     let step = machine.answer(
         &e,
-        2,
-        &cmd,
+        &InFlight::of(2, &cmd),
         reply(2, None, 0),
         &Window::default(),
         &stamp(&w),
@@ -266,13 +264,18 @@ fn failures_restarts_and_protocol_violations() {
         }))
     };
     // A failure with restart: answered, nothing persisted, the stream goes.
-    let step = machine.answer(&e, 1, &cmd, reply(1, failure(true), 1), &window, &stamp(&w));
+    let step = machine.answer(
+        &e,
+        &InFlight::of(1, &cmd),
+        reply(1, failure(true), 1),
+        &window,
+        &stamp(&w),
+    );
     assert_eq!(step, Step::Restart(Reply::failure("boom")));
     // Without restart it is an ordinary answer (the reference keeps events sent with it).
     let step = machine.answer(
         &e,
-        1,
-        &cmd,
+        &InFlight::of(1, &cmd),
         reply(1, failure(false), 1),
         &window,
         &stamp(&w),
@@ -290,7 +293,13 @@ fn failures_restarts_and_protocol_violations() {
     }
 
     // Wrong command id: crash with the reference text, and tell the user function.
-    let step = machine.answer(&e, 2, &cmd, reply(1, None, 0), &window, &stamp(&w));
+    let step = machine.answer(
+        &e,
+        &InFlight::of(2, &cmd),
+        reply(1, None, 0),
+        &window,
+        &stamp(&w),
+    );
     let Step::Crash { text, report } = step else {
         panic!("{step:?}")
     };
@@ -310,7 +319,7 @@ fn failures_restarts_and_protocol_violations() {
     };
     for out in [failed, EventSourcedStreamOut { message: None }] {
         assert_eq!(
-            machine.answer(&e, 2, &cmd, out, &window, &stamp(&w)),
+            machine.answer(&e, &InFlight::of(2, &cmd), out, &window, &stamp(&w)),
             Step::Crash {
                 text: "Unexpected entity failure".into(),
                 report: None
@@ -326,8 +335,7 @@ fn failures_restarts_and_protocol_violations() {
     };
     let step = machine.answer(
         &e,
-        3,
-        &cmd,
+        &InFlight::of(3, &cmd),
         reply(3, Some(client_action::Action::Forward(forward.clone())), 1),
         &window,
         &stamp(&w),

@@ -101,7 +101,7 @@ fn updates_and_deletes_are_written_with_the_next_version() {
     let w = writer();
     let window = Window::default();
 
-    let command_message = machine.command(&e, 1, &cmd);
+    let command_message = machine.command(&e, 1, &cmd, false);
     let Some(value_entity_stream_in::Message::Command(c)) = command_message.message else {
         panic!("not a command");
     };
@@ -109,8 +109,7 @@ fn updates_and_deletes_are_written_with_the_next_version() {
 
     let step = machine.answer(
         &e,
-        1,
-        &cmd,
+        &InFlight::of(1, &cmd),
         reply(1, message(b"one"), update(b"one")),
         &window,
         &stamp(&w),
@@ -139,8 +138,7 @@ fn updates_and_deletes_are_written_with_the_next_version() {
     // A read writes nothing and keeps the version.
     let step = machine.answer(
         &e,
-        2,
-        &cmd,
+        &InFlight::of(2, &cmd),
         reply(2, message(b"one"), None),
         &window,
         &stamp(&w),
@@ -156,8 +154,7 @@ fn updates_and_deletes_are_written_with_the_next_version() {
     let delete = Some(value_entity_action::Action::Delete(ValueEntityDelete {}));
     let step = machine.answer(
         &e,
-        3,
-        &cmd,
+        &InFlight::of(3, &cmd),
         reply(3, message(b""), delete),
         &window,
         &stamp(&w),
@@ -187,8 +184,7 @@ fn a_failure_persists_nothing_and_runs_no_side_effects() {
     }));
     let step = machine.answer(
         &e,
-        1,
-        &cmd,
+        &InFlight::of(1, &cmd),
         reply(1, failure, update(b"x")),
         &Window::default(),
         &stamp(&w),
@@ -214,8 +210,7 @@ fn protocol_violations_crash_with_the_reference_texts() {
 
     let Step::Crash { text, report } = machine.answer(
         &e,
-        2,
-        &cmd,
+        &InFlight::of(2, &cmd),
         reply(1, message(b""), None),
         &window,
         &stamp(&w),
@@ -233,7 +228,7 @@ fn protocol_violations_crash_with_the_reference_texts() {
         })),
     };
     assert_eq!(
-        machine.answer(&e, 2, &cmd, failure, &window, &stamp(&w)),
+        machine.answer(&e, &InFlight::of(2, &cmd), failure, &window, &stamp(&w)),
         Step::Crash {
             text: "Unexpected Value entity failure".into(),
             report: None
@@ -241,8 +236,7 @@ fn protocol_violations_crash_with_the_reference_texts() {
     );
     let Step::Crash { text, report } = machine.answer(
         &e,
-        2,
-        &cmd,
+        &InFlight::of(2, &cmd),
         ValueEntityStreamOut { message: None },
         &window,
         &stamp(&w),
@@ -257,8 +251,7 @@ fn protocol_violations_crash_with_the_reference_texts() {
     }));
     let Step::Crash { text, .. } = machine.answer(
         &e,
-        2,
-        &cmd,
+        &InFlight::of(2, &cmd),
         reply(2, message(b""), no_value),
         &window,
         &stamp(&w),
@@ -267,7 +260,7 @@ fn protocol_violations_crash_with_the_reference_texts() {
     };
     assert_eq!(text, "Unexpected Value entity reply");
     assert!(
-        Value::unsolicited(&e, &reply(9, None, None)).contains("a reply to command 9"),
+        unsolicited(&e, &reply(9, None, None)).contains("a reply to command 9"),
         "unsolicited replies are reported"
     );
 }
@@ -285,8 +278,7 @@ fn records_carry_the_recent_idempotent_replies_bounded() {
     let cmd = command(&m, "u1", Some("new"));
     let step = machine.answer(
         &e,
-        1,
-        &cmd,
+        &InFlight::of(1, &cmd),
         reply(1, message(b"n"), update(b"n")),
         &window,
         &stamp(&w),
@@ -309,8 +301,7 @@ fn records_carry_the_recent_idempotent_replies_bounded() {
     let plain = command(&m, "u1", None);
     let step = machine.answer(
         &e,
-        2,
-        &plain,
+        &InFlight::of(2, &plain),
         reply(2, message(b"p"), update(b"p")),
         &window,
         &stamp(&w),

@@ -1,0 +1,68 @@
+//! What the event-sourced and value entities of one partition write through: the partition's
+//! transactional writer, its tail, and who writes (this processor, with the partition's owner
+//! epoch). A leaf below the kinds and the partition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use statehouse_kafka::partition_writer;
+use statehouse_schemas::avro;
+
+use crate::Error;
+use crate::env::Env;
+use crate::metrics as m;
+use crate::records::{Typed, Written};
+use crate::tail::Tail;
+
+pub(crate) struct Journal {
+    pub(crate) env: Arc<Env>,
+    /// Who writes: this processor instance, with the partition's owner epoch.
+    pub(crate) writer_id: avro::Writer,
+    pub(crate) writer: partition_writer::Handle<Typed>,
+    pub(crate) tail: Arc<Tail>,
+    serving: AtomicBool,
+}
+
+impl Journal {
+    pub(crate) fn new(
+        env: Arc<Env>,
+        epoch: i64,
+        writer: partition_writer::Handle<Typed>,
+        tail: Arc<Tail>,
+    ) -> Self {
+        Self {
+            writer_id: avro::Writer {
+                processor_id: env.processor_id.clone(),
+                epoch,
+            },
+            env,
+            writer,
+            tail,
+            serving: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the partition serves: not stopping, its writer still running.
+    pub(crate) fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped()
+    }
+
+    pub(crate) fn stop_serving(&self) {
+        self.serving.store(false, Ordering::Release);
+    }
+
+    /// Commit `writes` in the partition's next transaction: encoded once, the typed records
+    /// handed to the tail through the writer's observer.
+    pub(crate) async fn persist(&self, writes: Vec<Written>) -> Result<(), Error> {
+        let mut records = Vec::with_capacity(writes.len());
+        let mut typed = Vec::with_capacity(writes.len());
+        for written in writes {
+            records.push(written.to_kafka(&self.env.topics)?);
+            typed.push(Arc::new(written));
+        }
+        let n = records.len();
+        self.writer.append_with(records, typed).await?;
+        metrics::counter!(m::RECORDS_PERSISTED).increment(n as u64);
+        Ok(())
+    }
+}

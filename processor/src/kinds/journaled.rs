@@ -1,0 +1,193 @@
+//! What event-sourced and value entities share: one command at a time, its records committed in
+//! the partition's next transaction ([`Journal`]) before the caller gets its answer.
+//!
+//! Each of the two kinds turns the user function's answer to the command in flight into a
+//! [`Step`]; [`Serial`] turns the step into the mailbox's actions and keeps the command in
+//! flight until its writes committed:
+//!
+//! ```text
+//! command ──▶ in flight ──answer──▶ Step::Done (no writes) ──▶ Answer, End
+//!                          │        Step::Done (writes) ─────▶ Write ──committed──▶ Answer (remembered), End
+//!                          │                                         └─failed────▶ Fail, Drop
+//!                          │        Step::Restart ───────────▶ Answer, Drop
+//!                          └──────▶ Step::Crash ─────────────▶ Crash
+//! ```
+//!
+//! A failed write drops the stream: the user function already applied the change, so its state
+//! is ahead of what is stored; the next command starts from the stored state.
+
+use std::sync::Arc;
+
+use statehouse_schemas::cloudstate as cs;
+
+use crate::Error;
+use crate::command::{Command, Reply, Then};
+use crate::entity::{Action, Kind};
+use crate::journal::Journal;
+use crate::records::Written;
+
+/// What the user function's answer to the command in flight leads to.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// Commit `writes` (if any) in the partition's next transaction, then run the side effects
+    /// and answer (`then`).
+    Done {
+        writes: Vec<Written>,
+        then: Then,
+        side_effects: Vec<cs::SideEffect>,
+    },
+    /// Answer `reply` and drop the stream: the next command starts a new one from the stored
+    /// state (an event-sourced failure with `restart`).
+    Restart(Reply),
+    /// The stream failed or the user function broke the protocol: drop the stream, fail the
+    /// command with `text` (UNKNOWN), and tell the user function `report` if set.
+    Crash {
+        text: String,
+        report: Option<String>,
+    },
+}
+
+impl Step {
+    pub(crate) fn crash(text: &str, report: Option<String>) -> Self {
+        Step::Crash {
+            text: text.to_string(),
+            report,
+        }
+    }
+}
+
+/// The command in flight, as far as its records need it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InFlight {
+    /// Its id in the stream.
+    pub(crate) id: i64,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) traceparent: Option<String>,
+}
+
+impl InFlight {
+    pub(crate) fn of(id: i64, command: &Command) -> Self {
+        Self {
+            id,
+            idempotency_key: command.idempotency_key.clone(),
+            traceparent: command.traceparent.clone(),
+        }
+    }
+}
+
+/// An answer waiting for its writes to commit.
+#[derive(Debug)]
+struct Committing {
+    id: i64,
+    then: Then,
+    side_effects: Vec<cs::SideEffect>,
+}
+
+/// The command in flight of a one-at-a-time kind, and its answer while the writes commit.
+#[derive(Debug, Default)]
+pub(crate) struct Serial {
+    in_flight: Option<InFlight>,
+    committing: Option<Committing>,
+}
+
+impl Serial {
+    /// Whether the next command may go to the user function.
+    pub(crate) fn accepts(&self) -> bool {
+        self.in_flight.is_none() && self.committing.is_none()
+    }
+
+    pub(crate) fn begin(&mut self, id: i64, command: &Command) {
+        self.in_flight = Some(InFlight::of(id, command));
+    }
+
+    /// The command whose answer the user function owes (none: a message now is unsolicited).
+    pub(crate) fn take(&mut self) -> Option<InFlight> {
+        self.in_flight.take()
+    }
+
+    /// The mailbox's actions for the answer to `in_flight`.
+    pub(crate) fn step<K: Kind<Write = Vec<Written>>>(
+        &mut self,
+        in_flight: InFlight,
+        step: Step,
+    ) -> Vec<Action<K>> {
+        let id = in_flight.id;
+        match step {
+            Step::Crash { text, report } => vec![Action::Crash { text, report }],
+            Step::Restart(reply) => vec![
+                Action::Answer {
+                    id,
+                    then: Some(Then::Reply(reply)),
+                    side_effects: Vec::new(),
+                    remember: false,
+                },
+                Action::Drop,
+            ],
+            Step::Done {
+                writes,
+                then,
+                side_effects,
+            } if writes.is_empty() => vec![
+                Action::Answer {
+                    id,
+                    then: Some(then),
+                    side_effects,
+                    remember: false,
+                },
+                Action::End { id },
+            ],
+            Step::Done {
+                writes,
+                then,
+                side_effects,
+            } => {
+                self.committing = Some(Committing {
+                    id,
+                    then,
+                    side_effects,
+                });
+                vec![Action::Write {
+                    token: id as u64,
+                    write: writes,
+                }]
+            }
+        }
+    }
+
+    /// The writes of the answer finished: `true` with the actions if they committed.
+    pub(crate) fn written<K: Kind>(&mut self, result: Result<(), Error>) -> (bool, Vec<Action<K>>) {
+        let Some(Committing {
+            id,
+            then,
+            side_effects,
+        }) = self.committing.take()
+        else {
+            return (false, Vec::new());
+        };
+        match result {
+            Ok(()) => (
+                true,
+                vec![
+                    Action::Answer {
+                        id,
+                        then: Some(then),
+                        side_effects,
+                        remember: true,
+                    },
+                    Action::End { id },
+                ],
+            ),
+            Err(error) => (false, vec![Action::Fail { id, error }, Action::Drop]),
+        }
+    }
+}
+
+/// Whether the journal's partition still takes commands.
+pub(crate) fn serving(journal: &Journal) -> bool {
+    journal.is_serving()
+}
+
+/// Commit one answer's records.
+pub(crate) async fn write(journal: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
+    journal.persist(writes).await
+}
