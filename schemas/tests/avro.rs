@@ -11,7 +11,7 @@ use serde::Serialize;
 use statehouse_schemas::{
     Error,
     avro::{
-        self, AnyRecord, AvroRecord, CrdtDeltaRecord, Entity, EventRecord, HEADER_LEN, MARKER,
+        self, AnyRecord, AppliedOffset, AvroRecord, CrdtDeltaRecord, CrdtRecordKind, Entity, EventRecord, HEADER_LEN, MARKER,
         Processor, RecentReply, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord,
         Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
     },
@@ -100,10 +100,16 @@ fn crdt_delta() -> CrdtDeltaRecord {
         persistence_id: "presence".into(),
         entity_id: "alice".into(),
         replica_id: "processor-1".into(),
-        delta: Bytes::from_static(b"\x0a\x02\x08\x01"),
+        delta: Bytes::new(),
         deleted: false,
         write_consistency: WriteConsistency::Majority,
         timestamp_ms: 2,
+        kind: CrdtRecordKind::Delta,
+        sequence: 7,
+        state: Bytes::from_static(b"\x0a\x08\x0a\x06\x0a\x01a\x10\x05"),
+        pruned_replica: None,
+        applied: vec![],
+        traceparent: Some("00-trace-span-01".into()),
     }
 }
 
@@ -276,10 +282,16 @@ fn pinned_fingerprints() {
             0x5605_3185_11a8_21df,
         ),
         (
-            "crdt_delta_record.avsc",
+            "history/crdt_delta_record.v1.avsc",
             RecordKind::CrdtDelta,
             1,
             0xd241_b869_68f5_b59d,
+        ),
+        (
+            "crdt_delta_record.avsc",
+            RecordKind::CrdtDelta,
+            2,
+            0xf89b_e9a2_c398_0c6f,
         ),
         (
             "service_record.avsc",
@@ -301,7 +313,8 @@ fn pinned_fingerprints() {
     assert_eq!(shipped, PINNED);
     assert_eq!(EventRecord::fingerprint(), PINNED[1].3);
     assert_eq!(ValueRecord::fingerprint(), PINNED[3].3);
-    assert_eq!(RoutingRecord::fingerprint(), PINNED[7].3);
+    assert_eq!(CrdtDeltaRecord::fingerprint(), PINNED[6].3);
+    assert_eq!(RoutingRecord::fingerprint(), PINNED[8].3);
 
     // Java's SchemaNormalization reduces a logical-typed primitive to the
     // bare primitive; so do we (apache-avro 0.22 would keep {"type":"long"}).
@@ -627,4 +640,98 @@ fn value_records_written_with_version_1_decode_with_the_current_reader() {
             traceparent: None,
         }
     );
+}
+
+/// The shape of CrdtDeltaRecord version 1 (a protocol delta; never written by a release).
+#[derive(Serialize)]
+struct CrdtDeltaRecordV1 {
+    service: String,
+    persistence_id: String,
+    entity_id: String,
+    replica_id: String,
+    delta: Bytes,
+    deleted: bool,
+    write_consistency: WriteConsistency,
+    timestamp: i64,
+}
+
+#[test]
+fn crdt_records_written_with_version_1_decode_as_deltas_without_a_state() {
+    let v1 = Registry::global()
+        .versions()
+        .find(|v| v.kind() == RecordKind::CrdtDelta && v.version() == 1)
+        .unwrap();
+    let schema = Schema::parse_str(avro::files::CRDT_DELTA_RECORD_V1).unwrap();
+    let old = CrdtDeltaRecordV1 {
+        service: "presence".into(),
+        persistence_id: "presence".into(),
+        entity_id: "alice".into(),
+        replica_id: "p1".into(),
+        delta: Bytes::from_static(b"\x0a\x02\x08\x01"),
+        deleted: false,
+        write_consistency: WriteConsistency::All,
+        timestamp: 5,
+    };
+    let mut bytes = v1.header().to_vec();
+    GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_ser(&mut bytes, &old)
+        .unwrap();
+    let decoded = CrdtDeltaRecord::decode(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        CrdtDeltaRecord {
+            service: old.service.clone(),
+            persistence_id: old.persistence_id.clone(),
+            entity_id: old.entity_id.clone(),
+            replica_id: old.replica_id.clone(),
+            delta: old.delta.clone(),
+            deleted: false,
+            write_consistency: WriteConsistency::All,
+            timestamp_ms: 5,
+            kind: CrdtRecordKind::Delta,
+            sequence: 0,
+            state: Bytes::new(),
+            pruned_replica: None,
+            applied: Vec::new(),
+            traceparent: None,
+        }
+    );
+}
+
+#[test]
+fn crdt_heartbeats_prunes_and_deletes_round_trip() {
+    let heartbeat = CrdtDeltaRecord {
+        persistence_id: String::new(),
+        entity_id: String::new(),
+        kind: CrdtRecordKind::Heartbeat,
+        state: Bytes::new(),
+        applied: vec![
+            AppliedOffset {
+                partition: 0,
+                offset: 12,
+            },
+            AppliedOffset {
+                partition: 3,
+                offset: 0,
+            },
+        ],
+        ..crdt_delta()
+    };
+    round_trip(&heartbeat);
+    let prune = CrdtDeltaRecord {
+        kind: CrdtRecordKind::Prune,
+        state: Bytes::new(),
+        pruned_replica: Some("p0:1".into()),
+        ..crdt_delta()
+    };
+    round_trip(&prune);
+    for kind in [CrdtRecordKind::FullState, CrdtRecordKind::Delete] {
+        round_trip(&CrdtDeltaRecord {
+            kind,
+            deleted: kind == CrdtRecordKind::Delete,
+            ..crdt_delta()
+        });
+    }
 }

@@ -4,8 +4,9 @@
 //! recovery time (`ARCHITECTURE.md`, "Backup" and "Backup index"):
 //! * [`migrations`] — creates the keyspace and tables, idempotently, recording what ran;
 //! * [`Store`] — the journal (rows per `(service, entity_id)` ordered by `seq`), immutable
-//!   snapshots (newest first), value-entity state, and per-partition checkpoints ("everything
-//!   before this offset is in Cassandra").
+//!   snapshots (newest first), value-entity state, full CRDT states per broadcast-topic
+//!   partition, and per-partition checkpoints ("everything before this offset is in
+//!   Cassandra").
 //!
 //! Writes are idempotent: a journal row is keyed by `(service, entity_id, seq)`, a snapshot by
 //! `(service, entity_id, seq)`; checkpoints and values are written `USING TIMESTAMP <offset>`, so a
@@ -19,5 +20,5 @@ mod store;
 
 pub use error::Error;
 pub use options::Options;
-pub use rows::{JournalRow, SnapshotRow, ValueRow};
+pub use rows::{CrdtRow, JournalRow, SnapshotRow, ValueRow};
 pub use store::Store;

@@ -70,6 +70,21 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "entity_values.record: the value entity's latest record (ValueRecord or ValueDeletion, Avro single-object encoding)",
         statements: &["ALTER TABLE {ks}.entity_values ADD record blob"],
     },
+    Migration {
+        version: 3,
+        description: "crdt_states: full CRDT states per broadcast-topic partition (replaces crdt_state, which no release wrote)",
+        statements: &[
+            "DROP TABLE IF EXISTS {ks}.crdt_state",
+            // Full CRDT states by broadcast-topic partition, each with the offset of that
+            // partition it includes everything before; read back whole at bootstrap.
+            "CREATE TABLE IF NOT EXISTS {ks}.crdt_states (
+            service text, kafka_partition int, entity_key text,
+            persistence_id text, entity_id text,
+            state blob, deleted boolean, pruned set<text>, kafka_offset bigint,
+            PRIMARY KEY ((service, kafka_partition), entity_key)
+        )",
+        ],
+    },
 ];
 
 /// The version a fully migrated keyspace has.

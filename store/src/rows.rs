@@ -49,3 +49,22 @@ pub struct ValueRow {
     /// written before migration 2.
     pub record: Option<Bytes>,
 }
+
+/// The full state of a CRDT entity, as the owner of its broadcast-topic partition backed it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdtRow {
+    pub service: String,
+    /// The partition of the broadcast topic the entity's records go to.
+    pub partition: i32,
+    /// `<persistence_id>|<entity_id>`.
+    pub entity_key: String,
+    pub persistence_id: String,
+    pub entity_id: String,
+    /// An encoded `statehouse.crdt.v1.State` (`None`: deleted, or no state yet).
+    pub state: Option<Bytes>,
+    pub deleted: bool,
+    /// Replicas pruned from the state.
+    pub pruned: Vec<String>,
+    /// The state includes every record of the partition before this offset.
+    pub offset: i64,
+}

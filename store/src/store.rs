@@ -12,7 +12,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 
-use crate::{Error, JournalRow, Options, SnapshotRow, ValueRow, migrations};
+use crate::{CrdtRow, Error, JournalRow, Options, SnapshotRow, ValueRow, migrations};
 
 /// How many batches the store keeps in flight at once.
 const CONCURRENCY: usize = 32;
@@ -52,6 +52,8 @@ struct Inner {
     select_value: PreparedStatement,
     upsert_checkpoint: PreparedStatement,
     select_checkpoints: PreparedStatement,
+    upsert_crdt: PreparedStatement,
+    select_crdts: PreparedStatement,
 }
 
 pub(crate) async fn connect(options: &Options, with_keyspace: bool) -> Result<Session, Error> {
@@ -163,6 +165,17 @@ impl Store {
             .await?,
             select_checkpoints: prepare(
                 "SELECT kafka_partition, kafka_offset FROM checkpoints WHERE service = ? AND topic = ?",
+            )
+            .await?,
+            upsert_crdt: prepare(
+                "INSERT INTO crdt_states (service, kafka_partition, entity_key, persistence_id, \
+                 entity_id, state, deleted, pruned, kafka_offset) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_crdts: prepare(
+                "SELECT entity_key, persistence_id, entity_id, state, deleted, pruned, kafka_offset \
+                 FROM crdt_states WHERE service = ? AND kafka_partition = ?",
             )
             .await?,
             keyspace: ks.clone(),
@@ -443,6 +456,77 @@ impl Store {
             .get(&partition)
             .copied()
             .unwrap_or(0))
+    }
+}
+
+impl Store {
+    /// Store full CRDT states. A row as of an older offset never replaces a newer one.
+    pub async fn write_crdts(&self, rows: &[CrdtRow]) -> Result<(), Error> {
+        let writes = rows.iter().map(|row| async move {
+            self.inner
+                .session
+                .execute_unpaged(
+                    &self.inner.upsert_crdt,
+                    (
+                        &row.service,
+                        row.partition,
+                        &row.entity_key,
+                        &row.persistence_id,
+                        &row.entity_id,
+                        &row.state,
+                        row.deleted,
+                        &row.pruned,
+                        row.offset,
+                        write_timestamp(row.offset),
+                    ),
+                )
+                .await
+                .map_err(|e| Error::query("writing a CRDT state", e))
+                .map(|_| ())
+        });
+        stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Every CRDT state backed up for one partition of the broadcast topic.
+    pub async fn read_crdts(&self, service: &str, partition: i32) -> Result<Vec<CrdtRow>, Error> {
+        type Tuple = (
+            String,
+            String,
+            String,
+            Option<Bytes>,
+            Option<bool>,
+            Option<Vec<String>>,
+            i64,
+        );
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(self.inner.select_crdts.clone(), (service, partition))
+            .await
+            .map_err(|e| Error::query("reading CRDT states", e))?
+            .rows_stream::<Tuple>()
+            .map_err(|e| Error::data("crdt_states", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (entity_key, persistence_id, entity_id, state, deleted, pruned, offset) =
+                row.map_err(|e| Error::data("crdt_states", e))?;
+            out.push(CrdtRow {
+                service: service.to_string(),
+                partition,
+                entity_key,
+                persistence_id,
+                entity_id,
+                state,
+                deleted: deleted.unwrap_or(false),
+                pruned: pruned.unwrap_or_default(),
+                offset,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -1,7 +1,8 @@
-//! The store against the real Cassandra node: migrations, journal, snapshots, values, checkpoints.
+//! The store against the real Cassandra node: migrations, journal, snapshots, values, CRDT states,
+//! checkpoints.
 
 use bytes::Bytes;
-use statehouse_store::{Error, JournalRow, Options, SnapshotRow, Store, ValueRow, migrations};
+use statehouse_store::{CrdtRow, Error, JournalRow, Options, SnapshotRow, Store, ValueRow, migrations};
 use statehouse_test_support::{cassandra_contact_point, unique_keyspace};
 
 fn options() -> Options {
@@ -170,4 +171,40 @@ async fn checkpoints_and_values_never_go_backwards() {
     let deleted = store.read_value("cart", "v1").await.unwrap().unwrap();
     assert_eq!((deleted.value, deleted.offset), (None, 20));
     assert_eq!(store.read_value("cart", "nobody").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crdt_states_are_read_back_per_partition_and_never_go_backwards() {
+    let options = options();
+    migrations::run(&options).await.unwrap();
+    let store = Store::connect(&options).await.unwrap();
+    let row = |key: &str, partition: i32, offset: i64, state: Option<&str>| CrdtRow {
+        service: "presence".into(),
+        partition,
+        entity_key: format!("presence|{key}"),
+        persistence_id: "presence".into(),
+        entity_id: key.into(),
+        state: state.map(|s| Bytes::from(s.to_string())),
+        deleted: state.is_none(),
+        pruned: if offset > 10 { vec!["p0:1".into()] } else { vec![] },
+        offset,
+    };
+    store
+        .write_crdts(&[
+            row("a", 0, 10, Some("a@10")),
+            row("b", 0, 12, None),
+            row("c", 1, 3, Some("c@3")),
+        ])
+        .await
+        .unwrap();
+    // A late, older state (a deposed owner's) does not replace a newer one.
+    store.write_crdts(&[row("a", 0, 8, Some("a@8"))]).await.unwrap();
+    let mut p0 = store.read_crdts("presence", 0).await.unwrap();
+    p0.sort_by(|x, y| x.entity_key.cmp(&y.entity_key));
+    assert_eq!(p0, vec![row("a", 0, 10, Some("a@10")), row("b", 0, 12, None)]);
+    assert_eq!(
+        store.read_crdts("presence", 1).await.unwrap(),
+        vec![row("c", 1, 3, Some("c@3"))]
+    );
+    assert!(store.read_crdts("presence", 2).await.unwrap().is_empty());
 }

@@ -35,7 +35,7 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use records::{
-    CrdtDeltaRecord, Entity, EventRecord, Processor, RecentReply, Reply, RoutingRecord,
+    AppliedOffset, CrdtDeltaRecord, CrdtRecordKind, Entity, EventRecord, Processor, RecentReply, Reply, RoutingRecord,
     ServiceRecord, Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
 };
 pub use registry::{RecordKind, Registry, SchemaVersion, files};

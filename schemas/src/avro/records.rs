@@ -143,27 +143,65 @@ pub struct ValueDeletion {
     pub traceparent: Option<String>,
 }
 
-/// A CRDT change published by one replica
-/// (`dev.statehouse.v1.CrdtDeltaRecord`), keyed `<entity_id>`.
+/// A record of the CRDT broadcast topic (`dev.statehouse.v1.CrdtDeltaRecord`), keyed
+/// `<entity_id>` (heartbeats: `~heartbeat/<replica_id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrdtDeltaRecord {
     /// The Statehouse service.
     pub service: String,
-    /// The persistence id of the entity type.
+    /// The persistence id of the entity type (empty for heartbeats).
     pub persistence_id: String,
-    /// The entity id.
+    /// The entity id (empty for heartbeats).
     pub entity_id: String,
-    /// The replica that made the change.
+    /// The replica that wrote the record.
     pub replica_id: String,
-    /// An encoded `cloudstate.crdt.CrdtDelta`; empty when `deleted`.
+    /// Version 1 only: a protocol delta. Empty from version 2 on.
     pub delta: Bytes,
-    /// The entity was deleted.
+    /// The entity was deleted (kind [`CrdtRecordKind::Delete`]).
     pub deleted: bool,
     /// The write consistency of the command that made the change.
     pub write_consistency: WriteConsistency,
-    /// When the change was made, milliseconds since the Unix epoch.
+    /// When the record was written, milliseconds since the Unix epoch.
     #[serde(rename = "timestamp")]
     pub timestamp_ms: i64,
+    /// What the record says.
+    pub kind: CrdtRecordKind,
+    /// Per replica, from 1.
+    pub sequence: i64,
+    /// DELTA and FULL_STATE: an encoded `statehouse.crdt.v1.State` (canonical).
+    pub state: Bytes,
+    /// PRUNE: the departed replica.
+    pub pruned_replica: Option<String>,
+    /// HEARTBEAT: per partition, the next offset the replica will read.
+    pub applied: Vec<AppliedOffset>,
+    /// W3C trace context of the command that made the change.
+    pub traceparent: Option<String>,
+}
+
+/// What a [`CrdtDeltaRecord`] says (`dev.statehouse.v1.CrdtRecordKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CrdtRecordKind {
+    /// A state fragment to join.
+    #[default]
+    Delta,
+    /// The replica's whole state of the entity.
+    FullState,
+    /// The entity is deleted for good.
+    Delete,
+    /// `pruned_replica` departed: fold what it counted, drop its votes.
+    Prune,
+    /// The replica is alive, and how far it has read.
+    Heartbeat,
+}
+
+/// How far a replica has applied one partition of the CRDT topic
+/// (`dev.statehouse.v1.AppliedOffset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppliedOffset {
+    pub partition: i32,
+    /// The next offset the replica will read.
+    pub offset: i64,
 }
 
 /// CRDT write consistency (`dev.statehouse.v1.WriteConsistency`).

@@ -78,8 +78,11 @@ pub mod files {
     pub const VALUE_RECORD_V1: &str = include_str!("../../avro/history/value_record.v1.avsc");
     /// `avro/value_deletion.avsc` (ValueDeletion version 1, current).
     pub const VALUE_DELETION: &str = include_str!("../../avro/value_deletion.avsc");
-    /// `avro/crdt_delta_record.avsc` (CrdtDeltaRecord version 1, current).
+    /// `avro/crdt_delta_record.avsc` (CrdtDeltaRecord version 2, current).
     pub const CRDT_DELTA_RECORD: &str = include_str!("../../avro/crdt_delta_record.avsc");
+    /// `avro/history/crdt_delta_record.v1.avsc` (CrdtDeltaRecord version 1).
+    pub const CRDT_DELTA_RECORD_V1: &str =
+        include_str!("../../avro/history/crdt_delta_record.v1.avsc");
     /// `avro/service_record.avsc` (ServiceRecord version 1, current).
     pub const SERVICE_RECORD: &str = include_str!("../../avro/service_record.avsc");
     /// `avro/routing_record.avsc` (RoutingRecord version 1, current).
@@ -131,6 +134,12 @@ const SHIPPED: &[Shipped] = &[
     Shipped {
         kind: RecordKind::CrdtDelta,
         version: 1,
+        path: "history/crdt_delta_record.v1.avsc",
+        source: files::CRDT_DELTA_RECORD_V1,
+    },
+    Shipped {
+        kind: RecordKind::CrdtDelta,
+        version: 2,
         path: "crdt_delta_record.avsc",
         source: files::CRDT_DELTA_RECORD,
     },
