@@ -19,6 +19,10 @@ pub mod tck {
         ));
     }
 
+    pub mod crdt {
+        include!(concat!(env!("OUT_DIR"), "/cloudstate.tck.model.crdt.rs"));
+    }
+
     pub mod action {
         include!(concat!(env!("OUT_DIR"), "/cloudstate.tck.model.action.rs"));
     }

@@ -131,6 +131,15 @@ impl Error {
             Error::Route(e) => http_status_of(route_code(e)),
         }
     }
+
+    /// The text HTTP/JSON clients get: a processor's own status message as it is (as for a
+    /// user failure, e.g. `Entity deleted`), otherwise the error's description.
+    pub fn http_message(&self) -> String {
+        match self {
+            Error::Route(router::Error::Processor(status)) => status.message().to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The gRPC code of a routing error.

@@ -357,7 +357,7 @@ async fn json_call(
         }
         Err(e) => {
             tracing::debug!(method = %binding.route.method.path, error = %e, "HTTP call failed");
-            text(e.http_status(), &e.to_string())
+            text(e.http_status(), &e.http_message())
         }
     }
 }

@@ -163,7 +163,7 @@ pub(crate) async fn json(
         }
         Err(e) => {
             record_code("http", code_of(&e), started);
-            return text(e.http_status(), &e.to_string());
+            return text(e.http_status(), &e.http_message());
         }
     };
     let (frames, body): (Frames, _) = mpsc::channel(OUT);
@@ -394,7 +394,7 @@ fn code_of_failure(code: i32) -> tonic::Code {
 /// The last line of an HTTP/JSON stream that ended with an error.
 fn error_line(error: &Error, sse: bool) -> Bytes {
     let code = code_of(error) as i32;
-    let json = serde_json::json!({"error": {"code": code, "message": error.to_string()}});
+    let json = serde_json::json!({"error": {"code": code, "message": error.http_message()}});
     let mut line = Vec::new();
     if sse {
         line.extend_from_slice(b"event: error\ndata: ");

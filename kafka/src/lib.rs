@@ -8,10 +8,12 @@
 //! * [`partition_writer`] — the fenced, transactional writer of one partition, with group commit.
 //! * [`ownership`] — partition ownership through the service's consumer group.
 //! * [`publisher`] — idempotent publishing of registry and routing records.
+//! * [`broadcast`] — the producer of a CRDT broadcast topic (queue now, learn the delivery later).
 //! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
 //! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
 
 pub mod admin;
+pub mod broadcast;
 mod error;
 pub mod headers;
 pub mod metrics;

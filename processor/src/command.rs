@@ -116,8 +116,6 @@ impl Outcome {
     }
 }
 
-/// Where a command's outcome goes.
-
 /// What follows the user function's answer to a command, once its writes committed: a reply,
 /// or a forward whose reply becomes the client's (`docs/protocol.md`, "Forwards and side
 /// effects").

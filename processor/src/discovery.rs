@@ -3,7 +3,7 @@
 //!
 //! The processor asks with the entity types it implements, but SDKs answer with everything
 //! they registered (the Go SDK ignores `supported_entity_types`). Entities of a type not built
-//! yet (CRDTs, legacy stateless functions) and eventing subscriptions (`cloudstate.eventing`)
+//! (legacy stateless functions) and eventing subscriptions (`cloudstate.eventing`)
 //! are **reported, not fatal**: they are logged, told to the user function with `reportError`,
 //! and left out of the service record, so clients get UNIMPLEMENTED for them while everything
 //! else is served.
@@ -25,6 +25,7 @@ use crate::user_function::UserFunction;
 pub(crate) const SUPPORTED_ENTITY_TYPES: &[&str] = &[
     protocol::EVENT_SOURCED,
     protocol::VALUE_ENTITY,
+    protocol::CRDT,
     protocol::ACTION,
 ];
 
@@ -205,7 +206,7 @@ mod tests {
             spec(
                 vec![
                     entity(protocol::EVENT_SOURCED, CART),
-                    entity(protocol::CRDT, "cloudstate.action.ActionProtocol"),
+                    entity(protocol::LEGACY_FUNCTION, "cloudstate.action.ActionProtocol"),
                 ],
                 (0, 2),
             ),
@@ -216,10 +217,10 @@ mod tests {
         assert!(discovered.index.entity(CART).is_some());
         assert_eq!(
             discovered.not_served,
-            ["cloudstate.action.ActionProtocol (cloudstate.crdt.Crdt entities)"]
+            ["cloudstate.action.ActionProtocol (cloudstate.function.StatelessFunction entities)"]
         );
         // Nothing servable at all is an error.
-        let err = validate(spec(vec![entity(protocol::CRDT, CART)], (0, 2)), true)
+        let err = validate(spec(vec![entity(protocol::LEGACY_FUNCTION, CART)], (0, 2)), true)
             .err()
             .unwrap();
         assert!(err.contains("none of its entities"), "{err}");

@@ -50,6 +50,19 @@ pub enum Error {
     Startup { what: String, reason: String },
 }
 
+impl Error {
+    /// This processor cannot take a command that any processor of the service may run (CRDTs
+    /// catching up or stopping): the router tries another one.
+    pub(crate) fn elsewhere(service: &str) -> Self {
+        Error::NotOwner {
+            service: service.to_string(),
+            partition: -1,
+            owner_endpoint: String::new(),
+            owner_epoch: 0,
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         use tonic::{Code, Status};

@@ -29,6 +29,7 @@ mod owner;
 mod partition;
 mod pause;
 mod records;
+mod replicas;
 mod server;
 mod tail;
 mod user_function;
@@ -197,6 +198,47 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
     });
     tokio::spawn(Arc::clone(&node.pause).run(shutdown.clone()));
+    if discovered
+        .served
+        .iter()
+        .any(|e| e.entity_type == statehouse_schemas::protocol::CRDT)
+    {
+        let replicas = replicas::Replicas::new(
+            Arc::clone(&node.env),
+            replicas::Options {
+                heartbeat_interval: Duration::from_millis(p.crdt_heartbeat_interval_ms),
+                heartbeat_timeout: Duration::from_millis(p.crdt_heartbeat_timeout_ms),
+                write_timeout: Duration::from_millis(p.crdt_write_timeout_ms),
+                prune_after: Duration::from_millis(p.crdt_prune_after_ms),
+                backup_interval: Duration::from_millis(p.backup_interval_ms),
+            },
+            p.partitions,
+        )?;
+        let home = entity::Home::new(
+            Arc::clone(&replicas),
+            Arc::clone(&node.env),
+            Arc::clone(&node) as Arc<dyn command::Host>,
+            None,
+            shutdown.child_token(),
+        );
+        replicas.attach(&home);
+        let owned_by = Arc::downgrade(&node);
+        replicas.start(
+            Arc::new(move || {
+                owned_by.upgrade().map_or_else(Vec::new, |node| {
+                    node.partitions
+                        .read()
+                        .expect("partitions lock")
+                        .keys()
+                        .copied()
+                        .collect()
+                })
+            }),
+            shutdown.clone(),
+        );
+        info!(replica = %replicas.replica_id(), "CRDT replicas starting");
+        let _ = node.crdts.set(home);
+    }
     let publisher = Publisher::new(&config.kafka)?;
     let processor = avro::Processor {
         processor_id: node.processor_id.clone(),

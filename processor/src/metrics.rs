@@ -21,3 +21,16 @@ pub(crate) const OWNED_PARTITIONS: &str = "statehouse_owned_partitions";
 pub(crate) const PARTITION_RECOVERIES: &str = "statehouse_partition_recoveries_total";
 /// Counter: action calls (label `shape`: unary | streamed-in | streamed-out | streamed).
 pub(crate) const ACTION_CALLS: &str = "statehouse_action_calls_total";
+/// Counter: CRDT changes written (label `consistency`: local | majority | all).
+pub(crate) const CRDT_WRITES: &str = "statehouse_crdt_writes_total";
+/// Histogram: bytes of one record on the CRDT broadcast topic (fragments, full states,
+/// heartbeats).
+pub(crate) const CRDT_RECORD_BYTES: &str = "statehouse_crdt_record_bytes";
+/// Counter: CRDT records whose delivery failed (the entity's full state follows).
+pub(crate) const CRDT_DELIVERY_FAILURES: &str = "statehouse_crdt_delivery_failures_total";
+/// Counter: full CRDT states published after delivery failures.
+pub(crate) const CRDT_FULL_STATES: &str = "statehouse_crdt_full_states_total";
+/// Counter: departed replicas pruned from entities.
+pub(crate) const CRDT_PRUNES: &str = "statehouse_crdt_prunes_total";
+/// Gauge: live CRDT replicas of the service, this one included.
+pub(crate) const CRDT_LIVE_REPLICAS: &str = "statehouse_crdt_live_replicas";

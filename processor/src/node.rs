@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -27,8 +27,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, Host, Outcome, Reply};
-use crate::entity::Caller;
+use crate::entity::{Caller, EntityRef, Home};
 use crate::env::Env;
+use crate::kinds::crdt::Crdt;
 use crate::partition::Partition;
 use crate::pause::Detector;
 use crate::user_function::UserFunction;
@@ -55,6 +56,8 @@ pub(crate) struct Node {
     pub(crate) router: Router,
     pub(crate) pause: Arc<Detector>,
     pub(crate) partitions: RwLock<HashMap<u32, Arc<Partition>>>,
+    /// The CRDT entities (any processor of the service runs them), when the service has any.
+    pub(crate) crdts: OnceLock<Arc<Home<Crdt>>>,
     commands: AtomicU64,
 }
 
@@ -86,6 +89,7 @@ impl Node {
             router: parts.router,
             shutdown: parts.shutdown,
             partitions: RwLock::new(HashMap::new()),
+            crdts: OnceLock::new(),
             commands: AtomicU64::new(0),
         })
     }
@@ -115,6 +119,7 @@ impl Node {
             Some(EntityKind::EventSourced | EntityKind::ValueEntity) => {
                 self.run_entity(command).await
             }
+            Some(EntityKind::Crdt) => self.run_crdt(command).await,
             _ => Err(Error::UnknownMethod(format!(
                 "{} (its entity type is not served by this processor)",
                 command.method.path
@@ -147,11 +152,51 @@ impl Node {
         }
         let partition = self.partition(id).ok_or_else(|| self.not_serving(id))?;
         let (reply, rx) = oneshot::channel();
-        if let Err((e, _)) = partition.send(command, Caller::Unary(reply)) {
-            return Err(e);
-        }
+        partition.send(command, Caller::Unary(reply));
         rx.await
             .unwrap_or_else(|_| Err(Error::EntityFailure("Entity terminated".into())))
+    }
+
+    async fn run_crdt(&self, command: Command) -> Result<Outcome, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.crdt_call(command, Caller::Unary(reply))?;
+        rx.await
+            .unwrap_or_else(|_| Err(Error::EntityFailure(crate::kinds::crdt::TERMINATING.into())))
+    }
+
+    /// Hand a CRDT command to its entity (any processor of the service runs CRDTs).
+    pub(crate) fn crdt_call(&self, command: Command, caller: Caller) -> Result<(), Error> {
+        if command.entity_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} needs an entity key",
+                command.method.path
+            )));
+        }
+        let Some(home) = self.crdts.get() else {
+            return Err(Error::UnknownMethod(format!(
+                "{} (no CRDT entities are served here)",
+                command.method.path
+            )));
+        };
+        if !self.pause.may_serve() {
+            return Err(Error::elsewhere(self.service.as_str()));
+        }
+        home.send(EntityRef::of(&command), command, caller);
+        Ok(())
+    }
+
+    /// Stop the CRDT entities (shutdown): they finish their commands, streamed calls end,
+    /// queued broadcast records are flushed (bounded).
+    pub(crate) async fn release_crdts(&self) {
+        let Some(home) = self.crdts.get() else { return };
+        home.ctx.stop_serving();
+        home.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while home.active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let replicas = Arc::clone(&home.ctx);
+        let _ = tokio::task::spawn_blocking(move || replicas.flush()).await;
     }
 
     /// Whether a command of `method` can run here: an action of this service, or an entity of a
@@ -165,6 +210,9 @@ impl Node {
             Some(EntityKind::EventSourced | EntityKind::ValueEntity) => {
                 let id = partition_for(entity_id.as_bytes(), self.partition_count);
                 self.partition(id).is_some_and(|p| p.is_serving())
+            }
+            Some(EntityKind::Crdt) => {
+                method.is_unary() && self.crdts.get().is_some_and(|h| h.ctx.is_serving())
             }
             _ => false,
         }

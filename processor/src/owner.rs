@@ -165,6 +165,7 @@ pub(crate) async fn own_partitions(
         .map(|(_, p)| p)
         .collect();
     futures::future::join_all(rest.iter().map(|p| p.release(node.service.as_str()))).await;
+    node.release_crdts().await;
     server_shutdown.cancel();
     let _ = server.await;
     info!(service = %node.service, "processor stopped");

@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use statehouse_core::ids::entity_key;
 use statehouse_kafka::partition_writer::{self, Observer, Record, Writer};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_runtime::method_index::EntityKind;
@@ -189,23 +188,16 @@ impl Partition {
     }
 
     /// Hand a command to its entity, activating the entity if needed.
-    pub(crate) fn send(&self, command: Command, caller: Caller) -> Result<(), (Error, Caller)> {
-        let info = Arc::clone(&command.method.entity);
-        let entity = EntityRef {
-            key: entity_key(&info.persistence_id, &command.entity_id),
-            id: command.entity_id.clone(),
-            info,
-        };
+    /// A command that cannot be taken is answered with the error at once.
+    pub(crate) fn send(&self, command: Command, caller: Caller) {
+        let entity = EntityRef::of(&command);
         match entity.info.kind() {
             Some(EntityKind::EventSourced) => self.event_sourced.send(entity, command, caller),
             Some(EntityKind::ValueEntity) => self.values.send(entity, command, caller),
-            _ => Err((
-                Error::InvalidArgument(format!(
-                    "{} is not a method of an entity kind this processor runs in partitions",
-                    command.method.path
-                )),
-                caller,
-            )),
+            _ => caller.fail(Error::InvalidArgument(format!(
+                "{} is not a method of an entity kind this processor runs in partitions",
+                command.method.path
+            ))),
         }
     }
 

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 
 use crate::command::{Command, Host, Outcome, Reply};
+use crate::entity::Caller;
 use crate::node::Node;
 use crate::{Error, action, metrics as m};
 
@@ -134,6 +135,16 @@ impl Processor for Service {
             return Err(
                 Error::InvalidArgument(format!("{} is unary: call Handle", method.path)).into(),
             );
+        }
+        if method.entity.kind() == Some(EntityKind::Crdt) {
+            // A server-streaming CRDT call: elements as the entity gives them; the entity learns
+            // when the client goes away (the response stream is dropped).
+            let (out, outcomes) = mpsc::channel(STREAM_BUFFER);
+            self.node.crdt_call(command, Caller::Stream(out))?;
+            let responses = ReceiverStream::new(outcomes).map(|outcome: Result<Outcome, Error>| {
+                outcome.map(response_of).map_err(Status::from)
+            });
+            return Ok(Response::new(Box::pin(responses)));
         }
         if method.entity.kind() != Some(EntityKind::Action) {
             return Err(Error::UnknownMethod(format!(

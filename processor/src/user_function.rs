@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use statehouse_schemas::cloudstate::action::action_protocol_client::ActionProtocolClient;
+use statehouse_schemas::cloudstate::crdt::crdt_client::CrdtClient;
 use statehouse_schemas::cloudstate::entity_discovery_client::EntityDiscoveryClient;
 use statehouse_schemas::cloudstate::eventsourced::event_sourced_client::EventSourcedClient;
 use statehouse_schemas::cloudstate::valueentity::value_entity_client::ValueEntityClient;
@@ -52,6 +53,12 @@ impl UserFunction {
 
     pub(crate) fn value_entity(&self) -> ValueEntityClient<Channel> {
         ValueEntityClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn crdt(&self) -> CrdtClient<Channel> {
+        CrdtClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

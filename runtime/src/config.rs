@@ -141,6 +141,17 @@ pub struct ProcessorOptions {
     pub backup_interval_ms: u64,
     /// Most active entities held in memory; beyond it the idlest are passivated.
     pub max_active_entities: usize,
+    /// How often a processor tells the others it is alive (and how far it has read the CRDT
+    /// topic), ms.
+    pub crdt_heartbeat_interval_ms: u64,
+    /// A processor not heard from for this long is no longer live: its vote stops counting and
+    /// ALL writes stop waiting for it, ms.
+    pub crdt_heartbeat_timeout_ms: u64,
+    /// How long a MAJORITY or ALL CRDT write may take before the command fails, ms.
+    pub crdt_write_timeout_ms: u64,
+    /// A replica gone for this long is pruned from the CRDTs of the partitions this processor
+    /// owns (counters keep what it counted), ms.
+    pub crdt_prune_after_ms: u64,
 }
 
 impl Default for ProcessorOptions {
@@ -157,6 +168,10 @@ impl Default for ProcessorOptions {
             strict_protocol_version: false,
             backup_interval_ms: 1_000,
             max_active_entities: 100_000,
+            crdt_heartbeat_interval_ms: 1_000,
+            crdt_heartbeat_timeout_ms: 5_000,
+            crdt_write_timeout_ms: 5_000,
+            crdt_prune_after_ms: 3_600_000,
         }
     }
 }
@@ -326,6 +341,16 @@ impl Config {
             {
                 return Err(Error::Invalid(
                     "processor.passivation-timeout-ms, backup-interval-ms and max-active-entities must be positive"
+                        .into(),
+                ));
+            }
+            if p.crdt_heartbeat_interval_ms == 0
+                || p.crdt_write_timeout_ms == 0
+                || p.crdt_heartbeat_timeout_ms <= p.crdt_heartbeat_interval_ms
+                || p.crdt_prune_after_ms <= p.crdt_heartbeat_timeout_ms
+            {
+                return Err(Error::Invalid(
+                    "processor.crdt-heartbeat-interval-ms and crdt-write-timeout-ms must be positive, and crdt-heartbeat-interval-ms < crdt-heartbeat-timeout-ms < crdt-prune-after-ms"
                         .into(),
                 ));
             }

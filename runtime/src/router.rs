@@ -8,7 +8,8 @@
 //!   (`statehouse_core::partition_for`), finds the owner in the routing table and calls
 //!   `statehouse.processor.v1.Processor/Handle` over a cached h2c channel per endpoint. Commands
 //!   of actions (no key) go to any processor of the service, round robin, with partition -1;
-//!   so do CRDT commands once their owner turned out unreachable.
+//!   so do CRDT commands once their owner turned out unreachable or refused them (a CRDT
+//!   replica still catching up).
 //! * [`Router::open`] — the same for streamed methods (`Processor/HandleStreamed`): the first
 //!   request message picks the processor; the caller's later messages are sent only once that
 //!   processor accepted the call, so a refused attempt can be retried elsewhere without losing
@@ -390,9 +391,11 @@ impl Router {
                     avoid.as_deref(),
                 )
                 .await?;
+            let mut tried = None;
             let retry = match target {
                 Err(retry) => retry,
                 Ok(target) => {
+                    tried = Some(target.endpoint.clone());
                     request.partition = target.partition;
                     let partition = target.partition;
                     match attempt(self.clone(), target, request.clone(), call.deadline).await? {
@@ -420,10 +423,12 @@ impl Router {
             let wait = jitter(backoff).min(retry_until - now);
             backoff = (backoff * 2).min(self.inner.options.max_backoff);
             tracing::debug!(service, ?wait, reason = %retry_reason(&retry), "retrying command");
+            // Any processor of the service runs CRDTs: after an unreachable or refusing one
+            // (catching up, stopping), try another.
             if kind == Some(EntityKind::Crdt)
-                && let Retry::Unreachable { endpoint, .. } = &retry
+                && matches!(retry, Retry::Unreachable { .. } | Retry::NotOwner { .. })
             {
-                avoid = Some(endpoint.clone());
+                avoid = tried;
             }
             ::metrics::counter!(crate::metrics::ROUTER_RETRIES, "reason" => retry.label())
                 .increment(1);
@@ -449,7 +454,9 @@ impl Router {
         let registry = &self.inner.registry;
         if !keyed || avoid.is_some() {
             let mut processors = registry.processors(service);
-            processors.retain(|p| Some(p.as_str()) != avoid);
+            if processors.len() > 1 {
+                processors.retain(|p| Some(p.as_str()) != avoid);
+            }
             if processors.is_empty() {
                 return Ok(Err(Retry::NoProcessor));
             }

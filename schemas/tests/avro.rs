@@ -11,9 +11,10 @@ use serde::Serialize;
 use statehouse_schemas::{
     Error,
     avro::{
-        self, AnyRecord, AppliedOffset, AvroRecord, CrdtDeltaRecord, CrdtRecordKind, Entity, EventRecord, HEADER_LEN, MARKER,
-        Processor, RecentReply, RecordKind, Registry, Reply, RoutingRecord, ServiceRecord,
-        Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
+        self, AnyRecord, AppliedOffset, AvroRecord, CrdtDeltaRecord, CrdtRecordKind, Entity,
+        EventRecord, HEADER_LEN, MARKER, Processor, RecentReply, RecordKind, Registry, Reply,
+        RoutingRecord, ServiceRecord, Snapshot, ValueDeletion, ValueRecord, WriteConsistency,
+        Writer,
     },
     cloudstate::crdt::CrdtWriteConsistency,
 };

@@ -462,32 +462,34 @@ impl Store {
 impl Store {
     /// Store full CRDT states. A row as of an older offset never replaces a newer one.
     pub async fn write_crdts(&self, rows: &[CrdtRow]) -> Result<(), Error> {
-        let writes = rows.iter().map(|row| async move {
-            self.inner
-                .session
-                .execute_unpaged(
-                    &self.inner.upsert_crdt,
-                    (
-                        &row.service,
-                        row.partition,
-                        &row.entity_key,
-                        &row.persistence_id,
-                        &row.entity_id,
-                        &row.state,
-                        row.deleted,
-                        &row.pruned,
-                        row.offset,
-                        write_timestamp(row.offset),
-                    ),
-                )
-                .await
-                .map_err(|e| Error::query("writing a CRDT state", e))
-                .map(|_| ())
-        });
+        let writes: Vec<_> = rows.iter().map(|row| self.write_crdt(row)).collect();
         stream::iter(writes)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        Ok(())
+    }
+
+    async fn write_crdt(&self, row: &CrdtRow) -> Result<(), Error> {
+        self.inner
+            .session
+            .execute_unpaged(
+                &self.inner.upsert_crdt,
+                (
+                    &row.service,
+                    row.partition,
+                    &row.entity_key,
+                    &row.persistence_id,
+                    &row.entity_id,
+                    &row.state,
+                    row.deleted,
+                    &row.pruned,
+                    row.offset,
+                    write_timestamp(row.offset),
+                ),
+            )
+            .await
+            .map_err(|e| Error::query("writing a CRDT state", e))?;
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! checkpoints.
 
 use bytes::Bytes;
-use statehouse_store::{CrdtRow, Error, JournalRow, Options, SnapshotRow, Store, ValueRow, migrations};
+use statehouse_store::{
+    CrdtRow, Error, JournalRow, Options, SnapshotRow, Store, ValueRow, migrations,
+};
 use statehouse_test_support::{cassandra_contact_point, unique_keyspace};
 
 fn options() -> Options {
@@ -186,7 +188,11 @@ async fn crdt_states_are_read_back_per_partition_and_never_go_backwards() {
         entity_id: key.into(),
         state: state.map(|s| Bytes::from(s.to_string())),
         deleted: state.is_none(),
-        pruned: if offset > 10 { vec!["p0:1".into()] } else { vec![] },
+        pruned: if offset > 10 {
+            vec!["p0:1".into()]
+        } else {
+            vec![]
+        },
         offset,
     };
     store
@@ -198,10 +204,16 @@ async fn crdt_states_are_read_back_per_partition_and_never_go_backwards() {
         .await
         .unwrap();
     // A late, older state (a deposed owner's) does not replace a newer one.
-    store.write_crdts(&[row("a", 0, 8, Some("a@8"))]).await.unwrap();
+    store
+        .write_crdts(&[row("a", 0, 8, Some("a@8"))])
+        .await
+        .unwrap();
     let mut p0 = store.read_crdts("presence", 0).await.unwrap();
     p0.sort_by(|x, y| x.entity_key.cmp(&y.entity_key));
-    assert_eq!(p0, vec![row("a", 0, 10, Some("a@10")), row("b", 0, 12, None)]);
+    assert_eq!(
+        p0,
+        vec![row("a", 0, 10, Some("a@10")), row("b", 0, 12, None)]
+    );
     assert_eq!(
         store.read_crdts("presence", 1).await.unwrap(),
         vec![row("c", 1, 3, Some("c@3"))]

@@ -70,6 +70,18 @@ pub(crate) struct EntityRef {
     pub(crate) info: Arc<EntityInfo>,
 }
 
+impl EntityRef {
+    /// The entity a command is for.
+    pub(crate) fn of(command: &Command) -> Self {
+        let info = Arc::clone(&command.method.entity);
+        Self {
+            key: statehouse_core::ids::entity_key(&info.persistence_id, &command.entity_id),
+            id: command.entity_id.clone(),
+            info,
+        }
+    }
+}
+
 /// Where a command's outcome goes.
 pub(crate) enum Caller {
     /// One outcome.
@@ -153,6 +165,8 @@ pub(crate) enum Action<K: Kind> {
     Fail { id: i64, error: Error },
     /// Run side effects that answer nobody.
     Effects(Vec<cs::SideEffect>),
+    /// Tell the user function about a protocol error that does not end the stream.
+    Report(String),
     /// The stream failed or the user function broke the protocol: drop the stream, fail every
     /// call in flight with `text` (UNKNOWN), tell the user function `report` if set.
     Crash {
@@ -163,7 +177,8 @@ pub(crate) enum Action<K: Kind> {
     /// [`Kind::TERMINATED`]. The next command starts a new stream.
     Drop,
     /// Half-close the stream for good: the entity stays active and refuses every later command
-    /// with `refuse` (a deleted CRDT).
+    /// with `refuse` (a deleted CRDT); unary calls still in flight fail with it, streamed calls
+    /// end.
     Close { refuse: String },
 }
 
@@ -180,7 +195,9 @@ pub(crate) trait Kind: Sized + Send + 'static {
     type Ctx: Send + Sync + 'static;
     /// What the kind writes, off the entity loop.
     type Write: Send + 'static;
-    /// Inputs from outside the stream (CRDTs: the replicated state changed).
+    /// Inputs from outside the stream (CRDTs: the replicated state changed). They coalesce: a
+    /// newer input [`Kind::merge`]s into one the entity has not taken yet, so an entity that
+    /// falls behind holds one input, never a queue.
     type Input: Send + 'static;
 
     /// The text a call in flight gets when the stream ends or fails under it.
@@ -237,6 +254,9 @@ pub(crate) trait Kind: Sized + Send + 'static {
         result: Result<(), Error>,
     ) -> Vec<Action<Self>>;
 
+    /// Merge `newer` into an input not taken yet.
+    fn merge(into: &mut Self::Input, newer: Self::Input);
+
     /// An input from outside the stream.
     fn input(
         &mut self,
@@ -285,7 +305,26 @@ pub(crate) struct Home<K: Kind> {
 struct Mailbox<K: Kind> {
     instance: u64,
     commands: mpsc::Sender<Envelope>,
-    inputs: mpsc::Sender<K::Input>,
+    inputs: Arc<Inbox<K::Input>>,
+}
+
+/// The input an entity has not taken yet (newer ones merge into it) and its wake-up.
+struct Inbox<T> {
+    slot: std::sync::Mutex<Option<T>>,
+    notify: tokio::sync::Notify,
+}
+
+impl<T> Inbox<T> {
+    fn new() -> Self {
+        Self {
+            slot: std::sync::Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn take(&self) -> Option<T> {
+        self.slot.lock().expect("inbox lock").take()
+    }
 }
 
 impl<K: Kind> Home<K> {
@@ -310,7 +349,7 @@ impl<K: Kind> Home<K> {
     fn not_serving(&self) -> Error {
         match self.partition {
             Some(p) => self.host.not_serving(p),
-            None => Error::ShuttingDown,
+            None => Error::elsewhere(self.env.service.as_str()),
         }
     }
 
@@ -326,11 +365,22 @@ impl<K: Kind> Home<K> {
 
     /// Hand an input to the entity `key`, if it is active (false: it is not).
     pub(crate) fn input(&self, key: &str, input: K::Input) -> bool {
-        let mailboxes = self.mailboxes.lock().expect("mailboxes lock");
-        match mailboxes.get(key) {
-            Some(mailbox) => mailbox.inputs.try_send(input).is_ok(),
-            None => false,
+        let inbox = {
+            let mailboxes = self.mailboxes.lock().expect("mailboxes lock");
+            match mailboxes.get(key) {
+                Some(mailbox) => Arc::clone(&mailbox.inputs),
+                None => return false,
+            }
+        };
+        {
+            let mut slot = inbox.slot.lock().expect("inbox lock");
+            match slot.as_mut() {
+                Some(waiting) => K::merge(waiting, input),
+                None => *slot = Some(input),
+            }
         }
+        inbox.notify.notify_one();
+        true
     }
 
     /// The keys of the active entities.
@@ -343,8 +393,16 @@ impl<K: Kind> Home<K> {
             .collect()
     }
 
-    /// Hand a command to its entity's mailbox, starting the entity if it is not active.
-    pub(crate) fn send(
+    /// Hand a command to its entity's mailbox, starting the entity if it is not active; a
+    /// command that cannot be taken is answered with the error at once.
+    pub(crate) fn send(self: &Arc<Self>, entity: EntityRef, command: Command, caller: Caller) {
+        if let Err((error, caller)) = self.try_send(entity, command, caller) {
+            caller.fail(error);
+        }
+    }
+
+    #[allow(clippy::result_large_err, reason = "the caller comes back to be answered")]
+    fn try_send(
         self: &Arc<Self>,
         entity: EntityRef,
         command: Command,
@@ -382,7 +440,8 @@ impl<K: Kind> Home<K> {
         }
         let (commands, rx) = mpsc::channel(MAILBOX);
         commands.try_send(envelope).expect("a new mailbox has room");
-        let (inputs, inputs_rx) = mpsc::channel(MAILBOX);
+        let inputs = Arc::new(Inbox::new());
+        let inputs_rx = Arc::clone(&inputs);
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         mailboxes.insert(
             entity.key.clone(),
@@ -473,7 +532,7 @@ async fn run<K: Kind>(
     entity: EntityRef,
     instance: u64,
     mut rx: mpsc::Receiver<Envelope>,
-    mut inputs: mpsc::Receiver<K::Input>,
+    inputs: Arc<Inbox<K::Input>>,
 ) {
     let idle = entity
         .info
@@ -508,7 +567,11 @@ async fn run<K: Kind>(
             }
             message = next_message(&mut this.session) => this.on_message(message),
             Some(id) = this.cancels.1.recv() => this.on_cancelled(id),
-            Some(input) = inputs.recv() => this.on_input(input),
+            _ = inputs.notify.notified() => {
+                if let Some(input) = inputs.take() {
+                    this.on_input(input);
+                }
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 this.on_deadline();
             }
@@ -693,6 +756,8 @@ impl<K: Kind> Entity<K> {
             let actions = session.machine.cancelled(&self.entity, id);
             self.perform(actions);
         }
+        // Nothing more goes to that client.
+        self.calls.remove(&id);
     }
 
     fn on_deadline(&mut self) {
@@ -749,6 +814,10 @@ impl<K: Kind> Entity<K> {
                         fail(call.target, error);
                     }
                 }
+                Action::Report(report) => {
+                    warn!(entity = %self.entity.key, report, "protocol error of the user function");
+                    tokio::spawn(Arc::clone(&self.home.host).report_error(report));
+                }
                 Action::Effects(side_effects) => {
                     if !side_effects.is_empty() {
                         let host = Arc::clone(&self.home.host);
@@ -766,6 +835,15 @@ impl<K: Kind> Entity<K> {
                     return;
                 }
                 Action::Close { refuse } => {
+                    for (_, call) in self.calls.drain() {
+                        match call.target {
+                            target @ Target::Unary(_) => {
+                                fail(target, Error::EntityFailure(refuse.clone()))
+                            }
+                            // Dropping the relay's sender ends the stream.
+                            Target::Stream(_) => {}
+                        }
+                    }
                     self.refuse = Some(refuse);
                     if let Some(session) = self.session.take() {
                         // Half-close; the user function ends its side.

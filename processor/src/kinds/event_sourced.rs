@@ -172,6 +172,10 @@ impl Kind for EventSourced {
         )
     }
 
+    fn merge(_: &mut Self::Input, newer: Self::Input) {
+        match newer {}
+    }
+
     fn accepts(&self) -> bool {
         self.serial.accepts()
     }

@@ -8,6 +8,7 @@
 //! * [`action`] maps action commands and responses; `crate::action` runs the calls.
 
 pub(crate) mod action;
+pub(crate) mod crdt;
 pub(crate) mod event_sourced;
 pub(crate) mod journaled;
 pub(crate) mod value;

@@ -141,6 +141,10 @@ impl Kind for Value {
         )
     }
 
+    fn merge(_: &mut Self::Input, newer: Self::Input) {
+        match newer {}
+    }
+
     fn accepts(&self) -> bool {
         self.serial.accepts()
     }

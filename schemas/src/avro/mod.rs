@@ -35,8 +35,9 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use records::{
-    AppliedOffset, CrdtDeltaRecord, CrdtRecordKind, Entity, EventRecord, Processor, RecentReply, Reply, RoutingRecord,
-    ServiceRecord, Snapshot, ValueDeletion, ValueRecord, WriteConsistency, Writer,
+    AppliedOffset, CrdtDeltaRecord, CrdtRecordKind, Entity, EventRecord, Processor, RecentReply,
+    Reply, RoutingRecord, ServiceRecord, Snapshot, ValueDeletion, ValueRecord, WriteConsistency,
+    Writer,
 };
 pub use registry::{RecordKind, Registry, SchemaVersion, files};
 
