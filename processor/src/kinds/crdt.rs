@@ -10,10 +10,12 @@
 //!   the broadcast topic) at the requested consistency; the caller gets its answer once the
 //!   write is done. An invalid update (a GCounter decrement, a Flag switched off, another
 //!   type, an empty delta) crashes the stream with the reference proxy's text.
-//! * **Remote changes** ([`Changed`]) join the state at once, but reach the user function only
-//!   when none of its commands, cancellations or writes is in flight: then one delta, the
-//!   difference between what it holds ([`View`]) and the state. Its own changes are never
-//!   echoed (what it holds already includes them).
+//! * **Remote changes** ([`Changed`]) wait while any of the user function's commands,
+//!   cancellations or writes is in flight; then they join the state and go as one delta, the
+//!   difference between what it holds ([`View`]) and the state. The user function's updates
+//!   apply to the state it was told about, so a remove removes only what it had seen (a
+//!   concurrent add elsewhere survives). Its own changes are never echoed (what it holds
+//!   already includes them).
 //! * **Streamed calls:** a reply with `streamed` keeps the call open, each streamed message is
 //!   an element, `end_stream` (or a reply without `streamed`) ends it. When the client goes
 //!   away, `stream_cancelled` goes to the user function exactly once, and only for a call it
@@ -56,8 +58,14 @@ pub(crate) struct Crdt {
     me: ReplicaId,
     /// The other replicas that are alive (a Vote counts them).
     live: Arc<BTreeSet<ReplicaId>>,
-    /// This replica's state of the entity: what it loaded, its own fragments, remote ones.
+    /// The state the user function's value stands for: what it was told (init, deltas) plus
+    /// its own changes. Its updates apply to this state, so a remove removes what the user
+    /// function had seen, not a concurrent add it has not been told about.
     state: Option<State>,
+    /// Remote fragments (joined) and prunes not told to the user function yet: they join
+    /// `state` when it is next told.
+    pending: Option<State>,
+    pending_pruned: Vec<ReplicaId>,
     /// What the user function holds (`None`: what its SDK starts with, nothing told yet).
     held: Option<View>,
     /// Commands sent and not answered yet, with whether they are streamed.
@@ -165,6 +173,8 @@ impl Kind for Crdt {
             me: loaded.me,
             live: loaded.live,
             state: loaded.state,
+            pending: None,
+            pending_pruned: Vec::new(),
             held: None,
             commands: HashMap::new(),
             open: HashSet::new(),
@@ -420,20 +430,16 @@ impl Kind for Crdt {
             ];
         }
         if let Some(fragment) = input.fragment {
-            match &mut self.state {
-                Some(state) => {
-                    if let Err(e) = state.join(&fragment) {
+            match &mut self.pending {
+                Some(pending) => {
+                    if let Err(e) = pending.join(&fragment) {
                         warn!(entity = %entity.key, error = ?e, "a remote fragment of another CRDT type was left out");
                     }
                 }
-                None => self.state = Some(fragment),
+                None => self.pending = Some(fragment),
             }
         }
-        if let Some(state) = &mut self.state {
-            for replica in &input.pruned {
-                state.prune(replica);
-            }
-        }
+        self.pending_pruned.extend(input.pruned);
         if let Some(live) = input.live {
             self.live = live;
         }
@@ -605,6 +611,21 @@ impl Crdt {
     fn catch_up(&mut self) -> Vec<Action<Self>> {
         if self.deleted || !self.idle() {
             return Vec::new();
+        }
+        if let Some(pending) = self.pending.take() {
+            match &mut self.state {
+                Some(state) => {
+                    if let Err(e) = state.join(&pending) {
+                        warn!(error = ?e, "a remote fragment of another CRDT type was left out");
+                    }
+                }
+                None => self.state = Some(pending),
+            }
+        }
+        if let Some(state) = &mut self.state {
+            for replica in self.pending_pruned.drain(..) {
+                state.prune(&replica);
+            }
         }
         let Some(state) = &self.state else {
             return Vec::new();

@@ -385,3 +385,51 @@ fn inputs_merge_while_the_entity_has_not_taken_them() {
     assert_eq!(first.fragment, Some(remote_pn(5)));
     assert_eq!(first.pruned, vec![ReplicaId::new("gone:1")]);
 }
+
+#[test]
+fn a_remove_removes_what_the_user_function_had_seen_not_a_concurrent_add() {
+    use statehouse_schemas::cloudstate::crdt::OrSetDelta;
+    let x = prost_types::Any {
+        type_url: "p.cloudstate.io/string".into(),
+        value: b"x".to_vec(),
+    };
+    let add_x = delta(crdt_delta::Delta::Orset(OrSetDelta {
+        added: vec![x.clone()],
+        ..OrSetDelta::default()
+    }));
+    let there = ReplicaId::new("p2:1");
+    let seen = statehouse_crdt::protocol::apply(None, &there, &add_x, 1).unwrap();
+    let (mut machine, e, _) = fresh(Some(seen.clone()));
+    assert_eq!(machine.held, Some(View::ORSet([x.clone().into()].into())));
+    send(&mut machine, &e, 1, false);
+    // Meanwhile a third replica adds x again (a new dot).
+    let again =
+        statehouse_crdt::protocol::apply(Some(&seen), &ReplicaId::new("p3:1"), &add_x, 2).unwrap();
+    assert!(input(&mut machine, &e, Changed { fragment: Some(again), ..Changed::default() }).is_empty());
+    // The user function clears the set it holds.
+    let clear = delta(crdt_delta::Delta::Orset(OrSetDelta {
+        cleared: true,
+        ..OrSetDelta::default()
+    }));
+    let actions = on(&mut machine, &e, reply(1, None, update(clear, CrdtWriteConsistency::Local), false));
+    let (token, write) = the_write(&actions);
+    let Change::Fragment(fragment) = &write.change else {
+        panic!("not a fragment")
+    };
+    let mut everywhere = seen.clone();
+    everywhere.join(fragment).unwrap();
+    assert_eq!(
+        View::of(&everywhere, &Voters { me: &me(), live: &BTreeSet::new() }),
+        View::ORSet(BTreeSet::new()),
+        "the remove takes the element the user function had seen"
+    );
+    // Once written, the concurrent add reaches the user function: x is back.
+    let actions = machine.written(&e, token, Ok(()));
+    assert_eq!(
+        sent_delta(&actions),
+        Some(delta(crdt_delta::Delta::Orset(OrSetDelta {
+            added: vec![x],
+            ..OrSetDelta::default()
+        })))
+    );
+}
