@@ -238,6 +238,28 @@ impl Admin {
         Ok(())
     }
 
+    /// Delete the records of `topic` before `offsets` (per partition), as retention would
+    /// (tests and `admin` tooling only).
+    pub async fn truncate(&self, topic: &str, offsets: &[(u32, i64)]) -> Result<(), Error> {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for &(partition, offset) in offsets {
+            tpl.add_partition_offset(topic, partition as i32, rdkafka::Offset::Offset(offset))
+                .map_err(|e| Error::kafka("building the truncation", e))?;
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.options.request_timeout()));
+        let done = self
+            .client
+            .delete_records(&tpl, &opts)
+            .await
+            .map_err(|e| Error::kafka(format!("deleting records of {topic}"), e))?;
+        for element in done.elements() {
+            if let Err(e) = element.error() {
+                return Err(Error::kafka(format!("deleting records of {topic}"), e));
+            }
+        }
+        Ok(())
+    }
+
     /// Delete topics (tests and `admin` tooling only).
     pub async fn delete(&self, topics: &[&str]) -> Result<(), Error> {
         let opts = AdminOptions::new().operation_timeout(Some(self.options.request_timeout()));

@@ -129,7 +129,7 @@ Args: (list base override). Returns JSON. */}}
 {{- $items := list -}}
 {{- $seenNames := dict -}}
 {{- $seenResources := dict -}}
-{{- $processorKeys := list "partitions" "passivationTimeoutMs" "strictProtocolVersion" "backupIntervalMs" "maxActiveEntities" -}}
+{{- $processorKeys := list "partitions" "passivationTimeoutMs" "strictProtocolVersion" "backupIntervalMs" "maxActiveEntities" "crdtHeartbeatIntervalMs" "crdtHeartbeatTimeoutMs" "crdtWriteTimeoutMs" "crdtPruneAfterMs" -}}
 {{- range $i, $entry := .Values.services -}}
 {{- $svc := include "statehouse.merge" (list $root.Values.serviceDefaults $entry) | fromJson -}}
 {{- $name := required (printf "services[%d].name is required" $i) $svc.name | toString -}}
@@ -328,6 +328,10 @@ passivation-timeout-ms = {{ include "statehouse.tomlInt" $s.passivationTimeoutMs
 strict-protocol-version = {{ $s.strictProtocolVersion }}
 backup-interval-ms = {{ include "statehouse.tomlInt" $s.backupIntervalMs }}
 max-active-entities = {{ include "statehouse.tomlInt" $s.maxActiveEntities }}
+crdt-heartbeat-interval-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatIntervalMs }}
+crdt-heartbeat-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatTimeoutMs }}
+crdt-write-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtWriteTimeoutMs }}
+crdt-prune-after-ms = {{ include "statehouse.tomlInt" $s.crdtPruneAfterMs }}
 {{ end -}}
 
 {{/* ------------------------------------------------------------------------------------------

@@ -321,10 +321,14 @@ impl Replicas {
                 self.republish(key);
                 Err(e)
             }
-            Err(_) => Err(Error::Overloaded(format!(
-                "Kafka did not acknowledge the change within {:?}",
-                self.options.write_timeout
-            ))),
+            Err(_) => {
+                // It may still fail later, unwatched: publish the full state to be sure.
+                self.republish(key);
+                Err(Error::Overloaded(format!(
+                    "Kafka did not acknowledge the change within {:?}",
+                    self.options.write_timeout
+                )))
+            }
         }
     }
 
