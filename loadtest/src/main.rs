@@ -186,7 +186,7 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         carts: u32,
         /// `cart`: the shopping cart's AddItem and GetCart. `kinds`: the Go TCK user function's
-        /// value-entity update and unary action.
+        /// value-entity update, CRDT increments (LOCAL, MAJORITY) and unary action.
         #[arg(long, default_value = "cart")]
         api: String,
     },
@@ -533,6 +533,8 @@ async fn latency_kinds(target: &str, calls: u32, warmup: u32, entities: u32) -> 
     let run = format!("{:x}", std::process::id());
     let mut update = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut action = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut majority = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let started = Instant::now();
     for i in 0..warmup + calls {
         let value = format!("v{i}");
@@ -549,16 +551,36 @@ async fn latency_kinds(target: &str, calls: u32, warmup: u32, entities: u32) -> 
         let t = Instant::now();
         client.action("pong").await.context("unary action")?;
         let action_us = t.elapsed().as_micros() as u64;
+        let counter = format!("GCounter-lt-{run}-{}", i % entities);
+        let t = Instant::now();
+        client
+            .increment(&counter, 0)
+            .await
+            .context("CRDT increment (LOCAL)")?;
+        let local_us = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        client
+            .increment(&counter, 1)
+            .await
+            .context("CRDT increment (MAJORITY)")?;
+        let majority_us = t.elapsed().as_micros() as u64;
         if i >= warmup {
             update.record(update_us.max(1))?;
             action.record(action_us.max(1))?;
+            local.record(local_us.max(1))?;
+            majority.record(majority_us.max(1))?;
         }
     }
     println!(
-        "one client, {calls} measured calls each (after {warmup} warm-up), {entities} value entities, {:.1}s",
+        "one client, {calls} measured calls each (after {warmup} warm-up), {entities} value entities and GCounters, {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    print_latency(&[("value update", &update), ("unary action", &action)]);
+    print_latency(&[
+        ("value update", &update),
+        ("CRDT increment, LOCAL", &local),
+        ("CRDT increment, MAJORITY", &majority),
+        ("unary action", &action),
+    ]);
     Ok(())
 }
 

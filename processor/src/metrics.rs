@@ -23,8 +23,8 @@ pub(crate) const PARTITION_RECOVERIES: &str = "statehouse_partition_recoveries_t
 pub(crate) const ACTION_CALLS: &str = "statehouse_action_calls_total";
 /// Counter: CRDT changes written (label `consistency`: local | majority | all).
 pub(crate) const CRDT_WRITES: &str = "statehouse_crdt_writes_total";
-/// Histogram: bytes of one record on the CRDT broadcast topic (fragments, full states,
-/// heartbeats).
+/// Histogram: bytes of one record on the CRDT broadcast topic (label `kind`: delta |
+/// full_state | delete | prune | heartbeat).
 pub(crate) const CRDT_RECORD_BYTES: &str = "statehouse_crdt_record_bytes";
 /// Counter: CRDT records whose delivery failed (the entity's full state follows).
 pub(crate) const CRDT_DELIVERY_FAILURES: &str = "statehouse_crdt_delivery_failures_total";

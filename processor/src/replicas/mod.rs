@@ -338,7 +338,8 @@ impl Replicas {
         record: &CrdtDeltaRecord,
     ) -> Result<impl std::future::Future<Output = Result<Delivered, Error>> + use<>, Error> {
         let bytes = record.encode().map_err(|e| Error::Journal(e.to_string()))?;
-        metrics::histogram!(m::CRDT_RECORD_BYTES).record(bytes.len() as f64);
+        metrics::histogram!(m::CRDT_RECORD_BYTES, "kind" => kind_label(record.kind))
+            .record(bytes.len() as f64);
         let broadcast = self.broadcast.read().expect("broadcast lock").clone();
         let delivery = broadcast.send(key, &bytes)?;
         Ok(async move { delivery.await.map_err(Error::from) })
@@ -670,6 +671,16 @@ impl Replicas {
     pub(crate) fn flush(&self) {
         let broadcast = self.broadcast.read().expect("broadcast lock").clone();
         broadcast.flush(Duration::from_secs(5));
+    }
+}
+
+fn kind_label(kind: CrdtRecordKind) -> &'static str {
+    match kind {
+        CrdtRecordKind::Delta => "delta",
+        CrdtRecordKind::FullState => "full_state",
+        CrdtRecordKind::Delete => "delete",
+        CrdtRecordKind::Prune => "prune",
+        CrdtRecordKind::Heartbeat => "heartbeat",
     }
 }
 
