@@ -24,7 +24,12 @@ use tonic::transport::Channel;
 const SERVICE: &str = "tck";
 const PROCESS: &str = "/cloudstate.tck.model.crdt.CrdtTckModel/Process";
 
-async fn process(stack: &Stack, i: usize, id: &str, actions: Vec<request_action::Action>) -> Result<Option<State>, String> {
+async fn process(
+    stack: &Stack,
+    i: usize,
+    id: &str,
+    actions: Vec<request_action::Action>,
+) -> Result<Option<State>, String> {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", stack.pods[i].internal_port))
         .unwrap()
         .connect()
@@ -50,7 +55,9 @@ async fn process(stack: &Stack, i: usize, id: &str, actions: Vec<request_action:
         .map_err(|s| s.message().to_string())?
         .into_inner();
     match response.outcome {
-        Some(handle_response::Outcome::Reply(reply)) => Ok(Response::decode(reply.payload).unwrap().state),
+        Some(handle_response::Outcome::Reply(reply)) => {
+            Ok(Response::decode(reply.payload).unwrap().state)
+        }
         Some(handle_response::Outcome::Failure(f)) => Err(f.description),
         None => Ok(None),
     }
@@ -107,7 +114,9 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     // Both replicas count into the same entities; one entity is deleted.
     let ids: Vec<String> = (0..8).map(|n| format!("PNCounter-b{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
-        process(&stack, 0, id, vec![pn(n as i64 + 1)]).await.unwrap();
+        process(&stack, 0, id, vec![pn(n as i64 + 1)])
+            .await
+            .unwrap();
         process(&stack, 1, id, vec![pn(10)]).await.unwrap();
     }
     let orset = "ORSet-b";
@@ -121,12 +130,24 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     )
     .await
     .unwrap();
-    process(&stack, 0, "GCounter-gone", vec![up(update::Update::Gcounter(model::GCounterUpdate { increment: 3 }))])
-        .await
-        .unwrap();
-    process(&stack, 1, "GCounter-gone", vec![request_action::Action::Delete(model::Delete {})])
-        .await
-        .unwrap();
+    process(
+        &stack,
+        0,
+        "GCounter-gone",
+        vec![up(update::Update::Gcounter(model::GCounterUpdate {
+            increment: 3,
+        }))],
+    )
+    .await
+    .unwrap();
+    process(
+        &stack,
+        1,
+        "GCounter-gone",
+        vec![request_action::Action::Delete(model::Delete {})],
+    )
+    .await
+    .unwrap();
     let expected = |n: usize| pn_value(n as i64 + 11);
     for i in 0..2 {
         for (n, id) in ids.iter().enumerate() {
@@ -150,9 +171,16 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     loop {
         let mut prunes = 0;
         for p in 0..stack.options.partitions {
-            for m in read_to_end(&kafka, &topic, p, 0, Isolation::ReadCommitted, Duration::from_secs(30))
-                .await
-                .unwrap()
+            for m in read_to_end(
+                &kafka,
+                &topic,
+                p,
+                0,
+                Isolation::ReadCommitted,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
             {
                 let record = CrdtDeltaRecord::decode(&m.value.unwrap()).unwrap();
                 if record.kind == CrdtRecordKind::Prune && ids.contains(&record.entity_id) {
@@ -163,11 +191,19 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
         if prunes >= ids.len() {
             break;
         }
-        assert!(Instant::now() < deadline, "only {prunes} prunes of {} entities", ids.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {prunes} prunes of {} entities",
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for (n, id) in ids.iter().enumerate() {
-        assert_eq!(answer(&stack, 1, id).await, Ok(expected(n)), "{id} after the prune");
+        assert_eq!(
+            answer(&stack, 1, id).await,
+            Ok(expected(n)),
+            "{id} after the prune"
+        );
     }
 
     // Let the backup catch up, then delete every record of the topic, as retention would.
@@ -175,7 +211,9 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     let admin = Admin::new(&kafka).unwrap();
     let mut ends = Vec::new();
     for p in 0..stack.options.partitions {
-        let (end, _) = end_offsets(&kafka, &topic, p, Duration::from_secs(10)).await.unwrap();
+        let (end, _) = end_offsets(&kafka, &topic, p, Duration::from_secs(10))
+            .await
+            .unwrap();
         ends.push((p, end));
     }
     admin.truncate(&topic, &ends).await.unwrap();
@@ -184,7 +222,11 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     let new = stack.add_pod();
     stack.wait_ready(new, Duration::from_secs(120));
     for (n, id) in ids.iter().enumerate() {
-        assert_eq!(answer(&stack, new, id).await, Ok(expected(n)), "{id} on the new processor");
+        assert_eq!(
+            answer(&stack, new, id).await,
+            Ok(expected(n)),
+            "{id} on the new processor"
+        );
     }
     assert_eq!(
         answer(&stack, new, orset).await,
@@ -202,7 +244,10 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     process(&stack, new, &ids[0], vec![pn(100)]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while answer(&stack, 1, &ids[0]).await != Ok(pn_value(111)) {
-        assert!(Instant::now() < deadline, "the survivor did not see the new processor's change");
+        assert!(
+            Instant::now() < deadline,
+            "the survivor did not see the new processor's change"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

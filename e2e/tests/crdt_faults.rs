@@ -222,14 +222,27 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
     let processors: Vec<Direct> = (0..3).map(|i| Direct::connect(&stack, i)).collect();
     for (i, p) in processors.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(e) = p.process(Request { id: key(0), actions: vec![] }).await {
-            assert!(Instant::now() < deadline, "processor {i} serves no CRDTs: {e}");
+        while let Err(e) = p
+            .process(Request {
+                id: key(0),
+                actions: vec![],
+            })
+            .await
+        {
+            assert!(
+                Instant::now() < deadline,
+                "processor {i} serves no CRDTs: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let topic = Topics::new(stack.prefix.clone(), ServiceName::new(SERVICE).unwrap()).crdt();
     let stop_chaos = tokio_util::sync::CancellationToken::new();
-    let chaos = tokio::spawn(chaos(topic.clone(), stack.options.partitions, stop_chaos.clone()));
+    let chaos = tokio::spawn(chaos(
+        topic.clone(),
+        stack.options.partitions,
+        stop_chaos.clone(),
+    ));
 
     // The load: WORKERS clients, each update to a random processor.
     let known: Arc<Mutex<HashMap<usize, Known>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -237,8 +250,12 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let (known, next, failures, processors) =
-                (known.clone(), next.clone(), failures.clone(), processors.clone());
+            let (known, next, failures, processors) = (
+                known.clone(),
+                next.clone(),
+                failures.clone(),
+                processors.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
                 loop {
@@ -293,7 +310,9 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.pods[2].processor.restart();
     progress(UPDATES / 2).await;
-    let down = tokio::task::spawn_blocking(|| bounce_kafka(false)).await.unwrap();
+    let down = tokio::task::spawn_blocking(|| bounce_kafka(false))
+        .await
+        .unwrap();
     eprintln!("the broker was down for {down:?}");
     progress(UPDATES * 3 / 4).await;
     stack.pods[1].processor.kill9();
@@ -308,14 +327,26 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
         "{UPDATES} updates ({} failed or unknown), {republished} records republished out of order",
         failures.load(std::sync::atomic::Ordering::Relaxed)
     );
-    assert!(republished >= 1_000, "too few records republished: {republished}");
+    assert!(
+        republished >= 1_000,
+        "too few records republished: {republished}"
+    );
 
     // Quiet: the restarted processors serve again, then every replica answers the same.
-    for i in 0..3 {
+    for (i, processor) in processors.iter().enumerate() {
         stack.wait_ready(i, Duration::from_secs(120));
         let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(e) = processors[i].process(Request { id: key(0), actions: vec![] }).await {
-            assert!(Instant::now() < deadline, "processor {i} serves no CRDTs: {e}");
+        while let Err(e) = processor
+            .process(Request {
+                id: key(0),
+                actions: vec![],
+            })
+            .await
+        {
+            assert!(
+                Instant::now() < deadline,
+                "processor {i} serves no CRDTs: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -325,7 +356,13 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
         loop {
             let mut answers = Vec::new();
             for p in &processors {
-                answers.push(p.process(Request { id: key(i), actions: vec![] }).await);
+                answers.push(
+                    p.process(Request {
+                        id: key(i),
+                        actions: vec![],
+                    })
+                    .await,
+                );
             }
             if answers.iter().all(|a| a.is_ok() && a == &answers[0]) {
                 values.insert(i, answers[0].clone().unwrap());
@@ -339,10 +376,13 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    eprintln!("replicas agreed on {KEYS} entities {:?} after quiet", quiet.elapsed());
+    eprintln!(
+        "replicas agreed on {KEYS} entities {:?} after quiet",
+        quiet.elapsed()
+    );
 
     // Nothing acknowledged lost, nothing counted twice.
-    let known = known.lock().unwrap();
+    let known = std::mem::take(&mut *known.lock().unwrap());
     for (i, value) in &values {
         let Some(k) = known.get(i) else { continue };
         match view_of(value) {
@@ -375,9 +415,16 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
                     key(*i),
                     k.acked_elements.difference(&got).collect::<Vec<_>>()
                 );
-                let attempted: BTreeSet<String> =
-                    k.acked_elements.union(&k.unknown_elements).cloned().collect();
-                assert!(got.is_subset(&attempted), "{}: elements nobody added", key(*i));
+                let attempted: BTreeSet<String> = k
+                    .acked_elements
+                    .union(&k.unknown_elements)
+                    .cloned()
+                    .collect();
+                assert!(
+                    got.is_subset(&attempted),
+                    "{}: elements nobody added",
+                    key(*i)
+                );
             }
             other => panic!("{}: unexpected value {other:?}", key(*i)),
         }
@@ -390,12 +437,22 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
     };
     let mut folded: HashMap<String, Crdt> = HashMap::new();
     for partition in 0..stack.options.partitions {
-        for m in read_to_end(&kafka, &topic, partition, 0, Isolation::ReadCommitted, Duration::from_secs(60))
-            .await
-            .unwrap()
+        for m in read_to_end(
+            &kafka,
+            &topic,
+            partition,
+            0,
+            Isolation::ReadCommitted,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
         {
             let record = CrdtDeltaRecord::decode(&m.value.unwrap()).unwrap();
-            if !matches!(record.kind, CrdtRecordKind::Delta | CrdtRecordKind::FullState) {
+            if !matches!(
+                record.kind,
+                CrdtRecordKind::Delta | CrdtRecordKind::FullState
+            ) {
                 continue;
             }
             let fragment = codec::decode(&record.state).unwrap();
@@ -410,9 +467,15 @@ async fn r9_crdt_replicas_converge_under_duplicates_reordering_delays_bounces_an
     let nobody = ReplicaId::new("reader");
     let live = BTreeSet::new();
     for (i, value) in &values {
-        let from_topic = folded
-            .get(&key(*i))
-            .map(|s| View::of(s, &Voters { me: &nobody, live: &live }));
+        let from_topic = folded.get(&key(*i)).map(|s| {
+            View::of(
+                s,
+                &Voters {
+                    me: &nobody,
+                    live: &live,
+                },
+            )
+        });
         let expected = view_of(value);
         // An entity no record reached has the empty value everywhere.
         let from_topic = from_topic.or_else(|| expected.as_ref().map(|v| View::bottom(v.kind())));

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use statehouse_e2e::proto::tck::crdt::{
-    self as model, Request, RequestAction, Response, State, StreamedRequest, Update, request_action,
-    state, update,
+    self as model, Request, RequestAction, Response, State, StreamedRequest, Update,
+    request_action, state, update,
 };
 use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
 use statehouse_schemas::statehouse::processor::v1::{HandleRequest, handle_response};
@@ -57,11 +57,12 @@ struct Direct(ProcessorClient<Channel>);
 
 impl Direct {
     async fn connect(stack: &Stack, i: usize) -> Self {
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", stack.pods[i].internal_port))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel =
+            Channel::from_shared(format!("http://127.0.0.1:{}", stack.pods[i].internal_port))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
         Direct(ProcessorClient::new(channel))
     }
 
@@ -96,7 +97,10 @@ impl Direct {
     }
 
     /// `ProcessStreamed`: the stream of states.
-    async fn subscribe(&self, r: StreamedRequest) -> tonic::Streaming<statehouse_schemas::statehouse::processor::v1::HandleResponse> {
+    async fn subscribe(
+        &self,
+        r: StreamedRequest,
+    ) -> tonic::Streaming<statehouse_schemas::statehouse::processor::v1::HandleResponse> {
         let first = Self::handle(STREAMED, &r.id, r.encode_to_vec());
         self.0
             .clone()
@@ -187,12 +191,16 @@ async fn crdts_replicate_between_processors() {
     for i in 0..3 {
         stack.wait_ready(i, Duration::from_secs(120));
     }
-    let p: Vec<Direct> = futures::future::join_all((0..3).map(|i| Direct::connect(&stack, i))).await;
+    let p: Vec<Direct> =
+        futures::future::join_all((0..3).map(|i| Direct::connect(&stack, i))).await;
     // Every processor serves CRDTs once it caught up with the topic.
     for (i, processor) in p.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Err(e) = processor.process(request("GCounter-warmup", vec![])).await {
-            assert!(Instant::now() < deadline, "processor {i} serves no CRDTs: {e}");
+            assert!(
+                Instant::now() < deadline,
+                "processor {i} serves no CRDTs: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -241,7 +249,10 @@ async fn crdts_replicate_between_processors() {
     for processor in &p {
         converges(processor, id, &set(&["x"])).await;
     }
-    let b_uf = stack.pods[1].user_function.pid().expect("B's user function runs");
+    let b_uf = stack.pods[1]
+        .user_function
+        .pid()
+        .expect("B's user function runs");
     signal(b_uf, "STOP");
     let remover = p[1].clone();
     let removed = tokio::spawn(async move {
@@ -254,14 +265,21 @@ async fn crdts_replicate_between_processors() {
     let added = p[2]
         .process(request(
             id,
-            vec![orset(SetAction::Clear(true)), orset(SetAction::Add("x".into()))],
+            vec![
+                orset(SetAction::Clear(true)),
+                orset(SetAction::Add("x".into())),
+            ],
         ))
         .await
         .unwrap();
     assert_eq!(added, set(&["x"]));
     tokio::time::sleep(Duration::from_secs(1)).await;
     signal(b_uf, "CONT");
-    assert_eq!(removed.await.unwrap().unwrap(), set(&[]), "B's user function removed x");
+    assert_eq!(
+        removed.await.unwrap().unwrap(),
+        set(&[]),
+        "B's user function removed x"
+    );
     for processor in &p {
         converges(processor, id, &set(&["x"])).await;
     }
@@ -274,14 +292,28 @@ async fn crdts_replicate_between_processors() {
             ..StreamedRequest::default()
         })
         .await;
-    assert_eq!(next(&mut watching, Duration::from_secs(10)).await, Some(gcounter(0)));
-    p[0].process(request(id, vec![up(update::Update::Gcounter(model::GCounterUpdate { increment: 5 }))]))
-        .await
-        .unwrap();
-    assert_eq!(next(&mut watching, Duration::from_secs(10)).await, Some(gcounter(5)));
-    p[0].process(request(id, vec![request_action::Action::Delete(model::Delete {})]))
-        .await
-        .unwrap();
+    assert_eq!(
+        next(&mut watching, Duration::from_secs(10)).await,
+        Some(gcounter(0))
+    );
+    p[0].process(request(
+        id,
+        vec![up(update::Update::Gcounter(model::GCounterUpdate {
+            increment: 5,
+        }))],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut watching, Duration::from_secs(10)).await,
+        Some(gcounter(5))
+    );
+    p[0].process(request(
+        id,
+        vec![request_action::Action::Delete(model::Delete {})],
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         next(&mut watching, Duration::from_secs(10)).await,
         None,
@@ -292,7 +324,10 @@ async fn crdts_replicate_between_processors() {
         loop {
             match processor.process(request(id, vec![])).await {
                 Err(e) if e == "Entity deleted" => break,
-                other => assert!(Instant::now() < deadline, "{id} not deleted everywhere: {other:?}"),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{id} not deleted everywhere: {other:?}"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -308,7 +343,10 @@ async fn crdts_replicate_between_processors() {
         .await;
     // A Vote nobody voted in has no state yet: the user function starts from its own default
     // (itself alone); the first vote brings the replicated state and the live count.
-    assert_eq!(next(&mut monitor, Duration::from_secs(10)).await, Some(vote(false, 0, 1)));
+    assert_eq!(
+        next(&mut monitor, Duration::from_secs(10)).await,
+        Some(vote(false, 0, 1))
+    );
     let _connection = p[0]
         .subscribe(StreamedRequest {
             id: id.into(),
@@ -320,12 +358,18 @@ async fn crdts_replicate_between_processors() {
             ..StreamedRequest::default()
         })
         .await;
-    assert_eq!(next(&mut monitor, Duration::from_secs(10)).await, Some(vote(false, 1, 3)));
+    assert_eq!(
+        next(&mut monitor, Duration::from_secs(10)).await,
+        Some(vote(false, 1, 3))
+    );
     let killed = Instant::now();
     stack.pods[0].processor.kill9();
     let bound = HEARTBEAT_TIMEOUT + Duration::from_secs(1);
     assert_eq!(next(&mut monitor, bound).await, Some(vote(false, 0, 2)));
-    eprintln!("A's vote stopped counting {:?} after kill -9", killed.elapsed());
+    eprintln!(
+        "A's vote stopped counting {:?} after kill -9",
+        killed.elapsed()
+    );
 
     // The service stays writable through the gateway with A dead (A may have owned the
     // partitions of these entities).
@@ -340,10 +384,15 @@ async fn crdts_replicate_between_processors() {
         let id = format!("PNCounter-alive-{n}");
         let mut r = tonic::Request::new(request(
             &id,
-            vec![up(update::Update::Pncounter(model::PnCounterUpdate { change: n }))],
+            vec![up(update::Update::Pncounter(model::PnCounterUpdate {
+                change: n,
+            }))],
         ));
         r.set_timeout(Duration::from_secs(30));
-        let state = gateway.process(r).await.unwrap_or_else(|e| panic!("{id}: {e:?}"));
+        let state = gateway
+            .process(r)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"));
         assert_eq!(
             state.into_inner().state,
             Some(State {

@@ -107,13 +107,15 @@ async fn state_of(client: &CrdtTckModelClient<Channel>, r: Request) -> Option<St
         .state
 }
 
-/// The eight types: each entity's requests and the value they lead to. The model takes the
-/// CRDT type from the entity id's prefix.
-fn all_types() -> Vec<(
+/// An entity, its requests (each a list of actions) and the value they lead to.
+type Case = (
     &'static str,
     Vec<Vec<request_action::Action>>,
     Option<State>,
-)> {
+);
+
+/// The eight types. The model takes the CRDT type from the entity id's prefix.
+fn all_types() -> Vec<Case> {
     use model::or_map_update::Action as MapAction;
     use model::or_set_update::Action as SetAction;
     let s = |v: &str| v.to_string();

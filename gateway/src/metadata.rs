@@ -109,6 +109,11 @@ pub(crate) fn deadline(headers: &HeaderMap, default: Duration) -> Instant {
     Instant::now() + grpc::timeout(headers).unwrap_or(default)
 }
 
+/// The deadline the client set (`grpc-timeout`), if any.
+pub(crate) fn client_deadline(headers: &HeaderMap) -> Option<Instant> {
+    grpc::timeout(headers).map(|timeout| Instant::now() + timeout)
+}
+
 /// The client's idempotency key (`""` = none).
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> &str {
     headers

@@ -16,9 +16,10 @@
 //!   element, an error is an HTTP error status with its text as for unary calls; after it, an
 //!   error is a last line `{"error":{"code":<gRPC code>,"message":"…"}}` (SSE: `event: error`).
 //!
-//! Deadlines (`grpc-timeout`, else the gateway's default) travel with the call to the processor
-//! and the user function; when the client goes away, the relay stops and dropping the
-//! processor call cancels it down to the user function.
+//! Deadlines: a client's `grpc-timeout` travels with the call to the processor and the user
+//! function; without one, a streamed call runs until either side ends it (a subscription) and
+//! the gateway's default timeout bounds only opening it. When the client goes away, the relay
+//! stops and dropping the processor call cancels it down to the user function.
 
 use std::convert::Infallible;
 
@@ -28,7 +29,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
-use statehouse_runtime::router::{Call, Route};
+use statehouse_runtime::router::{self, Call, Route};
 use statehouse_schemas::statehouse::processor::v1::{
     HandleRequest, HandleResponse, handle_response,
 };
@@ -251,7 +252,10 @@ async fn open(
     } else {
         route.method.entity_id(&payload)?
     };
-    let deadline = metadata::deadline(headers, shared.default_timeout);
+    // A streamed call without a client deadline runs until either side ends it (a
+    // subscription); the default timeout bounds only finding a processor that accepts it.
+    let deadline = metadata::client_deadline(headers).unwrap_or_else(router::no_deadline);
+    let accept_by = metadata::deadline(headers, shared.default_timeout);
     let call = Call {
         method: &route.method,
         entity_id: &entity_id,
@@ -262,7 +266,7 @@ async fn open(
         hops: 0,
         deadline,
     };
-    let upstream = shared.router.open(call, rest).await?;
+    let upstream = shared.router.open(call, rest, accept_by).await?;
     Ok((upstream, deadline))
 }
 

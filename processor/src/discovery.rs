@@ -206,7 +206,10 @@ mod tests {
             spec(
                 vec![
                     entity(protocol::EVENT_SOURCED, CART),
-                    entity(protocol::LEGACY_FUNCTION, "cloudstate.action.ActionProtocol"),
+                    entity(
+                        protocol::LEGACY_FUNCTION,
+                        "cloudstate.action.ActionProtocol",
+                    ),
                 ],
                 (0, 2),
             ),
@@ -220,9 +223,12 @@ mod tests {
             ["cloudstate.action.ActionProtocol (cloudstate.function.StatelessFunction entities)"]
         );
         // Nothing servable at all is an error.
-        let err = validate(spec(vec![entity(protocol::LEGACY_FUNCTION, CART)], (0, 2)), true)
-            .err()
-            .unwrap();
+        let err = validate(
+            spec(vec![entity(protocol::LEGACY_FUNCTION, CART)], (0, 2)),
+            true,
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("none of its entities"), "{err}");
     }
 

@@ -309,14 +309,21 @@ impl Router {
     /// Delivers a command to the processor that may run it and returns its response,
     /// retrying (see the module docs) until `call.deadline`.
     pub async fn send(&self, call: Call<'_>) -> Result<HandleResponse, Error> {
-        self.route(call, |router, target, request, deadline| async move {
-            router.attempt(&target, request, deadline).await
-        })
+        let deadline = call.deadline;
+        self.route(
+            call,
+            deadline,
+            |router, target, request, deadline| async move {
+                router.attempt(&target, request, deadline).await
+            },
+        )
         .await
     }
 
     /// Opens a streamed call (`Processor/HandleStreamed`) on the processor that may run it,
-    /// retrying like [`Router::send`] until the call is accepted or `call.deadline` passes.
+    /// retrying like [`Router::send`] until the call is accepted or `accept_by` passes
+    /// (`call.deadline` bounds the whole call: a subscription without a client deadline runs
+    /// until either side ends it).
     ///
     /// `call.payload` is the first request message (empty for client-streamed and duplex calls,
     /// whose first message carries no payload); `rest` holds the caller's later messages. They
@@ -327,22 +334,34 @@ impl Router {
         &self,
         call: Call<'_>,
         rest: mpsc::Receiver<HandleRequest>,
+        accept_by: Instant,
     ) -> Result<tonic::Streaming<HandleResponse>, Error> {
         let rest = Arc::new(Mutex::new(Some(rest)));
-        self.route(call, move |router, target, request, deadline| {
-            let rest = Arc::clone(&rest);
-            async move {
-                router
-                    .attempt_stream(&target, request, rest, deadline)
-                    .await
-            }
-        })
+        let ends_by = call.deadline;
+        let accept_by = accept_by.min(ends_by);
+        self.route(
+            call,
+            accept_by,
+            move |router, target, request, accept_by| {
+                let rest = Arc::clone(&rest);
+                async move {
+                    router
+                        .attempt_stream(&target, request, rest, accept_by, ends_by)
+                        .await
+                }
+            },
+        )
         .await
     }
 
     /// The retry loop shared by unary and streamed calls: find a target, attempt, and on a
     /// retriable outcome wait (backoff, or a registry change) and go again.
-    async fn route<T, F, Fut>(&self, call: Call<'_>, mut attempt: F) -> Result<T, Error>
+    async fn route<T, F, Fut>(
+        &self,
+        call: Call<'_>,
+        answer_by: Instant,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Router, Target, HandleRequest, Instant) -> Fut,
         Fut: Future<Output = Result<Attempt<T>, Error>>,
@@ -379,7 +398,7 @@ impl Router {
         let mut changes = registry.subscribe();
         let mut backoff = self.inner.options.initial_backoff;
         let mut last_retry = None;
-        let retry_until = retry_until(call.deadline);
+        let retry_until = retry_until(answer_by);
         loop {
             changes.borrow_and_update();
             let target = self
@@ -398,7 +417,7 @@ impl Router {
                     tried = Some(target.endpoint.clone());
                     request.partition = target.partition;
                     let partition = target.partition;
-                    match attempt(self.clone(), target, request.clone(), call.deadline).await? {
+                    match attempt(self.clone(), target, request.clone(), answer_by).await? {
                         Attempt::Answered(response) => return Ok(response),
                         Attempt::Retry(retry) => retry,
                         Attempt::TimedOut(message) => {
@@ -550,6 +569,7 @@ impl Router {
         first: HandleRequest,
         rest: Arc<Mutex<Option<mpsc::Receiver<HandleRequest>>>>,
         deadline: Instant,
+        ends_by: Instant,
     ) -> Result<Attempt<tonic::Streaming<HandleResponse>>, Error> {
         let mut client = self.client(&target.endpoint)?;
         let has_key = !first.idempotency_key.is_empty();
@@ -568,9 +588,12 @@ impl Router {
             })
         });
         let requests = futures::stream::once(std::future::ready(first)).chain(later);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let mut grpc_request = tonic::Request::new(requests);
-        grpc_request.set_timeout(remaining);
+        if let Some(remaining) = ends_by.checked_duration_since(Instant::now())
+            && remaining < UNBOUNDED
+        {
+            grpc_request.set_timeout(remaining);
+        }
         match tokio::time::timeout_at(deadline, client.handle_streamed(grpc_request)).await {
             Ok(Ok(response)) => {
                 let _ = accepted.send(());
@@ -752,8 +775,21 @@ fn jitter(wait: Duration) -> Duration {
 }
 
 /// An `Instant` deadline as Unix epoch milliseconds.
+/// A deadline this far away is none: a streamed call without a client deadline (a
+/// subscription) runs until either side ends it.
+pub const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The deadline of a call that has none (see [`UNBOUNDED`]).
+pub fn no_deadline() -> Instant {
+    Instant::now() + UNBOUNDED
+}
+
+/// A deadline as Unix milliseconds (0: none).
 fn unix_ms(deadline: Instant) -> i64 {
     let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining >= UNBOUNDED / 2 {
+        return 0;
+    }
     let at = SystemTime::now() + remaining;
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -401,7 +401,10 @@ impl<K: Kind> Home<K> {
         }
     }
 
-    #[allow(clippy::result_large_err, reason = "the caller comes back to be answered")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "the caller comes back to be answered"
+    )]
     fn try_send(
         self: &Arc<Self>,
         entity: EntityRef,
