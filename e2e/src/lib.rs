@@ -1,9 +1,11 @@
 //! Whole-stack test tools shared by the tests in `tests/`: a client driver that records every
 //! operation (invoked → ok / failed / unknown) with unique tokens and idempotency keys, and a
 //! checker that reads the journal with read_committed and queries every entity (the counters of
-//! ARCHITECTURE.md, "Invariants"); the TCK model protos and the relay test service.
+//! ARCHITECTURE.md, "Invariants"); the TCK model protos and the relay test service; the CRDT
+//! tests' processor client.
 
 pub mod checker;
+pub mod crdt;
 pub mod driver;
 pub mod proto;
 pub mod relay;

@@ -5,92 +5,23 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use prost::Message;
 use statehouse_core::{ServiceName, Topics};
-use statehouse_e2e::proto::tck::crdt::{
-    self as model, Request, RequestAction, Response, State, Update, request_action, state, update,
-};
+use statehouse_e2e::crdt::{Direct, SERVICE, delete, orset, pncounter as pn_value, request, up};
+use statehouse_e2e::proto::tck::crdt::{self as model, request_action, update};
 use statehouse_kafka::admin::Admin;
 use statehouse_kafka::reader::{Isolation, end_offsets, read_to_end};
 use statehouse_schemas::avro::{AvroRecord, CrdtDeltaRecord, CrdtRecordKind};
-use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
-use statehouse_schemas::statehouse::processor::v1::{HandleRequest, handle_response};
 use statehouse_test_support::kafka_bootstrap;
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
-use tonic::transport::Channel;
 
-const SERVICE: &str = "tck";
-const PROCESS: &str = "/cloudstate.tck.model.crdt.CrdtTckModel/Process";
-
-async fn process(
-    stack: &Stack,
-    i: usize,
-    id: &str,
-    actions: Vec<request_action::Action>,
-) -> Result<Option<State>, String> {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", stack.pods[i].internal_port))
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let r = Request {
-        id: id.into(),
-        actions: actions
-            .into_iter()
-            .map(|a| RequestAction { action: Some(a) })
-            .collect(),
-    };
-    let response = ProcessorClient::new(channel)
-        .handle(HandleRequest {
-            service: SERVICE.into(),
-            method: PROCESS.into(),
-            entity_id: id.into(),
-            payload: Bytes::from(r.encode_to_vec()),
-            partition: -1,
-            ..HandleRequest::default()
-        })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
-    match response.outcome {
-        Some(handle_response::Outcome::Reply(reply)) => {
-            Ok(Response::decode(reply.payload).unwrap().state)
-        }
-        Some(handle_response::Outcome::Failure(f)) => Err(f.description),
-        None => Ok(None),
-    }
-}
-
-/// `process` until it answers (a starting processor serves CRDTs once caught up).
-async fn answer(stack: &Stack, i: usize, id: &str) -> Result<Option<State>, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match process(stack, i, id, vec![]).await {
-            Err(e) if e != "Entity deleted" && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn up(u: update::Update) -> request_action::Action {
-    request_action::Action::Update(Update {
-        update: Some(u),
-        write_consistency: 0,
-    })
+/// Processor `i`'s internal API.
+fn at(stack: &Stack, i: usize) -> Direct {
+    Direct::connect(stack.pods[i].internal_port)
 }
 
 fn pn(change: i64) -> request_action::Action {
     up(update::Update::Pncounter(model::PnCounterUpdate { change }))
-}
-
-fn pn_value(value: i64) -> Option<State> {
-    Some(State {
-        value: Some(state::Value::Pncounter(model::PnCounterValue { value })),
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,51 +39,49 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     for i in 0..2 {
         stack.wait_ready(i, Duration::from_secs(120));
     }
-    answer(&stack, 0, "PNCounter-warmup").await.unwrap();
-    answer(&stack, 1, "PNCounter-warmup").await.unwrap();
+    at(&stack, 0).answer("PNCounter-warmup").await.unwrap();
+    at(&stack, 1).answer("PNCounter-warmup").await.unwrap();
 
     // Both replicas count into the same entities; one entity is deleted.
     let ids: Vec<String> = (0..8).map(|n| format!("PNCounter-b{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
-        process(&stack, 0, id, vec![pn(n as i64 + 1)])
+        at(&stack, 0)
+            .process(request(id, vec![pn(n as i64 + 1)]))
             .await
             .unwrap();
-        process(&stack, 1, id, vec![pn(10)]).await.unwrap();
+        at(&stack, 1)
+            .process(request(id, vec![pn(10)]))
+            .await
+            .unwrap();
     }
-    let orset = "ORSet-b";
-    process(
-        &stack,
-        1,
-        orset,
-        vec![up(update::Update::Orset(model::OrSetUpdate {
-            action: Some(model::or_set_update::Action::Add("kept".into())),
-        }))],
-    )
-    .await
-    .unwrap();
-    process(
-        &stack,
-        0,
-        "GCounter-gone",
-        vec![up(update::Update::Gcounter(model::GCounterUpdate {
-            increment: 3,
-        }))],
-    )
-    .await
-    .unwrap();
-    process(
-        &stack,
-        1,
-        "GCounter-gone",
-        vec![request_action::Action::Delete(model::Delete {})],
-    )
-    .await
-    .unwrap();
+    let set = "ORSet-b";
+    at(&stack, 1)
+        .process(request(
+            set,
+            vec![up(update::Update::Orset(model::OrSetUpdate {
+                action: Some(model::or_set_update::Action::Add("kept".into())),
+            }))],
+        ))
+        .await
+        .unwrap();
+    at(&stack, 0)
+        .process(request(
+            "GCounter-gone",
+            vec![up(update::Update::Gcounter(model::GCounterUpdate {
+                increment: 3,
+            }))],
+        ))
+        .await
+        .unwrap();
+    at(&stack, 1)
+        .process(request("GCounter-gone", vec![delete()]))
+        .await
+        .unwrap();
     let expected = |n: usize| pn_value(n as i64 + 11);
     for i in 0..2 {
         for (n, id) in ids.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while answer(&stack, i, id).await != Ok(expected(n)) {
+            while at(&stack, i).answer(id).await != Ok(expected(n)) {
                 assert!(Instant::now() < deadline, "{id} on {i}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -200,7 +129,7 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     }
     for (n, id) in ids.iter().enumerate() {
         assert_eq!(
-            answer(&stack, 1, id).await,
+            at(&stack, 1).answer(id).await,
             Ok(expected(n)),
             "{id} after the prune"
         );
@@ -223,27 +152,23 @@ async fn a_processor_started_after_the_topic_expired_bootstraps_from_the_backup(
     stack.wait_ready(new, Duration::from_secs(120));
     for (n, id) in ids.iter().enumerate() {
         assert_eq!(
-            answer(&stack, new, id).await,
+            at(&stack, new).answer(id).await,
             Ok(expected(n)),
             "{id} on the new processor"
         );
     }
+    assert_eq!(at(&stack, new).answer(set).await, Ok(orset(&["kept"])));
     assert_eq!(
-        answer(&stack, new, orset).await,
-        Ok(Some(State {
-            value: Some(state::Value::Orset(model::OrSetValue {
-                elements: vec!["kept".into()],
-            })),
-        }))
-    );
-    assert_eq!(
-        answer(&stack, new, "GCounter-gone").await,
+        at(&stack, new).answer("GCounter-gone").await,
         Err("Entity deleted".to_string())
     );
     // And it keeps replicating with the survivor.
-    process(&stack, new, &ids[0], vec![pn(100)]).await.unwrap();
+    at(&stack, new)
+        .process(request(&ids[0], vec![pn(100)]))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while answer(&stack, 1, &ids[0]).await != Ok(pn_value(111)) {
+    while at(&stack, 1).answer(&ids[0]).await != Ok(pn_value(111)) {
         assert!(
             Instant::now() < deadline,
             "the survivor did not see the new processor's change"

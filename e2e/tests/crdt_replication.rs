@@ -11,144 +11,22 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use prost::Message;
-use statehouse_e2e::proto::tck::crdt::{
-    self as model, Request, RequestAction, Response, State, StreamedRequest, Update,
-    request_action, state, update,
+use statehouse_e2e::crdt::{
+    Direct, SERVICE, gcounter, next, orset as set, pncounter, request, up, up_at, vote,
 };
-use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
-use statehouse_schemas::statehouse::processor::v1::{HandleRequest, handle_response};
+use statehouse_e2e::proto::tck::crdt::{
+    self as model, State, StreamedRequest, Update, UpdateWriteConsistency, request_action, update,
+};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 use tonic::transport::Channel;
 
-const SERVICE: &str = "tck";
-const PROCESS: &str = "/cloudstate.tck.model.crdt.CrdtTckModel/Process";
-const STREAMED: &str = "/cloudstate.tck.model.crdt.CrdtTckModel/ProcessStreamed";
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(3_000);
-
-fn request(id: &str, actions: Vec<request_action::Action>) -> Request {
-    Request {
-        id: id.into(),
-        actions: actions
-            .into_iter()
-            .map(|a| RequestAction { action: Some(a) })
-            .collect(),
-    }
-}
-
-fn up(u: update::Update) -> request_action::Action {
-    request_action::Action::Update(Update {
-        update: Some(u),
-        write_consistency: 0,
-    })
-}
 
 fn orset(action: model::or_set_update::Action) -> request_action::Action {
     up(update::Update::Orset(model::OrSetUpdate {
         action: Some(action),
     }))
-}
-
-/// A processor's internal API, as a router uses it.
-#[derive(Clone)]
-struct Direct(ProcessorClient<Channel>);
-
-impl Direct {
-    async fn connect(stack: &Stack, i: usize) -> Self {
-        let channel =
-            Channel::from_shared(format!("http://127.0.0.1:{}", stack.pods[i].internal_port))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        Direct(ProcessorClient::new(channel))
-    }
-
-    fn handle(method: &str, entity_id: &str, payload: Vec<u8>) -> HandleRequest {
-        HandleRequest {
-            service: SERVICE.into(),
-            method: method.into(),
-            entity_id: entity_id.into(),
-            payload: Bytes::from(payload),
-            partition: -1,
-            ..HandleRequest::default()
-        }
-    }
-
-    /// `Process`: the state, or the failure's text.
-    async fn process(&self, r: Request) -> Result<Option<State>, String> {
-        let id = r.id.clone();
-        let response = self
-            .0
-            .clone()
-            .handle(Self::handle(PROCESS, &id, r.encode_to_vec()))
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
-        match response.outcome {
-            Some(handle_response::Outcome::Reply(reply)) => {
-                Ok(Response::decode(reply.payload).unwrap().state)
-            }
-            Some(handle_response::Outcome::Failure(f)) => Err(f.description),
-            None => Ok(None),
-        }
-    }
-
-    /// `ProcessStreamed`: the stream of states.
-    async fn subscribe(
-        &self,
-        r: StreamedRequest,
-    ) -> tonic::Streaming<statehouse_schemas::statehouse::processor::v1::HandleResponse> {
-        let first = Self::handle(STREAMED, &r.id, r.encode_to_vec());
-        self.0
-            .clone()
-            .handle_streamed(futures::stream::iter([first]))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-type Elements = tonic::Streaming<statehouse_schemas::statehouse::processor::v1::HandleResponse>;
-
-/// The next state of a subscription within `within` (`None`: the stream ended).
-async fn next(stream: &mut Elements, within: Duration) -> Option<Option<State>> {
-    let element = tokio::time::timeout(within, stream.message())
-        .await
-        .unwrap_or_else(|_| panic!("no element within {within:?}"))
-        .expect("the stream is ok")?;
-    match element.outcome {
-        Some(handle_response::Outcome::Reply(reply)) => {
-            Some(Response::decode(reply.payload).unwrap().state)
-        }
-        other => panic!("an element without a reply: {other:?}"),
-    }
-}
-
-fn vote(self_vote: bool, votes_for: i32, total_voters: i32) -> Option<State> {
-    Some(State {
-        value: Some(state::Value::Vote(model::VoteValue {
-            self_vote,
-            votes_for,
-            total_voters,
-        })),
-    })
-}
-
-fn gcounter(v: u64) -> Option<State> {
-    Some(State {
-        value: Some(state::Value::Gcounter(model::GCounterValue { value: v })),
-    })
-}
-
-fn set(elements: &[&str]) -> Option<State> {
-    Some(State {
-        value: Some(state::Value::Orset(model::OrSetValue {
-            elements: elements.iter().map(|e| e.to_string()).collect(),
-        })),
-    })
 }
 
 fn signal(pid: u32, signal: &str) {
@@ -191,8 +69,9 @@ async fn crdts_replicate_between_processors() {
     for i in 0..3 {
         stack.wait_ready(i, Duration::from_secs(120));
     }
-    let p: Vec<Direct> =
-        futures::future::join_all((0..3).map(|i| Direct::connect(&stack, i))).await;
+    let p: Vec<Direct> = (0..3)
+        .map(|i| Direct::connect(stack.pods[i].internal_port))
+        .collect();
     // Every processor serves CRDTs once it caught up with the topic.
     for (i, processor) in p.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -234,6 +113,31 @@ async fn crdts_replicate_between_processors() {
     let sum = gcounter(rounds * (1 + 2 + 3));
     for processor in &p {
         converges(processor, id, &sum).await;
+    }
+
+    // MAJORITY and ALL: once answered, the change is in Kafka; with ALL every live replica
+    // applied it before the answer, so the others have it at once.
+    let id = "GCounter-all";
+    for (n, consistency) in [
+        (1u64, UpdateWriteConsistency::Majority),
+        (2, UpdateWriteConsistency::All),
+        (3, UpdateWriteConsistency::All),
+    ] {
+        p[0].process(request(
+            id,
+            vec![up_at(
+                update::Update::Gcounter(model::GCounterUpdate { increment: n }),
+                consistency,
+            )],
+        ))
+        .await
+        .unwrap();
+    }
+    for processor in &p[1..] {
+        assert_eq!(
+            processor.process(request(id, vec![])).await,
+            Ok(gcounter(6))
+        );
     }
 
     // An add concurrent with a remove of an element the remover had seen keeps the add. To
@@ -393,11 +297,6 @@ async fn crdts_replicate_between_processors() {
             .process(r)
             .await
             .unwrap_or_else(|e| panic!("{id}: {e:?}"));
-        assert_eq!(
-            state.into_inner().state,
-            Some(State {
-                value: Some(state::Value::Pncounter(model::PnCounterValue { value: n })),
-            })
-        );
+        assert_eq!(state.into_inner().state, pncounter(n));
     }
 }

@@ -342,6 +342,34 @@ async fn go_tck_crdt_entities() {
         );
     }
 
+    // The same values over HTTP/JSON (proto3 JSON, as the TCK's HTTP test reads them).
+    for (id, json) in [
+        ("GCounter-t1", r#"{"state":{"gcounter":{"value":"15"}}}"#),
+        ("PNCounter-t2", r#"{"state":{"pncounter":{"value":"-1"}}}"#),
+        ("GSet-t3", r#"{"state":{"gset":{"elements":["a","b"]}}}"#),
+        ("ORSet-t4", r#"{"state":{"orset":{"elements":["d","e"]}}}"#),
+        (
+            "LWWRegister-t5",
+            r#"{"state":{"lwwregister":{"value":"two"}}}"#,
+        ),
+        ("Flag-t6", r#"{"state":{"flag":{"value":true}}}"#),
+        (
+            "ORMap-t7",
+            r#"{"state":{"ormap":{"entries":[{"key":"GSet-k2","value":{"gset":{"elements":["x"]}}},{"key":"PNCounter-k1","value":{"pncounter":{"value":"2"}}}]}}}"#,
+        ),
+        (
+            "Vote-t8",
+            r#"{"state":{"vote":{"selfVote":true,"votesFor":1,"totalVoters":1}}}"#,
+        ),
+    ] {
+        let answer = post(&stack, &format!("/tck/model/crdt/{id}"), "{}");
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, json),
+            "{id}: {answer:?}"
+        );
+    }
+
     // "verify state changes" and delete.
     let id = "PNCounter-81";
     let pn = |v| value(state::Value::Pncounter(model::PnCounterValue { value: v }));

@@ -220,6 +220,12 @@ pub fn follow(
         .map_err(|e| Error::kafka("assigning the followed partitions", e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(async move {
+        // librdkafka queues an error event per failed connection attempt while the brokers are
+        // away (hundreds in a long outage) and reconnects by itself: take them quickly (a
+        // pause per event kept followers minutes behind after a broker bounce) and log one per
+        // 5 s.
+        let mut last_logged: Option<Instant> = None;
+        let mut suppressed = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -235,8 +241,14 @@ pub fn follow(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "following topics failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                            tracing::warn!(error = %e, suppressed, "following topics failed; librdkafka retries");
+                            last_logged = Some(Instant::now());
+                            suppressed = 0;
+                        } else {
+                            suppressed += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
             }

@@ -18,22 +18,20 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use statehouse_schemas::avro::{self, EventRecord};
-use statehouse_schemas::cloudstate::client_action;
 use statehouse_schemas::cloudstate::eventsourced::{
     EventSourcedEvent, EventSourcedInit, EventSourcedSnapshot, EventSourcedStreamIn,
     EventSourcedStreamOut, event_sourced_stream_in, event_sourced_stream_out,
 };
+use statehouse_schemas::cloudstate::{self as cs, client_action};
 use statehouse_store::{JournalRow, SnapshotRow};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
-use std::sync::Arc;
-
 use crate::Error;
-use crate::command::{Command, Reply, Then};
-use crate::entity::{Action, EntityRef, Kind, Stamp, Start, Turn, Window, protocol_command};
+use crate::command::{Reply, Then};
+use crate::entity::{EntityRef, Kind, Stamp, Start, Window};
 use crate::journal::Journal;
-use crate::kinds::journaled::{self, InFlight, Serial, Step};
+use crate::kinds::journaled::{InFlight, Journaled, Serial, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -72,19 +70,9 @@ impl Kind for EventSourced {
     type In = EventSourcedStreamIn;
     type Out = EventSourcedStreamOut;
     type Loaded = Loaded;
-    type Ctx = Journal;
-    type Write = Vec<Written>;
-    type Input = std::convert::Infallible;
+    crate::journaled_kind!();
 
     const TERMINATED: &'static str = "Unexpected entity termination";
-
-    fn serving(ctx: &Journal) -> bool {
-        journaled::serving(ctx)
-    }
-
-    fn writer(ctx: &Journal) -> &avro::Writer {
-        &ctx.writer_id
-    }
 
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the events.
@@ -135,10 +123,6 @@ impl Kind for EventSourced {
         Ok(uf.event_sourced().handle(requests).await?.into_inner())
     }
 
-    async fn write(ctx: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
-        journaled::write(ctx, writes).await
-    }
-
     fn start(entity: &EntityRef, loaded: Loaded) -> (Self, Start<EventSourcedStreamIn>) {
         let mut messages = Vec::with_capacity(loaded.events.len() + 1);
         messages.push(EventSourcedStreamIn {
@@ -171,65 +155,20 @@ impl Kind for EventSourced {
             },
         )
     }
-
-    fn merge(_: &mut Self::Input, newer: Self::Input) {
-        match newer {}
-    }
-
-    fn accepts(&self) -> bool {
-        self.serial.accepts()
-    }
-
-    fn command(
-        &mut self,
-        entity: &EntityRef,
-        id: i64,
-        command: &Command,
-        _streamed: bool,
-    ) -> EventSourcedStreamIn {
-        self.serial.begin(id, command);
-        EventSourcedStreamIn {
-            message: Some(event_sourced_stream_in::Message::Command(protocol_command(
-                entity, id, command, false,
-            ))),
-        }
-    }
-
-    fn message(
-        &mut self,
-        entity: &EntityRef,
-        out: EventSourcedStreamOut,
-        turn: &Turn<'_>,
-    ) -> Vec<Action<Self>> {
-        let Some(in_flight) = self.serial.take() else {
-            let report = unsolicited(entity, &out);
-            warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
-            return vec![Action::Crash {
-                text: Self::TERMINATED.to_string(),
-                report: Some(report),
-            }];
-        };
-        let step = self.answer(entity, &in_flight, out, turn.window, turn.stamp);
-        self.serial.step(in_flight, step)
-    }
-
-    fn written(
-        &mut self,
-        _entity: &EntityRef,
-        _token: u64,
-        result: Result<(), Error>,
-    ) -> Vec<Action<Self>> {
-        let (committed, actions) = self.serial.written(result);
-        if committed {
-            self.committed();
-        }
-        actions
-    }
 }
 
-impl EventSourced {
-    /// The step the user function's answer to `command` (the one in flight) leads to.
-    pub(crate) fn answer(
+impl Journaled for EventSourced {
+    fn serial(&mut self) -> &mut Serial {
+        &mut self.serial
+    }
+
+    fn wrap(command: cs::Command) -> EventSourcedStreamIn {
+        EventSourcedStreamIn {
+            message: Some(event_sourced_stream_in::Message::Command(command)),
+        }
+    }
+
+    fn answer(
         &mut self,
         entity: &EntityRef,
         command: &InFlight,
@@ -322,23 +261,22 @@ impl EventSourced {
         }
     }
 
-    pub(crate) fn committed(&mut self) {
+    fn committed(&mut self) {
         self.last_seq += std::mem::take(&mut self.pending);
     }
-}
 
-/// What the user function sent while no command was in flight.
-fn unsolicited(entity: &EntityRef, out: &EventSourcedStreamOut) -> String {
-    format!(
-        "entity {} sent {:?} while no command was outstanding",
-        entity.key,
-        out.message.as_ref().map(|m| match m {
-            event_sourced_stream_out::Message::Reply(r) =>
-                format!("a reply to command {}", r.command_id),
-            event_sourced_stream_out::Message::Failure(f) =>
-                format!("a failure ({})", f.description),
-        })
-    )
+    fn unsolicited(entity: &EntityRef, out: &EventSourcedStreamOut) -> String {
+        format!(
+            "entity {} sent {:?} while no command was outstanding",
+            entity.key,
+            out.message.as_ref().map(|m| match m {
+                event_sourced_stream_out::Message::Reply(r) =>
+                    format!("a reply to command {}", r.command_id),
+                event_sourced_stream_out::Message::Failure(f) =>
+                    format!("a failure ({})", f.description),
+            })
+        )
+    }
 }
 
 fn crash(text: &str, report: Option<String>) -> Step {

@@ -16,13 +16,12 @@
 //! A failed write drops the stream: the user function already applied the change, so its state
 //! is ahead of what is stored; the next command starts from the stored state.
 
-use std::sync::Arc;
-
 use statehouse_schemas::cloudstate as cs;
+use tracing::warn;
 
 use crate::Error;
 use crate::command::{Command, Reply, Then};
-use crate::entity::{Action, Kind};
+use crate::entity::{Action, EntityRef, Kind, Stamp, Turn, Window};
 use crate::journal::Journal;
 use crate::records::Written;
 
@@ -182,12 +181,120 @@ impl Serial {
     }
 }
 
-/// Whether the journal's partition still takes commands.
-pub(crate) fn serving(journal: &Journal) -> bool {
-    journal.is_serving()
+/// What a one-at-a-time kind says of its own protocol; the rest of its [`Kind`] comes from
+/// [`journaled_kind!`](crate::journaled_kind).
+pub(crate) trait Journaled: Kind<Ctx = Journal, Write = Vec<Written>> {
+    fn serial(&mut self) -> &mut Serial;
+
+    /// The stream message of command `command` (the protocol's `Command`).
+    fn wrap(command: cs::Command) -> Self::In;
+
+    /// The step the user function's answer to `command` (the one in flight) leads to.
+    fn answer(
+        &mut self,
+        entity: &EntityRef,
+        command: &InFlight,
+        out: Self::Out,
+        window: &Window,
+        stamp: &Stamp<'_>,
+    ) -> Step;
+
+    /// The writes of the last answer committed.
+    fn committed(&mut self);
+
+    /// What the user function sent while no command was in flight, for `reportError`.
+    fn unsolicited(entity: &EntityRef, out: &Self::Out) -> String;
 }
 
-/// Commit one answer's records.
-pub(crate) async fn write(journal: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
-    journal.persist(writes).await
+/// [`Kind::message`] of a one-at-a-time kind.
+pub(crate) fn message<K: Journaled>(
+    machine: &mut K,
+    entity: &EntityRef,
+    out: K::Out,
+    turn: &Turn<'_>,
+) -> Vec<Action<K>> {
+    let Some(in_flight) = machine.serial().take() else {
+        let report = K::unsolicited(entity, &out);
+        warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
+        return vec![Action::Crash {
+            text: K::TERMINATED.to_string(),
+            report: Some(report),
+        }];
+    };
+    let step = machine.answer(entity, &in_flight, out, turn.window, turn.stamp);
+    machine.serial().step(in_flight, step)
+}
+
+/// [`Kind::written`] of a one-at-a-time kind.
+pub(crate) fn written<K: Journaled>(machine: &mut K, result: Result<(), Error>) -> Vec<Action<K>> {
+    let (committed, actions) = machine.serial().written(result);
+    if committed {
+        machine.committed();
+    }
+    actions
+}
+
+/// The [`Kind`] items every one-at-a-time kind shares (a [`Journaled`] kind's context, writes,
+/// inputs, mailbox gate, commands, messages and write outcomes).
+#[macro_export]
+macro_rules! journaled_kind {
+    () => {
+        type Ctx = $crate::journal::Journal;
+        type Write = Vec<$crate::records::Written>;
+        type Input = std::convert::Infallible;
+
+        fn serving(ctx: &$crate::journal::Journal) -> bool {
+            ctx.is_serving()
+        }
+
+        fn writer(ctx: &$crate::journal::Journal) -> &statehouse_schemas::avro::Writer {
+            &ctx.writer_id
+        }
+
+        async fn write(
+            ctx: std::sync::Arc<$crate::journal::Journal>,
+            writes: Vec<$crate::records::Written>,
+        ) -> Result<(), $crate::Error> {
+            ctx.persist(writes).await
+        }
+
+        fn merge(_: &mut Self::Input, newer: Self::Input) {
+            match newer {}
+        }
+
+        fn accepts(&self) -> bool {
+            self.serial.accepts()
+        }
+
+        fn command(
+            &mut self,
+            entity: &$crate::entity::EntityRef,
+            id: i64,
+            command: &$crate::command::Command,
+            _streamed: bool,
+        ) -> Self::In {
+            self.serial.begin(id, command);
+            <Self as $crate::kinds::journaled::Journaled>::wrap($crate::entity::protocol_command(
+                entity, id, command, false,
+            ))
+        }
+
+        fn message(
+            &mut self,
+            entity: &$crate::entity::EntityRef,
+            out: Self::Out,
+            turn: &$crate::entity::Turn<'_>,
+        ) -> Vec<$crate::entity::Action<Self>> {
+            $crate::kinds::journaled::message(self, entity, out, turn)
+        }
+
+        fn written(
+            &mut self,
+            _entity: &$crate::entity::EntityRef,
+            _token: u64,
+            result: Result<(), $crate::Error>,
+        ) -> Vec<$crate::entity::Action<Self>> {
+            $crate::kinds::journaled::written(self, result)
+        }
+    };
 }

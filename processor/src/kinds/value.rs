@@ -16,22 +16,20 @@
 
 use bytes::Bytes;
 use statehouse_schemas::avro::{self, AvroRecord, RecentReply, ValueDeletion, ValueRecord};
-use statehouse_schemas::cloudstate::client_action;
 use statehouse_schemas::cloudstate::valueentity::{
     ValueEntityInit, ValueEntityInitState, ValueEntityStreamIn, ValueEntityStreamOut,
     value_entity_action, value_entity_stream_in, value_entity_stream_out,
 };
+use statehouse_schemas::cloudstate::{self as cs, client_action};
 use statehouse_store::ValueRow;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
-use std::sync::Arc;
-
 use crate::Error;
-use crate::command::{Command, Reply, Then};
-use crate::entity::{Action, EntityRef, Kind, Stamp, Start, Turn, Window, protocol_command};
+use crate::command::{Reply, Then};
+use crate::entity::{EntityRef, Kind, Stamp, Start, Window};
 use crate::journal::Journal;
-use crate::kinds::journaled::{self, InFlight, Serial, Step};
+use crate::kinds::journaled::{InFlight, Journaled, Serial, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -60,19 +58,9 @@ impl Kind for Value {
     type In = ValueEntityStreamIn;
     type Out = ValueEntityStreamOut;
     type Loaded = Loaded;
-    type Ctx = Journal;
-    type Write = Vec<Written>;
-    type Input = std::convert::Infallible;
+    crate::journaled_kind!();
 
     const TERMINATED: &'static str = "Unexpected Value entity termination";
-
-    fn serving(ctx: &Journal) -> bool {
-        journaled::serving(ctx)
-    }
-
-    fn writer(ctx: &Journal) -> &avro::Writer {
-        &ctx.writer_id
-    }
 
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the record.
@@ -108,10 +96,6 @@ impl Kind for Value {
         Ok(uf.value_entity().handle(requests).await?.into_inner())
     }
 
-    async fn write(ctx: Arc<Journal>, writes: Vec<Written>) -> Result<(), Error> {
-        journaled::write(ctx, writes).await
-    }
-
     fn start(entity: &EntityRef, loaded: Loaded) -> (Self, Start<ValueEntityStreamIn>) {
         let init = ValueEntityStreamIn {
             message: Some(value_entity_stream_in::Message::Init(ValueEntityInit {
@@ -140,65 +124,20 @@ impl Kind for Value {
             },
         )
     }
-
-    fn merge(_: &mut Self::Input, newer: Self::Input) {
-        match newer {}
-    }
-
-    fn accepts(&self) -> bool {
-        self.serial.accepts()
-    }
-
-    fn command(
-        &mut self,
-        entity: &EntityRef,
-        id: i64,
-        command: &Command,
-        _streamed: bool,
-    ) -> ValueEntityStreamIn {
-        self.serial.begin(id, command);
-        ValueEntityStreamIn {
-            message: Some(value_entity_stream_in::Message::Command(protocol_command(
-                entity, id, command, false,
-            ))),
-        }
-    }
-
-    fn message(
-        &mut self,
-        entity: &EntityRef,
-        out: ValueEntityStreamOut,
-        turn: &Turn<'_>,
-    ) -> Vec<Action<Self>> {
-        let Some(in_flight) = self.serial.take() else {
-            let report = unsolicited(entity, &out);
-            warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
-            return vec![Action::Crash {
-                text: Self::TERMINATED.to_string(),
-                report: Some(report),
-            }];
-        };
-        let step = self.answer(entity, &in_flight, out, turn.window, turn.stamp);
-        self.serial.step(in_flight, step)
-    }
-
-    fn written(
-        &mut self,
-        _entity: &EntityRef,
-        _token: u64,
-        result: Result<(), Error>,
-    ) -> Vec<Action<Self>> {
-        let (committed, actions) = self.serial.written(result);
-        if committed {
-            self.committed();
-        }
-        actions
-    }
 }
 
-impl Value {
-    /// The step the user function's answer to `command` (the one in flight) leads to.
-    pub(crate) fn answer(
+impl Journaled for Value {
+    fn serial(&mut self) -> &mut Serial {
+        &mut self.serial
+    }
+
+    fn wrap(command: cs::Command) -> ValueEntityStreamIn {
+        ValueEntityStreamIn {
+            message: Some(value_entity_stream_in::Message::Command(command)),
+        }
+    }
+
+    fn answer(
         &mut self,
         entity: &EntityRef,
         command: &InFlight,
@@ -315,28 +254,27 @@ impl Value {
         }
     }
 
-    pub(crate) fn committed(&mut self) {
+    fn committed(&mut self) {
         if std::mem::take(&mut self.pending) {
             self.seq += 1;
         }
     }
-}
 
-/// What the user function sent while no command was in flight.
-fn unsolicited(entity: &EntityRef, out: &ValueEntityStreamOut) -> String {
-    let what = match &out.message {
-        Some(value_entity_stream_out::Message::Reply(r)) => {
-            format!("a reply to command {}", r.command_id)
-        }
-        Some(value_entity_stream_out::Message::Failure(f)) => {
-            format!("a failure ({})", f.description)
-        }
-        None => "an empty message".into(),
-    };
-    format!(
-        "Unexpected Value entity reply: entity {} sent {what} while no command was outstanding",
-        entity.key
-    )
+    fn unsolicited(entity: &EntityRef, out: &ValueEntityStreamOut) -> String {
+        let what = match &out.message {
+            Some(value_entity_stream_out::Message::Reply(r)) => {
+                format!("a reply to command {}", r.command_id)
+            }
+            Some(value_entity_stream_out::Message::Failure(f)) => {
+                format!("a failure ({})", f.description)
+            }
+            None => "an empty message".into(),
+        };
+        format!(
+            "Unexpected Value entity reply: entity {} sent {what} while no command was outstanding",
+            entity.key
+        )
+    }
 }
 
 fn crash(text: &str, report: Option<String>) -> Step {

@@ -46,6 +46,7 @@ impl Replicas {
             };
             let ends = this.ends(&shutdown).await;
             tokio::spawn(Arc::clone(&this).heartbeats(shutdown.clone()));
+            tokio::spawn(Arc::clone(&this).republisher(shutdown.clone()));
             tokio::spawn(Arc::clone(&this).backups(owned, shutdown.clone()));
             if let Err(e) = Arc::clone(&this).follow(from, ends, shutdown).await {
                 warn!(error = %e, "cannot follow the CRDT topic; CRDT entities are not served");

@@ -81,8 +81,10 @@ pub(crate) struct Replicas {
     ready: AtomicBool,
     stopping: AtomicBool,
     home: OnceLock<Weak<Home<Crdt>>>,
-    /// Heartbeat now: an `ALL` record was read, or a full state waits to be published.
+    /// Heartbeat now: an `ALL` record was read.
     wake: Notify,
+    /// A full state waits to be published.
+    failed: Notify,
 }
 
 /// One entity's replica.
@@ -172,6 +174,7 @@ impl Replicas {
             stopping: AtomicBool::new(false),
             home: OnceLock::new(),
             wake: Notify::new(),
+            failed: Notify::new(),
             env,
         }))
     }
@@ -378,7 +381,7 @@ impl Replicas {
             entry.republish = true;
         }
         metrics::counter!(m::CRDT_DELIVERY_FAILURES).increment(1);
-        self.wake.notify_one();
+        self.failed.notify_one();
     }
 
     /// Publish the full state (or the delete) of entities whose delivery failed; with a new
@@ -424,19 +427,41 @@ impl Replicas {
                 .filter(|(_, r)| r.kind == CrdtRecordKind::Delete || !r.state.is_empty())
                 .collect()
         };
-        for (key, record) in pending {
-            let delivered = match self.send(&record.entity_id, &record) {
-                Ok(delivery) => delivery.await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = delivered {
-                debug!(entity = %key, error = %e, "publishing a full CRDT state failed; retrying");
-                if let Some(entry) = self.entries.lock().expect("entries lock").get_mut(&key) {
-                    entry.republish = true;
-                }
-            } else {
-                metrics::counter!(m::CRDT_FULL_STATES).increment(1);
+        // Queue them all, then wait for their deliveries together.
+        let deliveries = pending.into_iter().map(|(key, record)| {
+            let delivery = self.send(&record.entity_id, &record);
+            async move {
+                let delivered = match delivery {
+                    Ok(delivery) => delivery.await,
+                    Err(e) => Err(e),
+                };
+                (key, delivered)
             }
+        });
+        for (key, delivered) in futures::future::join_all(deliveries).await {
+            match delivered {
+                Ok(_) => metrics::counter!(m::CRDT_FULL_STATES).increment(1),
+                Err(e) => {
+                    debug!(entity = %key, error = %e, "publishing a full CRDT state failed; retrying");
+                    if let Some(entry) = self.entries.lock().expect("entries lock").get_mut(&key) {
+                        entry.republish = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish full states after failed deliveries, until `shutdown` (apart from the
+    /// heartbeats, which must not wait for a broker that is away).
+    async fn republisher(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.failed.notified() => {}
+                // Also retry what failed last time, and look for a fatal producer error.
+                _ = tokio::time::sleep(self.options.heartbeat_interval) => {}
+            }
+            self.republish_pending().await;
         }
     }
 
@@ -620,7 +645,6 @@ impl Replicas {
             if changed {
                 self.live_changed();
             }
-            self.republish_pending().await;
         }
     }
 

@@ -260,7 +260,8 @@ fn protocol_violations_crash_with_the_reference_texts() {
     };
     assert_eq!(text, "Unexpected Value entity reply");
     assert!(
-        unsolicited(&e, &reply(9, None, None)).contains("a reply to command 9"),
+        <Value as Journaled>::unsolicited(&e, &reply(9, None, None))
+            .contains("a reply to command 9"),
         "unsolicited replies are reported"
     );
 }
