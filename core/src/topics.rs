@@ -55,6 +55,15 @@ impl Topics {
         format!("{}{}.owners", self.prefix, self.service)
     }
 
+    /// `<prefix><service>.sub.<consumer group>.<source>`: the consumer group of an eventing
+    /// subscription (`source`: `log.<persistence id>` or `topic.<topic>`).
+    pub fn subscription_group(&self, consumer_group: &str, source: &str) -> String {
+        format!(
+            "{}{}.sub.{consumer_group}.{source}",
+            self.prefix, self.service
+        )
+    }
+
     /// `<prefix><service>.p<partition>`: the transactional id of a partition's writer. Every owner
     /// of the partition uses the same id, which is what fences the previous owner.
     pub fn transactional_id(&self, partition: u32) -> String {

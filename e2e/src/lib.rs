@@ -7,6 +7,7 @@
 pub mod checker;
 pub mod crdt;
 pub mod driver;
+pub mod intercept;
 pub mod proto;
 pub mod relay;
 pub mod values;

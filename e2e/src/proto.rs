@@ -19,6 +19,13 @@ pub mod tck {
         ));
     }
 
+    pub mod eventlogeventing {
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/cloudstate.tck.model.eventlogeventing.rs"
+        ));
+    }
+
     pub mod crdt {
         include!(concat!(env!("OUT_DIR"), "/cloudstate.tck.model.crdt.rs"));
     }

@@ -9,12 +9,15 @@
 //! * [`ownership`] — partition ownership through the service's consumer group.
 //! * [`publisher`] — idempotent publishing of registry and routing records.
 //! * [`broadcast`] — the producer of a CRDT broadcast topic (queue now, learn the delivery later).
+//! * [`group`] — a consumer-group member that commits what its owner says is done (eventing,
+//!   projections).
 //! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
 //! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
 
 pub mod admin;
 pub mod broadcast;
 mod error;
+pub mod group;
 pub mod headers;
 pub mod metrics;
 mod options;

@@ -36,7 +36,7 @@ pub struct Message {
 }
 
 impl Message {
-    fn from_borrowed(m: &BorrowedMessage<'_>) -> Self {
+    pub(crate) fn from_borrowed(m: &BorrowedMessage<'_>) -> Self {
         let headers = m
             .headers()
             .map(|h| {

@@ -48,6 +48,7 @@ pub(crate) async fn unary(
         then.unwrap_or(Then::Reply(Reply::Empty)),
         command.hops + 1,
         command.deadline,
+        command.idempotency_key.as_deref(),
     )
     .await
 }
@@ -86,7 +87,7 @@ pub(crate) async fn streamed(
             };
             match response {
                 Ok(response) => {
-                    relay_one(&host, &command, response.into_inner(), &out).await;
+                    relay_one(&host, &command, 0, response.into_inner(), &out).await;
                 }
                 Err(status) => {
                     let _ = out.send(Err(Error::UserFunctionCall(status))).await;
@@ -115,14 +116,14 @@ pub(crate) async fn streamed(
                     return;
                 }
             };
-            loop {
+            for index in 0.. {
                 let next = tokio::select! {
                     next = responses.message() => next,
                     _ = out.closed() => return,
                 };
                 match next {
                     Ok(Some(response)) => {
-                        if !relay_one(&host, &command, response, &out).await {
+                        if !relay_one(&host, &command, index, response, &out).await {
                             return;
                         }
                     }
@@ -137,11 +138,12 @@ pub(crate) async fn streamed(
     }
 }
 
-/// Relay one response: its side effects, then its element (if any). Returns whether the call
-/// goes on.
+/// Relay response `index` of a call: its side effects, then its element (if any). Returns
+/// whether the call goes on.
 async fn relay_one(
     host: &Arc<dyn Host>,
     command: &Command,
+    index: u32,
     response: ActionResponse,
     out: &mpsc::Sender<Result<Outcome, Error>>,
 ) -> bool {
@@ -151,14 +153,26 @@ async fn relay_one(
         ends,
     } = element(response);
     let hops = command.hops + 1;
+    let key = Command::effect_key(command.idempotency_key.as_deref(), &index.to_string());
+    let key = key.as_deref();
     let outcome = match then {
         Some(then) => {
-            effects::run(Arc::clone(host), side_effects, then, hops, command.deadline).await
+            effects::run(
+                Arc::clone(host),
+                side_effects,
+                then,
+                hops,
+                command.deadline,
+                key,
+            )
+            .await
         }
-        None => match effects::run_side_effects(host, side_effects, hops, command.deadline).await {
-            Ok(()) => return true,
-            Err(e) => Err(e),
-        },
+        None => {
+            match effects::run_side_effects(host, side_effects, hops, command.deadline, key).await {
+                Ok(()) => return true,
+                Err(e) => Err(e),
+            }
+        }
     };
     let failed = outcome.is_err();
     out.send(outcome).await.is_ok() && !ends && !failed

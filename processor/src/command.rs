@@ -27,6 +27,10 @@ pub(crate) struct Command {
     pub(crate) entity_id: String,
     /// The request message bytes (the `Any` value of the command's payload).
     pub(crate) payload: Bytes,
+    /// The payload's type URL when it is not the method's input type: a method taking
+    /// `google.protobuf.Any` gets the message as it is (an event of any type, a forward's
+    /// payload).
+    pub(crate) type_url: Option<String>,
     /// Request metadata (headers); passed to actions only — the reference proxy gives entities
     /// none, and the TCK checks it.
     pub(crate) metadata: Option<cs::Metadata>,
@@ -42,16 +46,25 @@ pub(crate) struct Command {
 
 impl Command {
     /// The payload as the `Any` the user function gets:
-    /// `type.googleapis.com/<input type>` + the request bytes.
+    /// `type.googleapis.com/<input type>` (or [`Command::type_url`]) + the request bytes.
     pub(crate) fn payload_any(&self) -> prost_types::Any {
         prost_types::Any {
-            type_url: format!(
-                "{}{}",
-                statehouse_schemas::protocol::PROTOBUF_TYPE_URL_PREFIX,
-                self.method.input.full_name()
-            ),
+            type_url: self.type_url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    statehouse_schemas::protocol::PROTOBUF_TYPE_URL_PREFIX,
+                    self.method.input.full_name()
+                )
+            }),
             value: self.payload.to_vec(),
         }
+    }
+
+    /// The idempotency key of this command's side effect `index` (`f`: its forward), derived
+    /// from its own: a retried command's effects carry the same keys, so their targets run
+    /// them once.
+    pub(crate) fn effect_key(key: Option<&str>, effect: &str) -> Option<String> {
+        key.map(|key| format!("{key}/{effect}"))
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The processor asks with the entity types it implements, but SDKs answer with everything
 //! they registered (the Go SDK ignores `supported_entity_types`). Entities of a type not built
-//! (legacy stateless functions) and eventing subscriptions (`cloudstate.eventing`)
+//! (legacy stateless functions) and eventing with topics (`cloudstate.eventing` `in.topic`,
+//! `out.topic`)
 //! are **reported, not fatal**: they are logged, told to the user function with `reportError`,
 //! and left out of the service record, so clients get UNIMPLEMENTED for them while everything
 //! else is served.
@@ -38,6 +39,8 @@ pub(crate) struct Discovered {
     pub(crate) served: Vec<cs::Entity>,
     /// What is not served, one line each (empty when everything is).
     pub(crate) not_served: Vec<String>,
+    /// The eventing subscriptions and outputs the methods declare.
+    pub(crate) eventing: crate::eventing::plan::Plan,
 }
 
 /// Discover the user function (retrying until it answers) and validate what it describes.
@@ -101,18 +104,24 @@ fn validate(spec: EntitySpec, strict_version: bool) -> Result<Discovered, String
     }
     let index = MethodIndex::build(&spec.proto, &served, SUPPORTED_ENTITY_TYPES)
         .map_err(|e| format!("Invalid entity spec: {e}"))?;
+    let journals = served
+        .iter()
+        .filter(|e| e.entity_type == protocol::EVENT_SOURCED)
+        .map(|e| e.persistence_id.clone())
+        .collect();
+    let eventing = crate::eventing::plan::plan(&index, &journals)
+        .map_err(|e| format!("Invalid eventing configuration: {e}"))?;
+    // Topics in and out are not served yet: listed, and left out of the subscriptions.
     let mut subscriptions: Vec<String> = index
         .methods()
         .filter_map(|m| {
             let source = m.eventing.as_ref()?.r#in.as_ref()?.source.as_ref()?;
-            Some(match source {
+            match source {
                 event_source::Source::Topic(topic) => {
-                    format!("{} (eventing in.topic {topic})", m.path)
+                    Some(format!("{} (eventing in.topic {topic})", m.path))
                 }
-                event_source::Source::EventLog(log) => {
-                    format!("{} (eventing in.event_log {log})", m.path)
-                }
-            })
+                event_source::Source::EventLog(_) => None,
+            }
         })
         .chain(index.methods().filter_map(|m| {
             let destination = m.eventing.as_ref()?.out.as_ref()?.destination.as_ref()?;
@@ -130,6 +139,7 @@ fn validate(spec: EntitySpec, strict_version: bool) -> Result<Discovered, String
         index,
         served,
         not_served,
+        eventing,
     })
 }
 

@@ -12,17 +12,21 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::Error;
-use crate::command::{Host, Outcome, Then};
+use crate::command::{Command, Host, Outcome, Then};
 
-/// Run `side_effects`, then `then`: the client's outcome.
+/// Run `side_effects`, then `then`: the client's outcome. `key`: the idempotency key of the
+/// command they come from; each side effect and the forward get one derived from it
+/// (`<key>/s<i>`, `<key>/f`), so a command that runs again (redelivered from a topic or a
+/// journal) has its effects run once by their targets.
 pub(crate) async fn run(
     host: Arc<dyn Host>,
     side_effects: Vec<cs::SideEffect>,
     then: Then,
     hops: u32,
     deadline: Option<Instant>,
+    key: Option<&str>,
 ) -> Result<Outcome, Error> {
-    run_side_effects(&host, side_effects, hops, deadline).await?;
+    run_side_effects(&host, side_effects, hops, deadline, key).await?;
     match then {
         Then::Reply(reply) => Ok(Outcome::new(reply)),
         Then::Forward(forward) => {
@@ -35,7 +39,10 @@ pub(crate) async fn run(
                 deadline,
             );
             match command {
-                Ok(command) => host.dispatch(command).await,
+                Ok(mut command) => {
+                    command.idempotency_key = Command::effect_key(key, "f");
+                    host.dispatch(command).await
+                }
                 Err(e) => {
                     Arc::clone(&host).report_error(e.to_string()).await;
                     Err(e)
@@ -52,9 +59,10 @@ pub(crate) async fn run_side_effects(
     side_effects: Vec<cs::SideEffect>,
     hops: u32,
     deadline: Option<Instant>,
+    key: Option<&str>,
 ) -> Result<(), Error> {
-    for effect in side_effects {
-        let command = match host.resolve(
+    for (i, effect) in side_effects.into_iter().enumerate() {
+        let mut command = match host.resolve(
             &effect.service_name,
             &effect.command_name,
             effect.payload,
@@ -68,6 +76,7 @@ pub(crate) async fn run_side_effects(
                 return Err(e);
             }
         };
+        command.idempotency_key = Command::effect_key(key, &format!("s{i}"));
         let target = command.method.path.clone();
         if effect.synchronous {
             if let Err(e) = Arc::clone(host).dispatch(command).await {

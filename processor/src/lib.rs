@@ -20,6 +20,7 @@ mod effects;
 mod entity;
 mod env;
 mod error;
+mod eventing;
 mod health;
 mod journal;
 mod kinds;
@@ -198,6 +199,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
     });
     tokio::spawn(Arc::clone(&node.pause).run(shutdown.clone()));
+    // Event-log subscriptions: every processor of the service is a member of each one's group.
+    for sub in &discovered.eventing.subscriptions {
+        if let eventing::plan::Source::EventLog(_) = sub.source {
+            tokio::spawn(eventing::consumer::run(
+                Arc::clone(&node.env),
+                Arc::clone(&node) as Arc<dyn command::Host>,
+                node.uf.clone(),
+                Arc::new(sub.clone()),
+                shutdown.clone(),
+            ));
+        }
+    }
     if discovered
         .served
         .iter()

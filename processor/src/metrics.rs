@@ -34,3 +34,7 @@ pub(crate) const CRDT_FULL_STATES: &str = "statehouse_crdt_full_states_total";
 pub(crate) const CRDT_PRUNES: &str = "statehouse_crdt_prunes_total";
 /// Gauge: live CRDT replicas of the service, this one included.
 pub(crate) const CRDT_LIVE_REPLICAS: &str = "statehouse_crdt_live_replicas";
+/// Counter: events of eventing subscriptions turned into commands.
+pub(crate) const EVENTING_EVENTS: &str = "statehouse_eventing_events_total";
+/// Counter: eventing commands retried after a failure.
+pub(crate) const EVENTING_RETRIES: &str = "statehouse_eventing_retries_total";

@@ -315,6 +315,11 @@ impl Host for Node {
         deadline: Option<Instant>,
     ) -> Result<Command, Error> {
         let method = self.method(service, command)?;
+        // A target taking `google.protobuf.Any` gets the payload with its own type.
+        let type_url = payload
+            .as_ref()
+            .filter(|_| method.input.full_name() == "google.protobuf.Any")
+            .map(|p| p.type_url.clone());
         let payload = bytes::Bytes::from(payload.map(|p| p.value).unwrap_or_default());
         let entity_id = method
             .entity_id(&payload)
@@ -323,6 +328,7 @@ impl Host for Node {
             method,
             entity_id,
             payload,
+            type_url,
             metadata,
             idempotency_key: None,
             deadline,

@@ -19,6 +19,19 @@ pub struct Options {
     pub session_timeout_ms: u32,
     /// Extra `--set` overrides for every processor.
     pub processor_sets: Vec<String>,
+    /// Where a processor calls its user function, given the user function's port (default:
+    /// that port): e.g. an interceptor in between.
+    pub user_function_port: Option<PortMap>,
+}
+
+/// A map from a user function's port to the port its processor calls.
+#[derive(Clone)]
+pub struct PortMap(pub std::sync::Arc<dyn Fn(u16) -> u16 + Send + Sync>);
+
+impl std::fmt::Debug for PortMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PortMap(..)")
+    }
 }
 
 impl Options {
@@ -30,6 +43,7 @@ impl Options {
             processors: 1,
             session_timeout_ms: 6_000,
             processor_sets: Vec::new(),
+            user_function_port: None,
         }
     }
 }
@@ -225,7 +239,13 @@ fn start_pod(common: &[String], options: &Options) -> Pod {
         format!("processor.service={}", options.service),
         format!("processor.listen=\"127.0.0.1:{internal_port}\""),
         format!("processor.metrics-listen=\"127.0.0.1:{metrics_port}\""),
-        format!("processor.user-function-port={}", user_function.port()),
+        format!(
+            "processor.user-function-port={}",
+            options
+                .user_function_port
+                .as_ref()
+                .map_or(user_function.port(), |map| (map.0)(user_function.port()))
+        ),
         "processor.backup-interval-ms=200".to_string(),
     ]);
     sets.extend(options.processor_sets.iter().cloned());

@@ -825,7 +825,8 @@ impl<K: Kind> Entity<K> {
                     if !side_effects.is_empty() {
                         let host = Arc::clone(&self.home.host);
                         tokio::spawn(async move {
-                            let _ = effects::run_side_effects(&host, side_effects, 1, None).await;
+                            let _ =
+                                effects::run_side_effects(&host, side_effects, 1, None, None).await;
                         });
                     }
                 }
@@ -913,6 +914,7 @@ impl<K: Kind> Entity<K> {
                                 then,
                                 command.hops + 1,
                                 command.deadline,
+                                command.idempotency_key.as_deref(),
                             )
                             .await;
                             let _ = tx.send(outcome);
@@ -1063,9 +1065,10 @@ fn relay(
                 Some(Relayed::Element { side_effects, then }) => {
                     let outcome = match then {
                         Some(then) => Some(
-                            effects::run(Arc::clone(&host), side_effects, then, hops, None).await,
+                            effects::run(Arc::clone(&host), side_effects, then, hops, None, None)
+                                .await,
                         ),
-                        None => effects::run_side_effects(&host, side_effects, hops, None)
+                        None => effects::run_side_effects(&host, side_effects, hops, None, None)
                             .await
                             .err()
                             .map(Err),

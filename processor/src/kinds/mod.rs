@@ -59,6 +59,7 @@ pub(crate) mod testing {
             method: Arc::clone(method),
             entity_id: id.into(),
             payload: Bytes::from(format!("\x0a{}{id}", char::from(id.len() as u8))),
+            type_url: None,
             metadata: None,
             idempotency_key: key.map(str::to_string),
             deadline: None,

@@ -1,0 +1,187 @@
+//! A subscription's member of its consumer group: every processor of the service is one, so the
+//! partitions of the source are spread over them. Each partition's events run one after the
+//! other, in order (so an entity's events arrive in order); partitions run side by side. An
+//! event is done — and the group moves past it — when its command finished, forwards and side
+//! effects included; a failed command is retried with backoff until it goes through (a poison
+//! event holds its partition back and says why, every time). A reply that is a failure counts
+//! as done, as the reference proxy has it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use statehouse_kafka::group::GroupConsumer;
+use statehouse_kafka::reader::Message;
+use statehouse_schemas::avro::{AvroRecord, EventRecord};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::command::{Command, Host, Outcome};
+use crate::env::Env;
+use crate::eventing::event;
+use crate::eventing::plan::{Source, Subscription};
+use crate::user_function::UserFunction;
+use crate::{Error, action, metrics as m};
+
+/// Events of one partition waiting for their turn.
+const QUEUE: usize = 256;
+/// How long one event's command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run `sub` until `shutdown`.
+pub(crate) async fn run(
+    env: Arc<Env>,
+    host: Arc<dyn Host>,
+    uf: UserFunction,
+    sub: Arc<Subscription>,
+    shutdown: CancellationToken,
+) {
+    let (topic, group) = match &sub.source {
+        Source::EventLog(_) => (
+            env.service_topics.journal(),
+            env.service_topics
+                .subscription_group(&sub.consumer_group, &sub.source.label()),
+        ),
+        Source::Topic(topic) => (
+            topic.clone(),
+            env.service_topics
+                .subscription_group(&sub.consumer_group, &sub.source.label()),
+        ),
+    };
+    let consumer = loop {
+        match GroupConsumer::subscribe(&env.kafka, &group, &[topic.as_str()]) {
+            Ok(consumer) => break Arc::new(consumer),
+            Err(e) => {
+                warn!(group, error = %e, "joining a subscription's consumer group failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    info!(
+        group,
+        topic,
+        methods = sub.by_type.len(),
+        "subscription consuming"
+    );
+    let worker = Worker {
+        host,
+        uf,
+        sub,
+        consumer: Arc::clone(&consumer),
+        shutdown: shutdown.clone(),
+    };
+    let mut partitions: HashMap<i32, mpsc::Sender<Message>> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = consumer.next() => message,
+        };
+        let queue = partitions.entry(message.partition).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(worker.clone().partition(topic.clone(), rx));
+            tx
+        });
+        if queue.send(message).await.is_err() {
+            break;
+        }
+    }
+    consumer.commit();
+}
+
+#[derive(Clone)]
+struct Worker {
+    host: Arc<dyn Host>,
+    uf: UserFunction,
+    sub: Arc<Subscription>,
+    consumer: Arc<GroupConsumer>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// One partition's events, in order.
+    async fn partition(self, topic: String, mut rx: mpsc::Receiver<Message>) {
+        while let Some(message) = rx.recv().await {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.handle(&message).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        metrics::counter!(m::EVENTING_RETRIES).increment(1);
+                        warn!(group = %self.consumer.group(), partition = message.partition, offset = message.offset, error = %e, retry_in = ?backoff, "an event's command failed; retrying");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            if let Err(e) = self
+                .consumer
+                .done(&topic, message.partition, message.offset)
+            {
+                // The partition moved to another member: it resumes from the last offset done.
+                debug!(error = %e, "storing a subscription offset failed");
+            }
+        }
+    }
+
+    /// Run one event's command to its end. `Ok` also for events that are not for this
+    /// subscription.
+    async fn handle(&self, message: &Message) -> Result<(), String> {
+        let Some(value) = &message.value else {
+            return Ok(());
+        };
+        let command = match &self.sub.source {
+            Source::EventLog(persistence_id) => {
+                let record = EventRecord::decode(value).map_err(|e| {
+                    format!(
+                        "journal record at offset {} does not decode: {e}",
+                        message.offset
+                    )
+                })?;
+                if &record.persistence_id != persistence_id {
+                    return Ok(());
+                }
+                event::from_journal(&self.sub, &record).inspect_err(|e| error!("{e}"))?
+            }
+            Source::Topic(_) => return Err("topic sources are not served yet".into()),
+        };
+        metrics::counter!(m::EVENTING_EVENTS).increment(1);
+        match self.run(command).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Run a command: unary methods through the host (here or wherever it runs), streamed ones
+    /// (server streaming actions of this service) here, every element in turn.
+    async fn run(&self, mut command: Command) -> Result<Outcome, Error> {
+        command.deadline = Some(Instant::now() + COMMAND_TIMEOUT);
+        if command.method.is_unary() {
+            return Arc::clone(&self.host).dispatch(command).await;
+        }
+        let (out, mut outcomes) = mpsc::channel(16);
+        let (_rest_tx, rest) = mpsc::channel(1);
+        tokio::spawn(action::streamed(
+            Arc::clone(&self.host),
+            self.uf.clone(),
+            command,
+            rest,
+            out,
+        ));
+        let mut last = Ok(Outcome::new(crate::command::Reply::Empty));
+        while let Some(outcome) = outcomes.recv().await {
+            last = outcome;
+            if last.is_err() {
+                break;
+            }
+        }
+        last
+    }
+}
