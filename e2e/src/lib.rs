@@ -8,6 +8,7 @@ pub mod checker;
 pub mod crdt;
 pub mod driver;
 pub mod intercept;
+pub mod pipe;
 pub mod proto;
 pub mod relay;
 pub mod values;

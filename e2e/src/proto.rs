@@ -39,3 +39,8 @@ pub mod tck {
 pub mod relay {
     include!(concat!(env!("OUT_DIR"), "/statehouse.e2e.rs"));
 }
+
+/// `statehouse.e2e.pipe`: the pipe service (eventing topics in and out).
+pub mod pipe {
+    include!(concat!(env!("OUT_DIR"), "/statehouse.e2e.pipe.rs"));
+}

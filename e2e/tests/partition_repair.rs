@@ -57,6 +57,7 @@ async fn fenced_writers_of_assigned_partitions_are_recovered() {
                 key: Bytes::from(format!("stray#{p}")),
                 value: None,
                 headers: Vec::new(),
+                by_key: false,
             }])
             .await;
         assert!(

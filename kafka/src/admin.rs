@@ -125,6 +125,33 @@ impl Admin {
     /// Create every topic in `specs` that is missing; verify the partition count and cleanup
     /// policy of those that exist. Safe to run any number of times, also concurrently.
     pub async fn ensure(&self, specs: &[TopicSpec]) -> Result<Vec<(String, Outcome)>, Error> {
+        self.create(specs, true).await
+    }
+
+    /// Create each of `topics` that is missing, with `partitions` partitions and the delete
+    /// policy; topics that exist are taken as they are (they are the user's: eventing inputs
+    /// and outputs).
+    pub async fn ensure_exist(
+        &self,
+        topics: &[String],
+        partitions: u32,
+    ) -> Result<Vec<(String, Outcome)>, Error> {
+        let specs: Vec<TopicSpec> = topics
+            .iter()
+            .map(|name| TopicSpec {
+                name: name.clone(),
+                partitions,
+                config: with_isr(&self.options, [("cleanup.policy", "delete".to_string())]),
+            })
+            .collect();
+        self.create(&specs, false).await
+    }
+
+    async fn create(
+        &self,
+        specs: &[TopicSpec],
+        verify: bool,
+    ) -> Result<Vec<(String, Outcome)>, Error> {
         let opts = AdminOptions::new().operation_timeout(Some(self.options.request_timeout()));
         let config_pairs: Vec<Vec<(&str, &str)>> = specs
             .iter()
@@ -150,7 +177,9 @@ impl Admin {
             match result {
                 Ok(_) => outcomes.push((spec.name.clone(), Outcome::Created)),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    self.verify(spec).await?;
+                    if verify {
+                        self.verify(spec).await?;
+                    }
                     outcomes.push((spec.name.clone(), Outcome::AlreadyExists));
                 }
                 Err((name, code)) => {

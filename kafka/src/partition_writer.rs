@@ -46,12 +46,17 @@ use crate::{Error, Options, WriterOptions, metrics as m};
 /// One Kafka record to write in the writer's partition.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// Topic name (the journal or the values topic of the writer's service).
+    /// Topic name (the journal or the values topic of the writer's service, or an output topic
+    /// written in the same transaction).
     pub topic: Arc<str>,
     pub key: Bytes,
     /// `None` writes a tombstone.
     pub value: Option<Bytes>,
     pub headers: Vec<(&'static str, Bytes)>,
+    /// `false`: the record goes to the writer's partition of `topic` (the service's own
+    /// topics). `true`: Kafka's partitioner places it by its key (a topic outside the service,
+    /// e.g. an eventing output topic, whose partitions are not the service's).
+    pub by_key: bool,
 }
 
 impl Record {
@@ -610,9 +615,11 @@ async fn commit<M>(
                 });
             }
             let mut fr = FutureRecord::to(&record.topic)
-                .partition(partition)
                 .key(&record.key[..])
                 .headers(headers);
+            if !record.by_key {
+                fr = fr.partition(partition);
+            }
             if let Some(value) = &record.value {
                 fr = fr.payload(&value[..]);
             }

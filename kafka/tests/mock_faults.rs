@@ -21,6 +21,7 @@ fn record(key: &str) -> Record {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Some(Bytes::from_static(b"event")),
         headers: Vec::new(),
+        by_key: false,
     }
 }
 

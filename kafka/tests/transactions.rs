@@ -43,6 +43,7 @@ fn record(topic: &str, key: &str, value: &str) -> Record {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Some(Bytes::copy_from_slice(value.as_bytes())),
         headers: vec![(headers::ENTITY, Bytes::from_static(b"e"))],
+        by_key: false,
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::command::{Command, Host, Outcome, Reply, Then};
+use crate::eventing::output;
 use crate::kinds::action::{Element, Shape, element, first_command, next_command};
 use crate::user_function::UserFunction;
 use crate::{Error, effects};
@@ -42,15 +43,43 @@ pub(crate) async fn unary(
     let Element {
         side_effects, then, ..
     } = element(response);
-    effects::run(
-        host,
+    let outcome = effects::run(
+        Arc::clone(&host),
         side_effects,
         then.unwrap_or(Then::Reply(Reply::Empty)),
         command.hops + 1,
         command.deadline,
         command.idempotency_key.as_deref(),
     )
-    .await
+    .await?;
+    publish(&host, &command, command.idempotency_key.clone(), &outcome).await?;
+    Ok(outcome)
+}
+
+/// Publish an action's reply to its method's `out` topic (if it has one) before the caller
+/// gets it; a failure to publish fails the call. At least once: a retried call publishes
+/// again, with the same `ce-id` when it carries the same idempotency key (`docs/protocol.md`,
+/// "Eventing").
+async fn publish(
+    host: &Arc<dyn Host>,
+    command: &Command,
+    id: Option<String>,
+    outcome: &Outcome,
+) -> Result<(), Error> {
+    let Some(topic) = output::topic_of(command) else {
+        return Ok(());
+    };
+    let origin = output::Origin {
+        topic,
+        source: command.method.service.clone(),
+        id: id.unwrap_or_else(|| host.next_command_id()),
+        subject: None,
+        key: Bytes::new(),
+    };
+    match output::record(&origin, &outcome.reply) {
+        Some(record) => Arc::clone(host).publish(record).await,
+        None => Ok(()),
+    }
 }
 
 /// Run a streamed action call: `rest` holds the client's later messages (streamed-in and
@@ -173,6 +202,12 @@ async fn relay_one(
                 Err(e) => Err(e),
             }
         }
+    };
+    let outcome = match outcome {
+        Ok(outcome) => publish(host, command, key.map(str::to_string), &outcome)
+            .await
+            .map(|()| outcome),
+        Err(e) => Err(e),
     };
     let failed = outcome.is_err();
     out.send(outcome).await.is_ok() && !ends && !failed

@@ -128,6 +128,8 @@ impl Backup {
                         offset: *offset,
                     });
                 }
+                // Never in the tail (the observer skips outputs).
+                Written::Output(_) => {}
                 Written::Value(_) | Written::Deleted(_) => {
                     if let Some(row) = value::row_of(service, record, self.partition, *offset) {
                         let row = row.map_err(|e| {

@@ -17,6 +17,7 @@ use statehouse_schemas::cloudstate as cs;
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::records::Output;
 
 /// One command for an entity (keyed) or an action (`entity_id` empty).
 #[derive(Debug, Clone)]
@@ -168,4 +169,8 @@ pub(crate) trait Host: Send + Sync + 'static {
 
     /// A new command id (unique per processor instance), for the records of a command.
     fn next_command_id(&self) -> String;
+
+    /// Publish an action's reply to its output topic and wait for Kafka's acknowledgement
+    /// (entities write theirs in their own transaction instead).
+    fn publish(self: Arc<Self>, record: Output) -> BoxFuture<'static, Result<(), Error>>;
 }

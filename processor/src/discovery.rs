@@ -3,9 +3,7 @@
 //!
 //! The processor asks with the entity types it implements, but SDKs answer with everything
 //! they registered (the Go SDK ignores `supported_entity_types`). Entities of a type not built
-//! (legacy stateless functions) and eventing with topics (`cloudstate.eventing` `in.topic`,
-//! `out.topic`)
-//! are **reported, not fatal**: they are logged, told to the user function with `reportError`,
+//! (legacy stateless functions) are **reported, not fatal**: they are logged, told to the user function with `reportError`,
 //! and left out of the service record, so clients get UNIMPLEMENTED for them while everything
 //! else is served.
 
@@ -14,7 +12,7 @@ use statehouse_kafka::publisher::Publisher;
 use statehouse_runtime::config::ProcessorOptions;
 use statehouse_runtime::method_index::MethodIndex;
 use statehouse_schemas::avro::{self, AvroRecord};
-use statehouse_schemas::cloudstate::{self as cs, EntitySpec, event_source};
+use statehouse_schemas::cloudstate::{self as cs, EntitySpec};
 use statehouse_schemas::protocol;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -91,7 +89,7 @@ fn validate(spec: EntitySpec, strict_version: bool) -> Result<Discovered, String
         .entities
         .into_iter()
         .partition(|e| SUPPORTED_ENTITY_TYPES.contains(&e.entity_type.as_str()));
-    let mut not_served: Vec<String> = unserved
+    let not_served: Vec<String> = unserved
         .iter()
         .map(|e| format!("{} ({} entities)", e.service_name, e.entity_type))
         .collect();
@@ -111,29 +109,6 @@ fn validate(spec: EntitySpec, strict_version: bool) -> Result<Discovered, String
         .collect();
     let eventing = crate::eventing::plan::plan(&index, &journals)
         .map_err(|e| format!("Invalid eventing configuration: {e}"))?;
-    // Topics in and out are not served yet: listed, and left out of the subscriptions.
-    let mut subscriptions: Vec<String> = index
-        .methods()
-        .filter_map(|m| {
-            let source = m.eventing.as_ref()?.r#in.as_ref()?.source.as_ref()?;
-            match source {
-                event_source::Source::Topic(topic) => {
-                    Some(format!("{} (eventing in.topic {topic})", m.path))
-                }
-                event_source::Source::EventLog(_) => None,
-            }
-        })
-        .chain(index.methods().filter_map(|m| {
-            let destination = m.eventing.as_ref()?.out.as_ref()?.destination.as_ref()?;
-            Some(match destination {
-                cs::event_destination::Destination::Topic(topic) => {
-                    format!("{} (eventing out.topic {topic})", m.path)
-                }
-            })
-        }))
-        .collect();
-    subscriptions.sort();
-    not_served.extend(subscriptions);
     Ok(Discovered {
         info,
         index,

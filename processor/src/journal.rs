@@ -61,8 +61,15 @@ impl Journal {
             typed.push(Arc::new(written));
         }
         let n = records.len();
+        let outputs = typed
+            .iter()
+            .filter(|w| matches!(***w, Written::Output(_)))
+            .count();
         self.writer.append_with(records, typed).await?;
-        metrics::counter!(m::RECORDS_PERSISTED).increment(n as u64);
+        metrics::counter!(m::RECORDS_PERSISTED).increment((n - outputs) as u64);
+        if outputs > 0 {
+            metrics::counter!(m::EVENTING_OUTPUTS).increment(outputs as u64);
+        }
         Ok(())
     }
 }

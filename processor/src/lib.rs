@@ -124,6 +124,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         || admin.ensure_service(&service, p.partitions),
     )
     .await?;
+    // The user's topics eventing reads and writes: created if missing (the service's partition
+    // count, the delete policy), taken as they are if they exist.
+    let eventing_topics = discovered.eventing.topics();
+    if !eventing_topics.is_empty() {
+        until_done(
+            "creating the eventing topics",
+            &shutdown,
+            statehouse_kafka::Error::is_transient,
+            || admin.ensure_exist(&eventing_topics, p.partitions),
+        )
+        .await?;
+    }
     let store = until_done(
         "connecting to Cassandra",
         &shutdown,
@@ -197,19 +209,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         env,
         router,
         shutdown: shutdown.clone(),
+        outputs: if discovered.eventing.outputs.is_empty() {
+            None
+        } else {
+            Some(Publisher::new(&config.kafka)?)
+        },
     });
     tokio::spawn(Arc::clone(&node.pause).run(shutdown.clone()));
-    // Event-log subscriptions: every processor of the service is a member of each one's group.
+    // Subscriptions: every processor of the service is a member of each one's group.
     for sub in &discovered.eventing.subscriptions {
-        if let eventing::plan::Source::EventLog(_) = sub.source {
-            tokio::spawn(eventing::consumer::run(
-                Arc::clone(&node.env),
-                Arc::clone(&node) as Arc<dyn command::Host>,
-                node.uf.clone(),
-                Arc::new(sub.clone()),
-                shutdown.clone(),
-            ));
-        }
+        tokio::spawn(eventing::consumer::run(
+            Arc::clone(&node.env),
+            Arc::clone(&node) as Arc<dyn command::Host>,
+            node.uf.clone(),
+            Arc::new(sub.clone()),
+            shutdown.clone(),
+        ));
     }
     if discovered
         .served

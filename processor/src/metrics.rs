@@ -38,3 +38,5 @@ pub(crate) const CRDT_LIVE_REPLICAS: &str = "statehouse_crdt_live_replicas";
 pub(crate) const EVENTING_EVENTS: &str = "statehouse_eventing_events_total";
 /// Counter: eventing commands retried after a failure.
 pub(crate) const EVENTING_RETRIES: &str = "statehouse_eventing_retries_total";
+/// Counter: records published to eventing output topics (entities' in their transaction).
+pub(crate) const EVENTING_OUTPUTS: &str = "statehouse_eventing_outputs_total";

@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use statehouse_core::{ServiceName, partition_for};
+use statehouse_kafka::publisher::Publisher;
 use statehouse_runtime::config::Config;
 use statehouse_runtime::method_index::{EntityKind, MethodIndex, MethodInfo};
 use statehouse_runtime::router::{self, Router};
@@ -32,6 +33,7 @@ use crate::env::Env;
 use crate::kinds::crdt::Crdt;
 use crate::partition::Partition;
 use crate::pause::Detector;
+use crate::records::Output;
 use crate::user_function::UserFunction;
 use crate::{Error, action};
 
@@ -58,6 +60,8 @@ pub(crate) struct Node {
     pub(crate) partitions: RwLock<HashMap<u32, Arc<Partition>>>,
     /// The CRDT entities (any processor of the service runs them), when the service has any.
     pub(crate) crdts: OnceLock<Arc<Home<Crdt>>>,
+    /// The producer of actions' eventing outputs, when a method has an `out` topic.
+    outputs: Option<Publisher>,
     commands: AtomicU64,
 }
 
@@ -72,6 +76,7 @@ pub(crate) struct Parts {
     pub(crate) env: Arc<Env>,
     pub(crate) router: Router,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) outputs: Option<Publisher>,
 }
 
 impl Node {
@@ -90,6 +95,7 @@ impl Node {
             shutdown: parts.shutdown,
             partitions: RwLock::new(HashMap::new()),
             crdts: OnceLock::new(),
+            outputs: parts.outputs,
             commands: AtomicU64::new(0),
         })
     }
@@ -358,5 +364,22 @@ impl Host for Node {
 
     fn next_command_id(&self) -> String {
         Node::next_command_id(self)
+    }
+
+    fn publish(self: Arc<Self>, record: Output) -> BoxFuture<'static, Result<(), Error>> {
+        async move {
+            let Some(outputs) = &self.outputs else {
+                return Err(Error::Config(format!(
+                    "no producer for the output topic {}",
+                    record.topic
+                )));
+            };
+            outputs
+                .publish_record(&record.topic, &record.key, &record.value, &record.headers)
+                .await?;
+            metrics::counter!(crate::metrics::EVENTING_OUTPUTS).increment(1);
+            Ok(())
+        }
+        .boxed()
     }
 }

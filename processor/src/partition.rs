@@ -58,6 +58,9 @@ struct TailObserver {
 impl Observer<Typed> for TailObserver {
     fn committed(&self, records: &[Record], offsets: &[i64], typed: &Typed) {
         for ((record, &offset), written) in records.iter().zip(offsets).zip(typed) {
+            if matches!(**written, Written::Output(_)) {
+                continue;
+            }
             match self.topics.of(&record.topic) {
                 Some(topic) => self.tail.push(topic, offset, Arc::clone(written)),
                 None => {
@@ -286,6 +289,7 @@ async fn rescue_hanging(
                     .iter()
                     .filter_map(|(k, v)| Some((statehouse_kafka::headers::known(k)?, v.clone())))
                     .collect(),
+                by_key: false,
             });
             typed.push(Arc::new(written));
         }

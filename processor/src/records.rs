@@ -12,7 +12,11 @@
 //! * [`Written::Value`]: `<prefix><service>.values`, key `<persistence_id>|<entity_id>`, a
 //!   `ValueRecord`;
 //! * [`Written::Deleted`]: the same key in the values topic, a tombstone whose header
-//!   `statehouse-deletion` holds a `ValueDeletion`.
+//!   `statehouse-deletion` holds a `ValueDeletion`;
+//! * [`Written::Output`]: a reply published to a method's `out` topic (eventing) in the same
+//!   transaction as the command's own records — it exists iff they committed. Placed by
+//!   Kafka's partitioner on its key (the topic is the user's, not partitioned like the
+//!   service); never read back (not in the tail, the backup or recovery).
 
 use std::sync::Arc;
 
@@ -75,13 +79,27 @@ pub(crate) enum Written {
     Value(ValueRecord),
     /// The delete of a value entity.
     Deleted(ValueDeletion),
+    /// A reply published to an output topic.
+    Output(Output),
+}
+
+/// A record for an output topic, as the user's consumers get it (a CloudEvent in Kafka's
+/// binary mode: `ce_*` headers, the data as the value).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Output {
+    pub(crate) topic: Arc<str>,
+    pub(crate) key: Bytes,
+    pub(crate) value: Bytes,
+    pub(crate) headers: Vec<(&'static str, Bytes)>,
 }
 
 impl Written {
-    pub(crate) fn topic(&self) -> Topic {
+    /// The service topic of the record (`None`: an output, in a topic of its own).
+    pub(crate) fn topic(&self) -> Option<Topic> {
         match self {
-            Written::Event(_) => Topic::Journal,
-            Written::Value(_) | Written::Deleted(_) => Topic::Values,
+            Written::Event(_) => Some(Topic::Journal),
+            Written::Value(_) | Written::Deleted(_) => Some(Topic::Values),
+            Written::Output(_) => None,
         }
     }
 
@@ -91,6 +109,7 @@ impl Written {
             Written::Event(e) => (&e.persistence_id, &e.entity_id),
             Written::Value(v) => (&v.persistence_id, &v.entity_id),
             Written::Deleted(d) => (&d.persistence_id, &d.entity_id),
+            Written::Output(_) => return String::new(),
         };
         entity_key(persistence_id, entity_id)
     }
@@ -101,6 +120,7 @@ impl Written {
             Written::Event(e) => e.seq,
             Written::Value(v) => v.seq,
             Written::Deleted(d) => d.seq,
+            Written::Output(_) => 0,
         }
     }
 
@@ -111,6 +131,18 @@ impl Written {
             Written::Event(e) => (&e.entity_id, e.seq, Some(&e.type_url), &e.traceparent),
             Written::Value(v) => (&v.entity_id, v.seq, Some(&v.type_url), &v.traceparent),
             Written::Deleted(d) => (&d.entity_id, d.seq, None, &d.traceparent),
+            Written::Output(o) => {
+                return Ok(Record {
+                    topic: Arc::clone(&o.topic),
+                    key: o.key.clone(),
+                    value: Some(o.value.clone()),
+                    headers: o.headers.clone(),
+                    by_key: true,
+                });
+            }
+        };
+        let Some(topic) = self.topic() else {
+            unreachable!("outputs returned above")
         };
         let mut record_headers = Vec::with_capacity(5);
         record_headers.push((
@@ -129,7 +161,7 @@ impl Written {
         }
         let key = match self {
             Written::Event(_) => journal_key(&self.entity_key(), seq as u64),
-            Written::Value(_) | Written::Deleted(_) => self.entity_key(),
+            _ => self.entity_key(),
         };
         let value = match self {
             Written::Event(e) => Some(Bytes::from(e.encode().map_err(encode_error)?)),
@@ -141,12 +173,14 @@ impl Written {
                 ));
                 None
             }
+            Written::Output(_) => unreachable!("outputs returned above"),
         };
         Ok(Record {
-            topic: Arc::clone(topics.name(self.topic())),
+            topic: Arc::clone(topics.name(topic)),
             key: Bytes::from(key),
             value,
             headers: record_headers,
+            by_key: false,
         })
     }
 

@@ -150,7 +150,14 @@ impl Worker {
                 }
                 event::from_journal(&self.sub, &record).inspect_err(|e| error!("{e}"))?
             }
-            Source::Topic(_) => return Err("topic sources are not served yet".into()),
+            Source::Topic(topic) => match event::from_topic(&self.sub, topic, message) {
+                Ok(Some(command)) => command,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    error!("{e}");
+                    return Err(e);
+                }
+            },
         };
         metrics::counter!(m::EVENTING_EVENTS).increment(1);
         match self.run(command).await {

@@ -10,4 +10,5 @@
 
 pub(crate) mod consumer;
 pub(crate) mod event;
+pub(crate) mod output;
 pub(crate) mod plan;

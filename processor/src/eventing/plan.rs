@@ -81,6 +81,18 @@ pub(crate) struct Plan {
     pub(crate) outputs: BTreeMap<String, String>,
 }
 
+impl Plan {
+    /// The Kafka topics the plan reads (`in.topic`) and writes (`out.topic`), each once.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        let inputs = self.subscriptions.iter().filter_map(|s| match &s.source {
+            Source::Topic(topic) => Some(topic.clone()),
+            Source::EventLog(_) => None,
+        });
+        let all: BTreeSet<String> = inputs.chain(self.outputs.values().cloned()).collect();
+        all.into_iter().collect()
+    }
+}
+
 /// The plan of `index`, whose event-sourced entities have the persistence ids `journals`.
 pub(crate) fn plan(index: &MethodIndex, journals: &BTreeSet<String>) -> Result<Plan, String> {
     let mut plan = Plan::default();

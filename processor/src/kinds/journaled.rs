@@ -16,12 +16,16 @@
 //! A failed write drops the stream: the user function already applied the change, so its state
 //! is ahead of what is stored; the next command starts from the stored state.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use statehouse_schemas::cloudstate as cs;
 use tracing::warn;
 
 use crate::Error;
 use crate::command::{Command, Reply, Then};
 use crate::entity::{Action, EntityRef, Kind, Stamp, Turn, Window};
+use crate::eventing::output;
 use crate::journal::Journal;
 use crate::records::Written;
 
@@ -62,6 +66,8 @@ pub(crate) struct InFlight {
     pub(crate) id: i64,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) traceparent: Option<String>,
+    /// The method's eventing output topic and its service, if it has one.
+    pub(crate) out: Option<(Arc<str>, String)>,
 }
 
 impl InFlight {
@@ -70,7 +76,35 @@ impl InFlight {
             id,
             idempotency_key: command.idempotency_key.clone(),
             traceparent: command.traceparent.clone(),
+            out: output::topic_of(command).map(|t| (t, command.method.service.clone())),
         }
+    }
+}
+
+/// A reply of a method with an `out` topic adds its output record to the command's writes: it
+/// commits in the same transaction as the entity's records, or not at all. Its `ce-id` is the
+/// command's idempotency key, else the key of the last record written, else a new command id.
+fn add_output(entity: &EntityRef, in_flight: &InFlight, step: &mut Step, stamp: &Stamp<'_>) {
+    let (Some((topic, service)), Step::Done { writes, then, .. }) = (&in_flight.out, step) else {
+        return;
+    };
+    let Then::Reply(reply) = then else {
+        return;
+    };
+    let id = match (&in_flight.idempotency_key, writes.last()) {
+        (Some(key), _) => key.clone(),
+        (None, Some(last)) => format!("{}#{}", last.entity_key(), last.seq()),
+        (None, None) => stamp.command_id(),
+    };
+    let origin = output::Origin {
+        topic: Arc::clone(topic),
+        source: service.clone(),
+        id,
+        subject: Some(entity.id.clone()),
+        key: Bytes::from(entity.id.clone()),
+    };
+    if let Some(record) = output::record(&origin, reply) {
+        writes.push(Written::Output(record));
     }
 }
 
@@ -221,7 +255,8 @@ pub(crate) fn message<K: Journaled>(
             report: Some(report),
         }];
     };
-    let step = machine.answer(entity, &in_flight, out, turn.window, turn.stamp);
+    let mut step = machine.answer(entity, &in_flight, out, turn.window, turn.stamp);
+    add_output(entity, &in_flight, &mut step, turn.stamp);
     machine.serial().step(in_flight, step)
 }
 

@@ -345,7 +345,7 @@ fn loaded_from_record(record: &Written) -> Loaded {
             state: None,
             recent: d.recent.clone(),
         },
-        Written::Event(_) => Loaded::default(),
+        Written::Event(_) | Written::Output(_) => Loaded::default(),
     }
 }
 
@@ -396,7 +396,7 @@ pub(crate) fn row_of(
             v.encode(),
         ),
         Written::Deleted(d) => (record.entity_key(), d.seq, String::new(), None, d.encode()),
-        Written::Event(_) => return None,
+        Written::Event(_) | Written::Output(_) => return None,
     };
     Some(encoded.map(|encoded| ValueRow {
         service: service.to_string(),
