@@ -8,6 +8,8 @@
 #   * Python: a venv with PyPI cloudstate==0.1.1 (pinned, working on Python 3.11) and our
 #             own shopping cart (e2e/user-functions/python/shoppingcart), its protos compiled
 #             with grpcio-tools against the SDK's own cloudstate/entity_key.proto (50002).
+#   * Python: a second venv for the journal consumer sample (samples/journal-consumer-python:
+#             confluent-kafka + fastavro), which the e2e tests run against a real journal.
 #
 # Everything goes under ${STATEHOUSE_CACHE_DIR:-$HOME/.cache/statehouse}/user-functions/.
 # Idempotent: each step is skipped when its inputs (hashed into a stamp file) are unchanged.
@@ -138,7 +140,25 @@ assert set(e.entity.command_handlers) == {"AddItem", "RemoveItem", "GetCart"}, e
   log "python: protos compiled in $(since "$t") ($(cd "$GEN" && find . -name '*_pb2.py' | sed 's|^\./||' | sort | tr '\n' ' '))"
 fi
 
+# ---- Python: the journal consumer sample's venv -------------------------------------------
+CONSUMER_VENV="$PY_DIR/consumer-venv"
+CONSUMER_REQ="$HERE/../../samples/journal-consumer-python/requirements.txt"
+CONSUMER_HASH="$( { cat "$CONSUMER_REQ"; "$PY" -VV; } | hash_of)"
+if [[ -x "$CONSUMER_VENV/bin/python" ]] && stamp_ok "$PY_DIR/.consumer-venv-stamp" "$CONSUMER_HASH"; then
+  log "python: consumer venv $CONSUMER_VENV is up to date"
+else
+  t="$(now)"
+  log "python: creating the journal consumer's venv $CONSUMER_VENV"
+  rm -rf "$CONSUMER_VENV" "$PY_DIR/.consumer-venv-stamp"
+  "$PY" -m venv "$CONSUMER_VENV"
+  "$CONSUMER_VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$CONSUMER_REQ"
+  "$CONSUMER_VENV/bin/python" -c 'import confluent_kafka, fastavro'
+  echo "$CONSUMER_HASH" > "$PY_DIR/.consumer-venv-stamp"
+  log "python: consumer venv ready in $(since "$t")"
+fi
+
 log "ready in $(since "$T_ALL"):"
 log "  go     HOST=127.0.0.1 PORT=<port> $GO_BIN"
 log "  go TCK HOST=127.0.0.1 PORT=<port> $GO_TCK_BIN"
 log "  python HOST=127.0.0.1 PORT=<port> PYTHONPATH=$GEN $VENV/bin/python $HERE/python/shoppingcart/main.py"
+log "  journal consumer $CONSUMER_VENV/bin/python samples/journal-consumer-python/consumer.py --topic <prefix><service>.journal"
