@@ -349,3 +349,105 @@ fn failures_restarts_and_protocol_violations() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A method of the cart with an eventing output topic.
+fn with_output(topic: &str) -> std::sync::Arc<statehouse_runtime::method_index::MethodInfo> {
+    use statehouse_schemas::cloudstate::{EventDestination, Eventing, event_destination};
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let mut info = (*m).clone();
+    info.eventing = Some(Eventing {
+        r#in: None,
+        out: Some(EventDestination {
+            destination: Some(event_destination::Destination::Topic(topic.into())),
+        }),
+    });
+    std::sync::Arc::new(info)
+}
+
+/// The writes of the answer to the command in flight, through the path the mailbox takes.
+fn writes_of(
+    machine: &mut EventSourced,
+    e: &crate::entity::EntityRef,
+    out: EventSourcedStreamOut,
+) -> Option<Vec<Written>> {
+    let w = writer();
+    let stamp = stamp(&w);
+    let window = Window::default();
+    let turn = crate::entity::Turn {
+        window: &window,
+        stamp: &stamp,
+    };
+    let actions = crate::kinds::journaled::message(machine, e, out, &turn);
+    actions.into_iter().find_map(|a| match a {
+        crate::entity::Action::Write { write, .. } => Some(write),
+        _ => None,
+    })
+}
+
+fn header<'a>(output: &'a crate::records::Output, name: &str) -> &'a [u8] {
+    output
+        .headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(&b""[..], |(_, v)| &v[..])
+}
+
+#[test]
+fn a_reply_to_an_output_topic_is_written_with_the_events() {
+    let m = with_output("carts-out");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+
+    // With an idempotency key: the output's ce-id is the key; it follows the events.
+    let cmd = command(&m, "u1", Some("idem-1"));
+    machine.command(&e, 1, &cmd, false);
+    let writes = writes_of(&mut machine, &e, reply(1, Some(message_reply(b"ok")), 2))
+        .expect("events and the output are written");
+    assert_eq!(writes.len(), 3);
+    assert!(matches!(writes[0], Written::Event(_)) && matches!(writes[1], Written::Event(_)));
+    let Written::Output(output) = &writes[2] else {
+        panic!("the output comes last: {:?}", writes[2]);
+    };
+    assert_eq!(&*output.topic, "carts-out");
+    assert_eq!(&output.key[..], b"u1");
+    assert_eq!(&output.value[..], b"ok");
+    assert_eq!(header(output, "ce_id"), b"idem-1");
+    assert_eq!(header(output, "ce_subject"), b"u1");
+    assert_eq!(header(output, "ce_type"), b"google.protobuf.Empty");
+    assert_eq!(header(output, "ce_source"), testing::CART.as_bytes());
+    let _ = machine.written(&e, 1, Ok(()));
+
+    // Without a key: the ce-id names the last event written.
+    let cmd = command(&m, "u1", None);
+    machine.command(&e, 2, &cmd, false);
+    let writes = writes_of(&mut machine, &e, reply(2, Some(message_reply(b"ok")), 1)).unwrap();
+    let Written::Output(output) = &writes[1] else {
+        panic!("{writes:?}");
+    };
+    assert_eq!(header(output, "ce_id"), b"cart|u1#3");
+    let _ = machine.written(&e, 2, Ok(()));
+
+    // No events: the output alone is written (in a transaction of its own), with a new id.
+    machine.command(&e, 3, &cmd, false);
+    let writes = writes_of(&mut machine, &e, reply(3, Some(message_reply(b"ok")), 0)).unwrap();
+    let [Written::Output(output)] = &writes[..] else {
+        panic!("{writes:?}");
+    };
+    assert_eq!(header(output, "ce_id"), b"cmd-1");
+    let _ = machine.written(&e, 3, Ok(()));
+    assert_eq!(machine.last_seq, 3);
+
+    // A failure or an empty reply publishes nothing.
+    machine.command(&e, 4, &cmd, false);
+    let failure = client_action::Action::Failure(cs::Failure {
+        command_id: 4,
+        description: "no".into(),
+        restart: false,
+    });
+    assert_eq!(
+        writes_of(&mut machine, &e, reply(4, Some(failure), 0)),
+        None
+    );
+    machine.command(&e, 5, &cmd, false);
+    assert_eq!(writes_of(&mut machine, &e, reply(5, None, 0)), None);
+}
