@@ -55,21 +55,7 @@ async fn start_relay(stack: &Stack, stop: &CancellationToken) -> RelayPod {
 
 /// The sum of a processor's samples of metric `name` (0 when it does not answer).
 fn metric(pod: &RelayPod, name: &str) -> f64 {
-    let Ok(answer) = http::request(
-        &format!("127.0.0.1:{}", pod.metrics_port),
-        "GET",
-        "/metrics",
-        &[],
-        None,
-    ) else {
-        return 0.0;
-    };
-    answer
-        .body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    http::metric_sum(&format!("127.0.0.1:{}", pod.metrics_port), name)
 }
 
 fn owned_partitions(pod: &RelayPod) -> f64 {

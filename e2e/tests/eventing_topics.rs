@@ -44,20 +44,6 @@ async fn start_pipe(stack: &Stack, stop: &CancellationToken) -> (Statehouse, u16
     (Statehouse::start("processor", &sets), metrics_port)
 }
 
-/// The sum of a processor's samples of metric `name`.
-fn metric(port: u16, name: &str) -> f64 {
-    http::request(&format!("127.0.0.1:{port}"), "GET", "/metrics", &[], None)
-        .map(|answer| {
-            answer
-                .body
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0)
-}
-
 fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
     message
         .headers
@@ -176,7 +162,10 @@ async fn topic_inputs_give_exactly_one_output_each_across_a_kill() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     // What the second processor ran beyond the inputs without an output at the kill were
     // redeliveries (answered from the entities' idempotency windows).
-    let ran = metric(second_metrics, "statehouse_eventing_events_total");
+    let ran = http::metric_sum(
+        &format!("127.0.0.1:{second_metrics}"),
+        "statehouse_eventing_events_total",
+    );
     eprintln!(
         "outputs committed before the takeover: {before_takeover}; events the second processor ran: {ran} (redelivered: {})",
         ran - (INPUTS - before_takeover) as f64

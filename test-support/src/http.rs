@@ -92,6 +92,20 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The sum of the samples of metric `name` (every series starting with it) on the Prometheus
+/// endpoint `GET /metrics` at `addr`; 0 when it does not answer.
+pub fn metric_sum(addr: &str, name: &str) -> f64 {
+    let Ok(answer) = request(addr, "GET", "/metrics", &[], None) else {
+        return 0.0;
+    };
+    answer
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
