@@ -24,12 +24,24 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon), never one this process was
+/// given before: the OS may hand a just-released port out again, and two components of one
+/// stack given the same port collide when they bind it (a user function and a processor's
+/// metrics endpoint did).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1_000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 that this process was not given before");
 }
 
 /// A running `statehouse <role>`. SIGKILLed when dropped.

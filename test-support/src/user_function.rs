@@ -29,7 +29,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -328,7 +328,7 @@ impl UserFunction {
         let mut last_failure = String::new();
         // A port picked free can be taken before the child binds it; retry on that only.
         for _ in 0..3 {
-            let port = free_port();
+            let port = crate::process::free_port();
             let mut uf = UserFunction {
                 kind,
                 port,
@@ -533,13 +533,6 @@ impl Drop for UserFunction {
 struct StartFailure {
     port_taken: bool,
     message: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
 }
 
 fn read_lossy(path: &Path) -> String {
