@@ -29,7 +29,7 @@ enum Command {
     Gateway(RoleArgs),
     /// Run a processor: the sidecar of one user function.
     Processor(RoleArgs),
-    /// Run the projector: projections and event-log eventing.
+    /// Run the projector: a service's projections, built from its journal.
     Projector(RoleArgs),
     /// Prepare and inspect Kafka and Cassandra.
     Admin {
@@ -60,6 +60,38 @@ enum AdminCommand {
     },
     /// Create or upgrade the Cassandra keyspace and tables (idempotent).
     Migrate,
+    /// A service's projections: their generations, progress, lag and parked events.
+    Projections {
+        /// The service (default: projector.service, else processor.service).
+        #[arg(long, global = true)]
+        service: Option<String>,
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// The service's projections and the generation each serves.
+    List,
+    /// One projection: generations, progress and lag per journal partition, parked events.
+    Status { name: String },
+    /// Rebuild a projection from offset 0 into a new generation; the current one keeps serving
+    /// until the new one has caught up, then the projector switches.
+    Reset { name: String },
+    /// Let the projector pass a parked event (it is not folded into its row).
+    Skip {
+        name: String,
+        /// The journal partition of the parked event.
+        #[arg(long)]
+        partition: i32,
+        /// Its offset.
+        #[arg(long)]
+        offset: i64,
+        /// The generation it is parked in (default: the one served).
+        #[arg(long)]
+        generation: Option<i32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +126,8 @@ impl From<RoleName> for Role {
         }
     }
 }
+
+mod projections;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,6 +201,9 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
             Role::Gateway => statehouse_gateway::run(config, shutdown)
                 .await
                 .context("gateway"),
+            Role::Projector => statehouse_projections::run(config, shutdown)
+                .await
+                .context("projector"),
             _ => anyhow::bail!(
                 "the {name} role is not available in this build yet; only `statehouse {name} --check-config` works"
             ),
@@ -198,6 +235,9 @@ async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
                 println!("{topic}: {what}");
             }
             Ok(())
+        }
+        AdminCommand::Projections { service, command } => {
+            projections::run(config, service.as_deref(), command).await
         }
         AdminCommand::Migrate => {
             let report = statehouse_store::migrations::run(&config.cassandra)

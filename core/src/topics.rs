@@ -64,6 +64,13 @@ impl Topics {
         )
     }
 
+    /// The consumer group of generation `generation` of projection `name`:
+    /// `<prefix><service>.proj.<name>.g<generation>` (a rebuild reads from offset 0 in a group
+    /// of its own while the served generation keeps its place).
+    pub fn projection_group(&self, name: &str, generation: i32) -> String {
+        format!("{}{}.proj.{name}.g{generation}", self.prefix, self.service)
+    }
+
     /// `<prefix><service>.p<partition>`: the transactional id of a partition's writer. Every owner
     /// of the partition uses the same id, which is what fences the previous owner.
     pub fn transactional_id(&self, partition: u32) -> String {

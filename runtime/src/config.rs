@@ -176,18 +176,39 @@ impl Default for ProcessorOptions {
     }
 }
 
-/// `[projector]`: projections and event-log eventing.
+/// `[projector]`: the projections of one service, built from its journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ProjectorOptions {
+    /// The service whose journal feeds the projections (required for `statehouse projector`).
+    pub service: Option<String>,
+    /// Where the projection handler (`statehouse.projection.v1.ProjectionHandler`, e.g. the
+    /// user function's own port) listens.
+    pub handler_host: String,
+    pub handler_port: u16,
+    /// The query API (`statehouse.projection.v1.Projections`).
+    pub listen: SocketAddr,
     /// Metrics and health port.
     pub metrics_listen: SocketAddr,
+    /// Most events handed to the handler at once, per partition.
+    pub batch_size: usize,
+    /// How long a partition waits for more events before handing a smaller batch over.
+    pub batch_linger_ms: u64,
+    /// How often generations, parked events and lag are looked at.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for ProjectorOptions {
     fn default() -> Self {
         Self {
+            service: None,
+            handler_host: "127.0.0.1".into(),
+            handler_port: 8080,
+            listen: "0.0.0.0:9300".parse().expect("static address"),
             metrics_listen: "0.0.0.0:9092".parse().expect("static address"),
+            batch_size: 500,
+            batch_linger_ms: 20,
+            poll_interval_ms: 1_000,
         }
     }
 }
@@ -315,6 +336,38 @@ impl Config {
             if g.listen == g.metrics_listen {
                 return Err(Error::Invalid(
                     "gateway.listen and gateway.metrics-listen must differ".into(),
+                ));
+            }
+        }
+        if matches!(role, Role::Projector) {
+            let p = &self.projector;
+            let service = p.service.as_ref().ok_or_else(|| {
+                Error::Invalid(
+                    "projector.service must be set: the service whose journal the projections read"
+                        .into(),
+                )
+            })?;
+            statehouse_core::ServiceName::new(service.clone())
+                .map_err(|e| Error::Invalid(format!("projector.service: {e}")))?;
+            if p.handler_host.is_empty() || p.handler_port == 0 {
+                return Err(Error::Invalid(
+                    "projector.handler-host and handler-port must be set".into(),
+                ));
+            }
+            if p.batch_size == 0 || p.batch_size > 100_000 {
+                return Err(Error::Invalid(format!(
+                    "projector.batch-size {} must be between 1 and 100000",
+                    p.batch_size
+                )));
+            }
+            if p.poll_interval_ms == 0 {
+                return Err(Error::Invalid(
+                    "projector.poll-interval-ms must be positive".into(),
+                ));
+            }
+            if p.listen == p.metrics_listen {
+                return Err(Error::Invalid(
+                    "projector.listen and projector.metrics-listen must differ".into(),
                 ));
             }
         }

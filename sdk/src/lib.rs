@@ -67,11 +67,13 @@ mod descriptor;
 mod discovery;
 mod error;
 pub mod eventsourced;
+pub mod projection;
 mod reply;
 mod service;
 
 pub use error::Error;
 pub use eventsourced::{CommandContext, Entity as EventSourcedEntity};
+pub use projection::Projection;
 pub use reply::{Failure, Forward, Reply, SideEffect};
 pub use service::{SUPPORT_LIBRARY_NAME, Service};
 /// Metadata on commands, replies, forwards and side effects.

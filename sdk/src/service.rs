@@ -1,6 +1,6 @@
 //! The user function as a whole: registered entities, discovery, the server.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use statehouse_schemas::cloudstate::{
@@ -8,6 +8,7 @@ use statehouse_schemas::cloudstate::{
     entity_discovery_server::EntityDiscoveryServer, entity_passivation_strategy,
     eventsourced::event_sourced_server::EventSourcedServer,
 };
+use statehouse_schemas::statehouse::projection::v1::projection_handler_server::ProjectionHandlerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -19,6 +20,7 @@ use crate::{
         self,
         session::{Factory, Registry},
     },
+    projection::{Folder, Handler, Projection},
 };
 
 /// The support library name announced at discovery.
@@ -39,6 +41,7 @@ pub struct Service {
     descriptors: Option<Bytes>,
     entities: Vec<cloudstate::Entity>,
     event_sourced: Registry,
+    projections: BTreeMap<String, Arc<dyn Folder>>,
     duplicate: Option<String>,
 }
 
@@ -61,6 +64,7 @@ impl Service {
             descriptors: None,
             entities: Vec::new(),
             event_sourced: Registry::new(),
+            projections: BTreeMap::new(),
             duplicate: None,
         }
     }
@@ -107,6 +111,21 @@ impl Service {
             .is_some()
         {
             self.duplicate.get_or_insert(service_name);
+        }
+        self
+    }
+
+    /// Serves `projection` to `statehouse projector` (`statehouse.projection.v1`) on the same
+    /// port as the entities.
+    #[must_use]
+    pub fn projection<P: Projection>(mut self, projection: P) -> Self {
+        let name = projection.name().to_string();
+        if self
+            .projections
+            .insert(name.clone(), Arc::new(projection))
+            .is_some()
+        {
+            self.duplicate.get_or_insert(format!("projection {name}"));
         }
         self
     }
@@ -188,9 +207,16 @@ impl Service {
             shutdown.await;
             streams.cancel();
         };
+        let projections = (!self.projections.is_empty()).then(|| {
+            ProjectionHandlerServer::new(Handler {
+                projections: self.projections,
+            })
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        });
         tonic::transport::Server::builder()
             .add_service(discovery)
             .add_service(event_sourced)
+            .add_optional_service(projections)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,

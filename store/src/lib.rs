@@ -15,6 +15,7 @@
 mod error;
 pub mod migrations;
 mod options;
+pub mod projections;
 mod rows;
 mod store;
 

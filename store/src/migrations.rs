@@ -85,6 +85,40 @@ pub const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 4,
+        description: "projections: their generations, rows, progress and parked events (replaces projection_offsets, which no release wrote)",
+        statements: &[
+            "DROP TABLE IF EXISTS {ks}.projection_offsets",
+            // Per projection: the generation served, and the one being rebuilt (0: none).
+            "CREATE TABLE IF NOT EXISTS {ks}.projections (
+            service text, projection text, persistence_id text,
+            generation int, building int, updated_at timestamp,
+            PRIMARY KEY ((service), projection)
+        )",
+            // One row per entity and generation; `seq` is the entity's last event folded in,
+            // also the write timestamp, so an older fold never replaces a newer one.
+            "CREATE TABLE IF NOT EXISTS {ks}.projection_rows (
+            service text, projection text, generation int, entity_id text,
+            seq bigint, type_url text, row blob, deleted boolean,
+            PRIMARY KEY ((service, projection, generation, entity_id))
+        )",
+            // The next journal offset of each partition the generation has read up to (its
+            // rows are written first; never moves back).
+            "CREATE TABLE IF NOT EXISTS {ks}.projection_progress (
+            service text, projection text, generation int, kafka_partition int,
+            kafka_offset bigint, updated_at timestamp,
+            PRIMARY KEY ((service, projection, generation), kafka_partition)
+        )",
+            // Events the handler kept failing on: their partition waits until one is skipped.
+            "CREATE TABLE IF NOT EXISTS {ks}.projection_parked (
+            service text, projection text, generation int, kafka_partition int,
+            kafka_offset bigint, entity_id text, seq bigint, error text, skip boolean,
+            parked_at timestamp,
+            PRIMARY KEY ((service, projection, generation), kafka_partition, kafka_offset)
+        )",
+        ],
+    },
 ];
 
 /// The version a fully migrated keyspace has.

@@ -54,6 +54,7 @@ struct Inner {
     select_checkpoints: PreparedStatement,
     upsert_crdt: PreparedStatement,
     select_crdts: PreparedStatement,
+    projections: crate::projections::Statements,
 }
 
 pub(crate) async fn connect(options: &Options, with_keyspace: bool) -> Result<Session, Error> {
@@ -178,6 +179,7 @@ impl Store {
                  FROM crdt_states WHERE service = ? AND kafka_partition = ?",
             )
             .await?,
+            projections: crate::projections::Statements::prepare(&session).await?,
             keyspace: ks.clone(),
             session,
         };
@@ -188,6 +190,14 @@ impl Store {
 
     pub fn keyspace(&self) -> &str {
         &self.inner.keyspace
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.inner.session
+    }
+
+    pub(crate) fn projection_statements(&self) -> &crate::projections::Statements {
+        &self.inner.projections
     }
 
     /// Write journal rows. Idempotent (a row is keyed by service, entity and seq), so a batch

@@ -15,6 +15,10 @@
 //! uses `com.example.shoppingcart`. The failure texts are go-support's
 //! ([`negative_quantity`], [`not_in_cart`]).
 //!
+//! It also serves the projection [`CARTS`] (`statehouse projector`): every
+//! cart's items as a read model in Cassandra, folded by the entity's own
+//! event handler.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), statehouse_sdk::Error> {
 //! statehouse_sample_shopping_cart::service()
@@ -27,7 +31,9 @@ use prost_types::Any;
 use statehouse_schemas::shoppingcart::{
     AddLineItem, Cart, GetShoppingCart, LineItem, RemoveLineItem, persistence,
 };
-use statehouse_sdk::{CommandContext, EventSourcedEntity, Failure, Reply, Service, any};
+use statehouse_sdk::{
+    CommandContext, EventSourcedEntity, Failure, Projection, Reply, Service, any,
+};
 
 /// The gRPC service the cart is served as.
 pub const SERVICE_NAME: &str = "com.example.shoppingcart.ShoppingCart";
@@ -57,11 +63,43 @@ pub fn not_in_cart(product_id: &str) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShoppingCart;
 
-/// The user function: the cart over the descriptors in `statehouse-schemas`.
+/// The name of the carts' projection.
+pub const CARTS: &str = "carts";
+
+/// The carts' read model: one row per cart, the domain `Cart` (items in the order first
+/// added), folded from the cart's events exactly as the entity folds them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CartsProjection;
+
+impl Projection for CartsProjection {
+    type Row = persistence::Cart;
+
+    fn name(&self) -> &str {
+        CARTS
+    }
+
+    fn persistence_id(&self) -> &str {
+        PERSISTENCE_ID
+    }
+
+    fn apply(
+        &self,
+        row: Option<persistence::Cart>,
+        event: &Any,
+    ) -> Result<Option<persistence::Cart>, Failure> {
+        let mut cart = row.unwrap_or_default();
+        ShoppingCart.apply(&mut cart, event)?;
+        Ok(Some(cart))
+    }
+}
+
+/// The user function: the cart over the descriptors in `statehouse-schemas`, and its
+/// projection.
 pub fn service() -> Service {
     Service::new("shopping-cart", env!("CARGO_PKG_VERSION"))
         .descriptors(statehouse_schemas::FILE_DESCRIPTOR_SET)
         .event_sourced(SERVICE_NAME, ShoppingCart)
+        .projection(CartsProjection)
 }
 
 impl EventSourcedEntity for ShoppingCart {

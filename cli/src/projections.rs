@@ -1,0 +1,149 @@
+//! `statehouse admin projections`: what the projector keeps in Cassandra, and the journal's
+//! ends for the lag.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use statehouse_core::{ServiceName, Topics};
+use statehouse_runtime::config::Config;
+use statehouse_store::Store;
+
+use crate::ProjectionsCommand;
+
+pub(crate) async fn run(
+    config: &Config,
+    service: Option<&str>,
+    command: &ProjectionsCommand,
+) -> anyhow::Result<()> {
+    let service = service
+        .map(str::to_string)
+        .or_else(|| config.projector.service.clone())
+        .or_else(|| config.processor.service.clone())
+        .context("name the service: --service, or projector.service in the configuration")?;
+    let service = ServiceName::new(service)?;
+    let store = Store::connect(&config.cassandra)
+        .await
+        .context("connecting to Cassandra")?;
+    let s = service.as_str();
+    match command {
+        ProjectionsCommand::List => {
+            let projections = store.projections(s).await?;
+            if projections.is_empty() {
+                println!("service {s}: no projections (no projector has started for it)");
+            }
+            for p in projections {
+                let building = match p.generations.building {
+                    0 => String::new(),
+                    g => format!(", rebuilding generation {g}"),
+                };
+                println!(
+                    "{}: persistence id {}, serving generation {}{building}",
+                    p.name, p.persistence_id, p.generations.serving
+                );
+            }
+        }
+        ProjectionsCommand::Status { name } => {
+            let Some(p) = store.projection(s, name).await? else {
+                bail!(
+                    "service {s} has no projection {name:?} (see `statehouse admin projections list`)"
+                );
+            };
+            println!("{name}: persistence id {}", p.persistence_id);
+            let topics = Topics::new(config.kafka.topic_prefix.clone(), service.clone());
+            let journal = topics.journal();
+            let admin = statehouse_kafka::admin::Admin::new(&config.kafka)?;
+            let partitions = admin.partition_count(&journal).await?.unwrap_or(0);
+            let mut ends = Vec::with_capacity(partitions as usize);
+            for partition in 0..partitions {
+                let (committed, _) = statehouse_kafka::reader::end_offsets(
+                    &config.kafka,
+                    &journal,
+                    partition,
+                    Duration::from_secs(10),
+                )
+                .await?;
+                ends.push(committed);
+            }
+            let mut generations = vec![("serving", p.generations.serving)];
+            if p.generations.building > 0 {
+                generations.push(("rebuilding", p.generations.building));
+            }
+            for (what, generation) in generations {
+                let progress = store.projection_progress(s, name, generation).await?;
+                let lag: i64 = ends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, end)| (end - progress.get(&(i as i32)).copied().unwrap_or(0)).max(0))
+                    .sum();
+                println!("generation {generation} ({what}): lag {lag} records");
+                for (i, end) in ends.iter().enumerate() {
+                    let read = progress.get(&(i as i32)).copied().unwrap_or(0);
+                    println!(
+                        "  partition {i}: read to {read} of {end} (lag {})",
+                        (end - read).max(0)
+                    );
+                }
+                for parked in store.parked_projection_events(s, name, generation).await? {
+                    println!(
+                        "  parked: partition {} offset {} entity {:?} seq {}{}: {}",
+                        parked.partition,
+                        parked.offset,
+                        parked.entity_id,
+                        parked.seq,
+                        if parked.skip { " (skipped)" } else { "" },
+                        parked.error
+                    );
+                }
+            }
+        }
+        ProjectionsCommand::Reset { name } => {
+            let Some(p) = store.projection(s, name).await? else {
+                bail!("service {s} has no projection {name:?}");
+            };
+            if p.generations.building > 0 {
+                bail!(
+                    "{name} is already rebuilding generation {}; wait until it serves it",
+                    p.generations.building
+                );
+            }
+            match store.start_rebuild(s, name, p.generations.serving).await? {
+                Some(generation) => println!(
+                    "{name}: rebuilding from offset 0 as generation {generation}; generation {} serves until it has caught up",
+                    p.generations.serving
+                ),
+                None => bail!("{name} changed meanwhile; look again with `status`"),
+            }
+        }
+        ProjectionsCommand::Skip {
+            name,
+            partition,
+            offset,
+            generation,
+        } => {
+            let generation = match generation {
+                Some(g) => *g,
+                None => {
+                    store
+                        .projection(s, name)
+                        .await?
+                        .with_context(|| format!("service {s} has no projection {name:?}"))?
+                        .generations
+                        .serving
+                }
+            };
+            if store
+                .skip_parked_projection_event(s, name, generation, *partition, *offset)
+                .await?
+            {
+                println!(
+                    "{name} generation {generation}: the event at partition {partition} offset {offset} is skipped; the projector passes it within its poll interval"
+                );
+            } else {
+                bail!(
+                    "{name} generation {generation} has no parked event at partition {partition} offset {offset}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

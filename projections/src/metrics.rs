@@ -1,0 +1,20 @@
+//! Metric names of the projector (Prometheus, via the `metrics` facade). Labels: `projection`,
+//! and where it says so `generation` and `partition`.
+
+/// Counter: events folded into rows (`projection`).
+pub const EVENTS: &str = "statehouse_projection_events_total";
+/// Counter: batches whose handler call failed and was retried (`projection`).
+pub const RETRIES: &str = "statehouse_projection_retries_total";
+/// Histogram: seconds from an event's commit to its row being written (`projection`): the
+/// end-to-end lag of each event.
+pub const DELAY: &str = "statehouse_projection_delay_seconds";
+/// Gauge: journal records (offsets, transaction markers included) between a generation's
+/// progress and the partition's last stable offset (`projection`, `generation`, `partition`).
+pub const LAG_RECORDS: &str = "statehouse_projection_lag_records";
+/// Gauge: seconds the generation is behind in the partition: 0 when caught up, else the age of
+/// the last event it folded (`projection`, `generation`, `partition`).
+pub const LAG_SECONDS: &str = "statehouse_projection_lag_seconds";
+/// Gauge: events parked now, each holding its partition back (`projection`, `generation`).
+pub const PARKED: &str = "statehouse_projection_parked";
+/// Gauge: the generation served (`projection`).
+pub const GENERATION: &str = "statehouse_projection_generation";

@@ -1,0 +1,545 @@
+//! What `statehouse projector` keeps in Cassandra (migration 4): each projection's generations,
+//! its rows (one per entity), its progress per journal partition and its parked events.
+//!
+//! Exactly once in effect rests on three rules (`ARCHITECTURE.md`, "Projections"):
+//! a row carries the seq of its entity's last event folded in and is written with that seq as
+//! its write timestamp (an older fold — a replay, a zombie projector — never replaces a newer
+//! one); events at or below a row's seq are not folded again; progress is written only after
+//! the rows it covers, with the offset as its timestamp (it never moves back).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::{Error, Store};
+
+/// How many row reads or writes the store keeps in flight at once.
+const CONCURRENCY: usize = 32;
+
+/// A projection's generations: the one served, and the one being rebuilt (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generations {
+    pub serving: i32,
+    pub building: i32,
+}
+
+/// A projection as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionRecord {
+    pub name: String,
+    pub persistence_id: String,
+    pub generations: Generations,
+}
+
+/// One entity's row in a projection generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionRow {
+    pub entity_id: String,
+    /// The seq of the entity's last event folded in.
+    pub seq: i64,
+    /// The row (`None` when deleted), with its protobuf type URL.
+    pub row: Option<(String, Bytes)>,
+}
+
+/// An event the handler kept failing on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub partition: i32,
+    pub offset: i64,
+    pub entity_id: String,
+    pub seq: i64,
+    pub error: String,
+    pub skip: bool,
+}
+
+pub(crate) struct Statements {
+    insert_projection: PreparedStatement,
+    select_projection: PreparedStatement,
+    select_projections: PreparedStatement,
+    start_rebuild: PreparedStatement,
+    switch: PreparedStatement,
+    select_row: PreparedStatement,
+    upsert_row: PreparedStatement,
+    select_rows: PreparedStatement,
+    upsert_progress: PreparedStatement,
+    select_progress: PreparedStatement,
+    insert_parked: PreparedStatement,
+    select_parked: PreparedStatement,
+    skip_parked: PreparedStatement,
+}
+
+impl Statements {
+    pub(crate) async fn prepare(session: &Session) -> Result<Self, Error> {
+        let prepare = async |cql: &str| {
+            session
+                .prepare(cql)
+                .await
+                .map_err(|e| Error::query(format!("preparing {cql}"), e))
+        };
+        Ok(Self {
+            insert_projection: prepare(
+                "INSERT INTO projections (service, projection, persistence_id, generation, \
+                 building, updated_at) VALUES (?, ?, ?, 1, 0, toTimestamp(now())) IF NOT EXISTS",
+            )
+            .await?,
+            select_projection: prepare(
+                "SELECT projection, persistence_id, generation, building FROM projections \
+                 WHERE service = ? AND projection = ?",
+            )
+            .await?,
+            select_projections: prepare(
+                "SELECT projection, persistence_id, generation, building FROM projections \
+                 WHERE service = ?",
+            )
+            .await?,
+            start_rebuild: prepare(
+                "UPDATE projections SET building = ?, updated_at = toTimestamp(now()) \
+                 WHERE service = ? AND projection = ? IF generation = ? AND building = 0",
+            )
+            .await?,
+            switch: prepare(
+                "UPDATE projections SET generation = ?, building = 0, \
+                 updated_at = toTimestamp(now()) \
+                 WHERE service = ? AND projection = ? IF building = ?",
+            )
+            .await?,
+            select_row: prepare(
+                "SELECT seq, type_url, row, deleted FROM projection_rows \
+                 WHERE service = ? AND projection = ? AND generation = ? AND entity_id = ?",
+            )
+            .await?,
+            upsert_row: prepare(
+                "INSERT INTO projection_rows (service, projection, generation, entity_id, seq, \
+                 type_url, row, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_rows: prepare(
+                "SELECT entity_id, seq, type_url, row, deleted FROM projection_rows \
+                 WHERE service = ? AND projection = ? AND generation = ? ALLOW FILTERING",
+            )
+            .await?,
+            upsert_progress: prepare(
+                "INSERT INTO projection_progress (service, projection, generation, \
+                 kafka_partition, kafka_offset, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_progress: prepare(
+                "SELECT kafka_partition, kafka_offset FROM projection_progress \
+                 WHERE service = ? AND projection = ? AND generation = ?",
+            )
+            .await?,
+            insert_parked: prepare(
+                "INSERT INTO projection_parked (service, projection, generation, \
+                 kafka_partition, kafka_offset, entity_id, seq, error, skip, parked_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, false, toTimestamp(now())) IF NOT EXISTS",
+            )
+            .await?,
+            select_parked: prepare(
+                "SELECT kafka_partition, kafka_offset, entity_id, seq, error, skip \
+                 FROM projection_parked WHERE service = ? AND projection = ? AND generation = ?",
+            )
+            .await?,
+            skip_parked: prepare(
+                "UPDATE projection_parked SET skip = true WHERE service = ? AND projection = ? \
+                 AND generation = ? AND kafka_partition = ? AND kafka_offset = ? IF EXISTS",
+            )
+            .await?,
+        })
+    }
+}
+
+type RowTuple = (i64, Option<String>, Option<Bytes>, Option<bool>);
+
+fn row_of(entity_id: String, (seq, type_url, row, deleted): RowTuple) -> ProjectionRow {
+    let row = match (deleted.unwrap_or(false), type_url, row) {
+        (false, Some(type_url), Some(row)) => Some((type_url, row)),
+        _ => None,
+    };
+    ProjectionRow {
+        entity_id,
+        seq,
+        row,
+    }
+}
+
+/// Whether a lightweight transaction applied (its first column, `[applied]`; the current
+/// values may follow it when it did not).
+fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, Error> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| Error::data("a conditional write", e))?;
+    let row = rows
+        .first_row::<scylla::value::Row>()
+        .map_err(|e| Error::data("a conditional write", e))?;
+    match row.columns.first() {
+        Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(Error::data(
+            "a conditional write",
+            format!("no [applied] column: {other:?}"),
+        )),
+    }
+}
+
+impl Store {
+    /// Record projection `name` (generation 1) unless it is recorded; its generations.
+    pub async fn ensure_projection(
+        &self,
+        service: &str,
+        name: &str,
+        persistence_id: &str,
+    ) -> Result<Generations, Error> {
+        let s = self.projection_statements();
+        self.session()
+            .execute_unpaged(&s.insert_projection, (service, name, persistence_id))
+            .await
+            .map_err(|e| Error::query("recording a projection", e))?;
+        self.projection(service, name)
+            .await?
+            .map(|p| p.generations)
+            .ok_or_else(|| Error::data("projections", format!("{name} vanished")))
+    }
+
+    /// Projection `name` of `service`, if recorded.
+    pub async fn projection(
+        &self,
+        service: &str,
+        name: &str,
+    ) -> Result<Option<ProjectionRecord>, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().select_projection,
+                (service, name),
+            )
+            .await
+            .map_err(|e| Error::query("reading a projection", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| Error::data("projections", e))?;
+        let row = rows
+            .maybe_first_row::<(String, String, i32, i32)>()
+            .map_err(|e| Error::data("projections", e))?;
+        Ok(row.map(record_of))
+    }
+
+    /// Every projection of `service`.
+    pub async fn projections(&self, service: &str) -> Result<Vec<ProjectionRecord>, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(&self.projection_statements().select_projections, (service,))
+            .await
+            .map_err(|e| Error::query("reading projections", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| Error::data("projections", e))?;
+        rows.rows::<(String, String, i32, i32)>()
+            .map_err(|e| Error::data("projections", e))?
+            .map(|row| {
+                row.map(record_of)
+                    .map_err(|e| Error::data("projections", e))
+            })
+            .collect()
+    }
+
+    /// Start rebuilding `name` into the generation after `serving`: `Ok(Some(generation))`, or
+    /// `Ok(None)` when the projection is not at `serving` or a rebuild is already running.
+    pub async fn start_rebuild(
+        &self,
+        service: &str,
+        name: &str,
+        serving: i32,
+    ) -> Result<Option<i32>, Error> {
+        let next = serving + 1;
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().start_rebuild,
+                (next, service, name, serving),
+            )
+            .await
+            .map_err(|e| Error::query("starting a projection rebuild", e))?;
+        Ok(applied(result)?.then_some(next))
+    }
+
+    /// Serve generation `building` of `name` from now on (if it is still the one building).
+    pub async fn switch_generation(
+        &self,
+        service: &str,
+        name: &str,
+        building: i32,
+    ) -> Result<bool, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().switch,
+                (building, service, name, building),
+            )
+            .await
+            .map_err(|e| Error::query("switching a projection's generation", e))?;
+        applied(result)
+    }
+
+    /// The rows of `entities` in generation `generation` (absent: no row yet).
+    pub async fn read_projection_rows(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        entities: &[&str],
+    ) -> Result<BTreeMap<String, ProjectionRow>, Error> {
+        let reads: Vec<_> = entities
+            .iter()
+            .map(|entity| self.read_projection_row(service, name, generation, entity))
+            .collect();
+        let rows: Vec<Option<ProjectionRow>> = stream::iter(reads)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .map(|r| (r.entity_id.clone(), r))
+            .collect())
+    }
+
+    async fn read_projection_row(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        entity: &str,
+    ) -> Result<Option<ProjectionRow>, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().select_row,
+                (service, name, generation, entity),
+            )
+            .await
+            .map_err(|e| Error::query("reading a projection row", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| Error::data("projection_rows", e))?;
+        let row = rows
+            .maybe_first_row::<RowTuple>()
+            .map_err(|e| Error::data("projection_rows", e))?;
+        Ok(row.map(|r| row_of(entity.to_string(), r)))
+    }
+
+    /// Write rows of generation `generation`, each with its seq as the write timestamp.
+    pub async fn write_projection_rows(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        rows: &[ProjectionRow],
+    ) -> Result<(), Error> {
+        let writes: Vec<_> = rows
+            .iter()
+            .map(|row| self.write_projection_row(service, name, generation, row))
+            .collect();
+        stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn write_projection_row(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        row: &ProjectionRow,
+    ) -> Result<(), Error> {
+        let (type_url, bytes) = match &row.row {
+            Some((type_url, bytes)) => (Some(type_url.as_str()), Some(bytes)),
+            None => (None, None),
+        };
+        self.session()
+            .execute_unpaged(
+                &self.projection_statements().upsert_row,
+                (
+                    service,
+                    name,
+                    generation,
+                    &row.entity_id,
+                    row.seq,
+                    type_url,
+                    bytes,
+                    row.row.is_none(),
+                    row.seq,
+                ),
+            )
+            .await
+            .map_err(|e| Error::query("writing a projection row", e))?;
+        Ok(())
+    }
+
+    /// Every row of generation `generation` (a scan of the table: for checks and tools, not
+    /// for serving).
+    pub async fn scan_projection_rows(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+    ) -> Result<Vec<ProjectionRow>, Error> {
+        let mut rows = self
+            .session()
+            .execute_iter(
+                self.projection_statements().select_rows.clone(),
+                (service, name, generation),
+            )
+            .await
+            .map_err(|e| Error::query("scanning projection rows", e))?
+            .rows_stream::<(String, i64, Option<String>, Option<Bytes>, Option<bool>)>()
+            .map_err(|e| Error::data("projection_rows", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (entity_id, seq, type_url, row, deleted) =
+                row.map_err(|e| Error::data("projection_rows", e))?;
+            out.push(row_of(entity_id, (seq, type_url, row, deleted)));
+        }
+        Ok(out)
+    }
+
+    /// Generation `generation` has read partition `partition` up to `offset` (the next offset
+    /// to read). Never moves back.
+    pub async fn write_projection_progress(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), Error> {
+        self.session()
+            .execute_unpaged(
+                &self.projection_statements().upsert_progress,
+                (service, name, generation, partition, offset, offset),
+            )
+            .await
+            .map_err(|e| Error::query("writing projection progress", e))?;
+        Ok(())
+    }
+
+    /// The progress of generation `generation`, by partition (partitions never read: absent).
+    pub async fn projection_progress(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+    ) -> Result<BTreeMap<i32, i64>, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().select_progress,
+                (service, name, generation),
+            )
+            .await
+            .map_err(|e| Error::query("reading projection progress", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| Error::data("projection_progress", e))?;
+        rows.rows::<(i32, i64)>()
+            .map_err(|e| Error::data("projection_progress", e))?
+            .map(|r| r.map_err(|e| Error::data("projection_progress", e)))
+            .collect()
+    }
+
+    /// Park an event (once; a parked event stays as first recorded).
+    pub async fn park_projection_event(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        parked: &Parked,
+    ) -> Result<(), Error> {
+        self.session()
+            .execute_unpaged(
+                &self.projection_statements().insert_parked,
+                (
+                    service,
+                    name,
+                    generation,
+                    parked.partition,
+                    parked.offset,
+                    &parked.entity_id,
+                    parked.seq,
+                    &parked.error,
+                ),
+            )
+            .await
+            .map_err(|e| Error::query("parking a projection event", e))?;
+        Ok(())
+    }
+
+    /// The parked events of generation `generation`.
+    pub async fn parked_projection_events(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+    ) -> Result<Vec<Parked>, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().select_parked,
+                (service, name, generation),
+            )
+            .await
+            .map_err(|e| Error::query("reading parked projection events", e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| Error::data("projection_parked", e))?;
+        rows.rows::<(i32, i64, String, i64, String, Option<bool>)>()
+            .map_err(|e| Error::data("projection_parked", e))?
+            .map(|r| {
+                r.map(|(partition, offset, entity_id, seq, error, skip)| Parked {
+                    partition,
+                    offset,
+                    entity_id,
+                    seq,
+                    error,
+                    skip: skip.unwrap_or(false),
+                })
+                .map_err(|e| Error::data("projection_parked", e))
+            })
+            .collect()
+    }
+
+    /// Let the projector pass the parked event at `partition`/`offset`: `false` if there is
+    /// none.
+    pub async fn skip_parked_projection_event(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        partition: i32,
+        offset: i64,
+    ) -> Result<bool, Error> {
+        let result = self
+            .session()
+            .execute_unpaged(
+                &self.projection_statements().skip_parked,
+                (service, name, generation, partition, offset),
+            )
+            .await
+            .map_err(|e| Error::query("skipping a parked projection event", e))?;
+        applied(result)
+    }
+}
+
+fn record_of(
+    (name, persistence_id, serving, building): (String, String, i32, i32),
+) -> ProjectionRecord {
+    ProjectionRecord {
+        name,
+        persistence_id,
+        generations: Generations { serving, building },
+    }
+}
