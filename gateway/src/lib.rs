@@ -35,7 +35,7 @@ use statehouse_runtime::{Health, admin_server};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, http_status_of};
-pub use server::{DEDUPLICATED_HEADER, Gateway};
+pub use server::{DEDUPLICATED_HEADER, Gateway, POSITION_HEADER};
 
 use statehouse_runtime::router::{Registry, Router};
 

@@ -237,6 +237,11 @@ async fn unary_grpc(
 /// Response header set on the stored reply of a repeated idempotency key.
 pub const DEDUPLICATED_HEADER: &str = "statehouse-deduplicated";
 
+/// Response header with the command's commit position in the journal,
+/// `<partition>:<offset>` (event-sourced commands that wrote events): a projection query can
+/// wait until the projection has read past it (`docs/projections.md`).
+pub const POSITION_HEADER: &str = "statehouse-position";
+
 /// Routes one command; `None` when the user function sent no reply message.
 async fn call(
     shared: &Shared,
@@ -259,6 +264,20 @@ async fn call(
         .await?;
     match response.outcome {
         Some(Outcome::Reply(mut reply)) => {
+            if let Some(position) = response.position {
+                reply
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .entries
+                    .push(statehouse_schemas::cloudstate::MetadataEntry {
+                        key: POSITION_HEADER.into(),
+                        value: Some(
+                            statehouse_schemas::cloudstate::metadata_entry::Value::StringValue(
+                                format!("{}:{}", position.partition, position.offset),
+                            ),
+                        ),
+                    });
+            }
             if response.deduplicated {
                 // Tell the client this is the stored reply of an earlier call with the same
                 // idempotency key (the command did not run again).

@@ -68,6 +68,7 @@ impl FakeProcessor {
                 metadata: Some(Metadata { entries }),
             })),
             deduplicated: false,
+            position: None,
         };
         let mut carts = self.carts.lock().unwrap();
         Ok(
@@ -82,6 +83,7 @@ impl FakeProcessor {
                                 grpc_code: 0,
                             })),
                             deduplicated: false,
+                            position: None,
                         });
                     }
                     carts.entry(add.user_id).or_default().items.push(LineItem {

@@ -2,7 +2,7 @@
 """Chart <-> binary agreement check for helm/statehouse.
 
 Renders the chart with `helm template`, then, for every container that runs the statehouse image
-(gateway, each service's processor sidecar, projector, the hook Job's admin steps), runs the real
+(gateway, each service's processor sidecar and projector, the hook Job's admin steps), runs the real
 `statehouse` binary the way Kubernetes would start it:
 
 * the container's args, with `$(VAR)` references expanded like the kubelet does;
@@ -17,8 +17,11 @@ Role containers get `--check-config` appended; admin containers run `statehouse 
 admin` with the same global flags and env. Every run must exit 0. The effective configuration the
 binary prints is then cross-checked against the pod spec: listen ports = container ports, probes
 point at the metrics port (HTTP) or the gRPC port, the processor's user-function port is the user
-function container's port, its advertise address uses its internal port, and the hook creates the
-topics of exactly the services (and partition counts) the processors run.
+function container's port, its advertise address uses its internal port, the hook creates the
+topics of exactly the services (and partition counts) the processors run, and every projector
+serves its query API on its 'query' port, dials a projection handler on localhost at a port of
+another container of its pod (the user function), names its service as the pod annotation does,
+and belongs to a service the chart runs processors for (whose journal it reads).
 
 With --expect-reject the values must be refused: by the chart's values.schema.json (helm
 template fails) or by the binary (a container's check fails); --expect-key names the key the error
@@ -265,6 +268,7 @@ class Result:
         self.failed = 0
         self.rejections: list[str] = []
         self.processors: dict[str, int] = {}
+        self.projectors: dict[str, str] = {}
         self.topics: dict[str, int] = {}
         self.configs: list[dict] = []
 
@@ -354,6 +358,25 @@ def check_container(binary: str, doc: dict, pod: dict, container: dict, init: bo
                     raise CheckError(f"{where}: [processor] service {service!r} != pod annotation {annotated!r}")
                 res.processors[service] = section["partitions"]
                 details.append(f"service {service!r}, {section['partitions']} partitions, user function :{uf_port}")
+            if role == "projector":
+                # No gRPC health service on the query port: grpc_port stays None, so a gRPC probe fails below.
+                query_port = addr_port(section["listen"])
+                if ports.get("query") != query_port:
+                    raise CheckError(f"{where}: [projector] listen port {query_port} != container port 'query' {ports.get('query')}")
+                if section["handler-host"] not in ("127.0.0.1", "localhost", "::1"):
+                    raise CheckError(f"{where}: the projector must dial the projection handler (its pod's user function) on localhost, not {section['handler-host']!r}")
+                handler_port = section["handler-port"]
+                others = [c for c in pod["spec"]["containers"] if c is not container]
+                if not any(handler_port in port_map(c).values() for c in others):
+                    raise CheckError(f"{where}: handler-port {handler_port} is not a port of another container in the pod")
+                service = section.get("service")
+                if not service:
+                    raise CheckError(f"{where}: [projector] service is not set")
+                annotated = (pod["metadata"].get("annotations") or {}).get("statehouse.io/service-name")
+                if annotated != service:
+                    raise CheckError(f"{where}: [projector] service {service!r} != pod annotation {annotated!r}")
+                res.projectors[service] = where
+                details.append(f"service {service!r}, query :{query_port}, handler :{handler_port}")
             for name in ("startupProbe", "livenessProbe", "readinessProbe"):
                 probe = container.get(name)
                 if not probe:
@@ -467,6 +490,14 @@ def main() -> int:
         elif res.topics:
             log("ok", f"hook creates the topics of every service with its partitions: {res.topics}")
             res.passed += 1
+
+    for service, where in sorted(res.projectors.items()):
+        # A projector reads its service's journal: the chart must run that service's processors.
+        if service not in res.processors:
+            errors.append(f"{where}: projector of service {service!r}, which no processor runs")
+    if res.projectors and not any(service not in res.processors for service in res.projectors):
+        log("ok", f"every projector belongs to a service the processors run: {sorted(res.projectors)}")
+        res.passed += 1
 
     if a.expect_reject:
         if res.rejections:

@@ -119,6 +119,9 @@ impl Reply {
 pub(crate) struct Outcome {
     pub(crate) reply: Reply,
     pub(crate) deduplicated: bool,
+    /// Where the command's last journal event was committed (none: it wrote no event, or the
+    /// reply was the stored one of an earlier command).
+    pub(crate) position: Option<Position>,
 }
 
 impl Outcome {
@@ -126,8 +129,17 @@ impl Outcome {
         Self {
             reply,
             deduplicated: false,
+            position: None,
         }
     }
+}
+
+/// A record's place in the service's journal topic: a command's commit position, which a
+/// projection query can wait for (read your writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 /// What follows the user function's answer to a command, once its writes committed: a reply,

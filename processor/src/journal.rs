@@ -9,6 +9,7 @@ use statehouse_kafka::partition_writer;
 use statehouse_schemas::avro;
 
 use crate::Error;
+use crate::command::Position;
 use crate::env::Env;
 use crate::metrics as m;
 use crate::records::{Typed, Written};
@@ -20,6 +21,8 @@ pub(crate) struct Journal {
     pub(crate) writer_id: avro::Writer,
     pub(crate) writer: partition_writer::Handle<Typed>,
     pub(crate) tail: Arc<Tail>,
+    /// The partition's number.
+    partition: i32,
     serving: AtomicBool,
 }
 
@@ -29,6 +32,7 @@ impl Journal {
         epoch: i64,
         writer: partition_writer::Handle<Typed>,
         tail: Arc<Tail>,
+        partition: u32,
     ) -> Self {
         Self {
             writer_id: avro::Writer {
@@ -38,6 +42,7 @@ impl Journal {
             env,
             writer,
             tail,
+            partition: partition as i32,
             serving: AtomicBool::new(true),
         }
     }
@@ -52,8 +57,8 @@ impl Journal {
     }
 
     /// Commit `writes` in the partition's next transaction: encoded once, the typed records
-    /// handed to the tail through the writer's observer.
-    pub(crate) async fn persist(&self, writes: Vec<Written>) -> Result<(), Error> {
+    /// handed to the tail through the writer's observer. Returns where the last event went in the journal topic (if the writes hold events).
+    pub(crate) async fn persist(&self, writes: Vec<Written>) -> Result<Option<Position>, Error> {
         let mut records = Vec::with_capacity(writes.len());
         let mut typed = Vec::with_capacity(writes.len());
         for written in writes {
@@ -65,11 +70,17 @@ impl Journal {
             .iter()
             .filter(|w| matches!(***w, Written::Output(_)))
             .count();
-        self.writer.append_with(records, typed).await?;
+        let last_event = typed.iter().rposition(|w| matches!(**w, Written::Event(_)));
+        let committed = self.writer.append_with(records, typed).await?;
         metrics::counter!(m::RECORDS_PERSISTED).increment((n - outputs) as u64);
         if outputs > 0 {
             metrics::counter!(m::EVENTING_OUTPUTS).increment(outputs as u64);
         }
-        Ok(())
+        Ok(last_event
+            .and_then(|i| committed.offsets.get(i))
+            .map(|&offset| Position {
+                partition: self.partition,
+                offset,
+            }))
     }
 }

@@ -256,6 +256,10 @@ impl Node {
             None => Reply::Empty,
         };
         Ok(Outcome {
+            position: response.position.map(|p| crate::command::Position {
+                partition: p.partition,
+                offset: p.offset,
+            }),
             reply,
             deduplicated: response.deduplicated,
         })

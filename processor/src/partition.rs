@@ -154,6 +154,7 @@ impl Partition {
             epoch,
             writer.clone(),
             Arc::clone(&tail),
+            id,
         ));
         let stop = env.shutdown.child_token();
         let event_sourced = Home::new(

@@ -12,7 +12,7 @@ use statehouse_core::partition_for;
 use statehouse_runtime::method_index::EntityKind;
 use statehouse_schemas::statehouse::processor::v1::processor_server::Processor;
 use statehouse_schemas::statehouse::processor::v1::{
-    Failure, HandleRequest, HandleResponse, Reply as ProtoReply, handle_response,
+    Failure, HandleRequest, HandleResponse, JournalPosition, Reply as ProtoReply, handle_response,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -215,5 +215,9 @@ fn response_of(outcome: Outcome) -> HandleResponse {
     HandleResponse {
         outcome: result,
         deduplicated: outcome.deduplicated,
+        position: outcome.position.map(|p| JournalPosition {
+            partition: p.partition,
+            offset: p.offset,
+        }),
     }
 }

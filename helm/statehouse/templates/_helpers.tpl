@@ -106,7 +106,9 @@ Images
 
 {{/* ------------------------------------------------------------------------------------------
 Services: the entries of .Values.services merged over .Values.serviceDefaults, with the
-processor settings resolved against .Values.config.processor. Returns {"items": [...]} as JSON.
+processor settings resolved against .Values.config.processor, and each entry's `projector` merged
+over .Values.projector (its settings resolved against .Values.config.projector).
+Returns {"items": [...]} as JSON.
 ------------------------------------------------------------------------------------------- */}}
 
 {{/* Deep merge: keys of the second map win; maps merge key by key; null never overrides.
@@ -130,6 +132,7 @@ Args: (list base override). Returns JSON. */}}
 {{- $seenNames := dict -}}
 {{- $seenResources := dict -}}
 {{- $processorKeys := list "partitions" "passivationTimeoutMs" "strictProtocolVersion" "backupIntervalMs" "maxActiveEntities" "crdtHeartbeatIntervalMs" "crdtHeartbeatTimeoutMs" "crdtWriteTimeoutMs" "crdtPruneAfterMs" -}}
+{{- $projectorKeys := list "batchSize" "batchLingerMs" "pollIntervalMs" -}}
 {{- range $i, $entry := .Values.services -}}
 {{- $svc := include "statehouse.merge" (list $root.Values.serviceDefaults $entry) | fromJson -}}
 {{- $name := required (printf "services[%d].name is required" $i) $svc.name | toString -}}
@@ -174,7 +177,36 @@ Args: (list base override). Returns JSON. */}}
 {{- fail (printf "services[%d] (%s): keda.kafkaLag.consumerGroup and keda.kafkaLag.topic are required" $i $name) -}}
 {{- end -}}
 {{- end -}}
+{{- /* projector: the entry's own keys over the global projector values (ports stay global),
+its [projector] settings the entry's own, else config.projector */ -}}
+{{- $projector := include "statehouse.merge" (list (omit $root.Values.projector "ports") ($entry.projector | default dict)) | fromJson -}}
+{{- $projectorSettings := dict -}}
+{{- range $key := $projectorKeys -}}
+{{- $v := index $root.Values.config.projector $key -}}
+{{- if and (hasKey $projector $key) (not (kindIs "invalid" (index $projector $key))) -}}
+{{- $v = index $projector $key -}}
+{{- end -}}
+{{- $_ := set $projectorSettings $key $v -}}
+{{- end -}}
+{{- $_ := set $projector "settings" $projectorSettings -}}
+{{- if $projector.enabled -}}
+{{- $_ := set $projector "fullName" (include "statehouse.componentName" (list $root (printf "%s-projector" $resourceName))) -}}
+{{- $ports := $root.Values.projector.ports -}}
+{{- if eq (int $ports.query) (int $ports.metrics) -}}
+{{- fail (printf "projector.ports.query and projector.ports.metrics must differ (both %d)" (int $ports.query)) -}}
+{{- end -}}
+{{- if has (int $svc.userFunction.port) (list (int $ports.query) (int $ports.metrics)) -}}
+{{- fail (printf "services[%d] (%s): userFunction.port %d is also a projector port (projector.ports); the user function runs in the projector's pod" $i $name (int $svc.userFunction.port)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $svc "projector" $projector -}}
 {{- $items = append $items $svc -}}
+{{- end -}}
+{{- /* A projector Deployment is named <resourceName>-projector: no service may be named so. */ -}}
+{{- range $svc := $items -}}
+{{- if and $svc.projector.enabled (hasKey $seenResources (printf "%s-projector" $svc.resourceName)) -}}
+{{- fail (printf "services: the projector of %q and the service %q would share the Kubernetes name %q; set resourceName on one of them" $svc.name (printf "%s-projector" $svc.resourceName) (printf "%s-projector" $svc.resourceName)) -}}
+{{- end -}}
 {{- end -}}
 {{- toJson (dict "items" $items) -}}
 {{- end -}}
@@ -291,7 +323,7 @@ otlp-endpoint = {{ include "statehouse.tomlStr" $t.otlpEndpoint }}
 {{- printf "%s:%d" $root.Values.listenHost (index . 1 | int) | toJson -}}
 {{- end -}}
 
-{{/* statehouse.toml of the gateway, the projector and the admin hook. */}}
+{{/* statehouse.toml of the gateway and the admin hook. */}}
 {{- define "statehouse.toml.shared" -}}
 # statehouse.toml rendered by the Helm chart {{ include "statehouse.chart" . }} (release {{ .Release.Name }}).
 # Secrets are not here: they arrive as STATEHOUSE__* environment variables.
@@ -302,9 +334,6 @@ listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.client) }}
 metrics-listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.metrics) }}
 default-timeout-ms = {{ include "statehouse.tomlInt" .Values.config.gateway.defaultTimeoutMs }}
 max-request-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxRequestBytes }}
-
-[projector]
-metrics-listen = {{ include "statehouse.listen" (list . .Values.projector.ports.metrics) }}
 {{ end -}}
 
 {{/* statehouse.toml of one service's processors. Args: (list $root $svc). */}}
@@ -332,6 +361,26 @@ crdt-heartbeat-interval-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatInt
 crdt-heartbeat-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatTimeoutMs }}
 crdt-write-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtWriteTimeoutMs }}
 crdt-prune-after-ms = {{ include "statehouse.tomlInt" $s.crdtPruneAfterMs }}
+{{ end -}}
+
+{{/* statehouse.toml of one service's projectors. Args: (list $root $svc). */}}
+{{- define "statehouse.toml.projector" -}}
+{{- $root := index . 0 -}}
+{{- $svc := index . 1 -}}
+{{- $s := $svc.projector.settings -}}
+# statehouse.toml of the projectors of service {{ $svc.name | quote }}, rendered by the Helm chart {{ include "statehouse.chart" $root }} (release {{ $root.Release.Name }}).
+# Secrets are not here: they arrive as STATEHOUSE__* environment variables.
+{{ include "statehouse.toml.common" $root }}
+
+[projector]
+service = {{ include "statehouse.tomlStr" $svc.name }}
+handler-host = "127.0.0.1"
+handler-port = {{ include "statehouse.tomlInt" $svc.userFunction.port }}
+listen = {{ include "statehouse.listen" (list $root $root.Values.projector.ports.query) }}
+metrics-listen = {{ include "statehouse.listen" (list $root $root.Values.projector.ports.metrics) }}
+batch-size = {{ include "statehouse.tomlInt" $s.batchSize }}
+batch-linger-ms = {{ include "statehouse.tomlInt" $s.batchLingerMs }}
+poll-interval-ms = {{ include "statehouse.tomlInt" $s.pollIntervalMs }}
 {{ end -}}
 
 {{/* ------------------------------------------------------------------------------------------
@@ -450,6 +499,83 @@ readinessProbe:
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
+{{- end -}}
+
+{{/* The user function container of a service, the same in its processor pods and its projector
+pods: image, command, args, env, port, probes, resources, security context, mounts.
+Args: (list $root $svc). */}}
+{{- define "statehouse.userFunctionContainer" -}}
+{{- $root := index . 0 -}}
+{{- $uf := (index . 1).userFunction -}}
+- name: user-function
+  image: {{ include "statehouse.imageRef" (list $uf.image "") }}
+  imagePullPolicy: {{ $uf.image.pullPolicy | default "IfNotPresent" }}
+  {{- with $uf.command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $uf.args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $uf.env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $uf.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    - name: user-function
+      containerPort: {{ $uf.port }}
+      protocol: TCP
+  livenessProbe:
+    {{- if $uf.livenessProbe }}
+    {{- toYaml $uf.livenessProbe | nindent 4 }}
+    {{- else }}
+    tcpSocket:
+      port: {{ $uf.port }}
+    initialDelaySeconds: 10
+    periodSeconds: 10
+    failureThreshold: 6
+    {{- end }}
+  readinessProbe:
+    {{- if $uf.readinessProbe }}
+    {{- toYaml $uf.readinessProbe | nindent 4 }}
+    {{- else }}
+    tcpSocket:
+      port: {{ $uf.port }}
+    periodSeconds: 5
+    {{- end }}
+  # Stays up while the statehouse container next to it drains (which still calls the user function).
+  {{- include "statehouse.preStop" $uf.preStopSleepSeconds | nindent 2 }}
+  resources:
+    {{- toYaml $uf.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml ($uf.securityContext | default $root.Values.securityContext) | nindent 4 }}
+  {{- if or $uf.tmpVolume $uf.volumeMounts }}
+  volumeMounts:
+    {{- if $uf.tmpVolume }}
+    - name: user-function-tmp
+      mountPath: /tmp
+    {{- end }}
+    {{- with $uf.volumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* The pod volumes of a service's user function: its /tmp and the service's `volumes`. Args: $svc. */}}
+{{- define "statehouse.userFunctionVolumes" -}}
+{{- if .userFunction.tmpVolume }}
+- name: user-function-tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+{{- with .volumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* preStop pause (kubelet `sleep` action: no shell needed in the image). Args: seconds. */}}

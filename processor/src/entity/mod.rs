@@ -44,7 +44,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::command::{Command, Host, Outcome, Reply, Then};
+use crate::command::{Command, Host, Outcome, Position, Reply, Then};
 use crate::env::Env;
 use crate::user_function::UserFunction;
 use crate::{Error, effects, metrics as m};
@@ -158,6 +158,8 @@ pub(crate) enum Action<K: Kind> {
         then: Option<Then>,
         side_effects: Vec<cs::SideEffect>,
         remember: bool,
+        /// The command's commit position, for the caller.
+        position: Option<Position>,
     },
     /// End streamed call `id` (after its answers).
     End { id: i64 },
@@ -221,11 +223,11 @@ pub(crate) trait Kind: Sized + Send + 'static {
         requests: ReceiverStream<Self::In>,
     ) -> impl Future<Output = Result<tonic::Streaming<Self::Out>, tonic::Status>> + Send;
 
-    /// Run a write.
+    /// Run a write: where its last journal event went, if it wrote one.
     fn write(
         ctx: Arc<Self::Ctx>,
         write: Self::Write,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<Option<Position>, Error>> + Send + 'static;
 
     /// The machine of a new stream, and what starts the stream.
     fn start(entity: &EntityRef, loaded: Self::Loaded) -> (Self, Start<Self::In>);
@@ -251,7 +253,7 @@ pub(crate) trait Kind: Sized + Send + 'static {
         &mut self,
         entity: &EntityRef,
         token: u64,
-        result: Result<(), Error>,
+        result: Result<Option<Position>, Error>,
     ) -> Vec<Action<Self>>;
 
     /// Merge `newer` into an input not taken yet.
@@ -522,7 +524,7 @@ struct Entity<K: Kind> {
     session: Option<Session<K>>,
     window: Window,
     calls: HashMap<i64, Call>,
-    writes: Pending<(u64, Result<(), Error>)>,
+    writes: Pending<(u64, Result<Option<Position>, Error>)>,
     /// Streamed calls whose client went away.
     cancels: (mpsc::Sender<i64>, mpsc::Receiver<i64>),
     /// Refusing every command (a deleted CRDT).
@@ -659,6 +661,7 @@ impl<K: Kind> Entity<K> {
                 let _ = tx.send(Ok(Outcome {
                     reply: stored,
                     deduplicated: true,
+                    position: None,
                 }));
             }
             return;
@@ -740,7 +743,7 @@ impl<K: Kind> Entity<K> {
         }
     }
 
-    fn on_written(&mut self, token: u64, result: Result<(), Error>) {
+    fn on_written(&mut self, token: u64, result: Result<Option<Position>, Error>) {
         if let Some(session) = self.session.as_mut() {
             let actions = session.machine.written(&self.entity, token, result);
             self.perform(actions);
@@ -807,7 +810,8 @@ impl<K: Kind> Entity<K> {
                     then,
                     side_effects,
                     remember,
-                } => self.answer(id, then, side_effects, remember),
+                    position,
+                } => self.answer(id, then, side_effects, remember, position),
                 Action::End { id } => {
                     // Dropping the relay's sender ends the call once its elements went out.
                     self.calls.remove(&id);
@@ -866,6 +870,7 @@ impl<K: Kind> Entity<K> {
         then: Option<Then>,
         side_effects: Vec<cs::SideEffect>,
         remember: bool,
+        position: Option<Position>,
     ) {
         let Some(call) = self.calls.get(&id) else {
             return;
@@ -903,7 +908,10 @@ impl<K: Kind> Entity<K> {
                 }
                 match then {
                     Then::Reply(reply) if side_effects.is_empty() => {
-                        let _ = tx.send(Ok(Outcome::new(reply)));
+                        let _ = tx.send(Ok(Outcome {
+                            position,
+                            ..Outcome::new(reply)
+                        }));
                     }
                     then => {
                         let host = Arc::clone(&self.home.host);
@@ -916,7 +924,17 @@ impl<K: Kind> Entity<K> {
                                 command.deadline,
                                 command.idempotency_key.as_deref(),
                             )
-                            .await;
+                            .await
+                            .map(|outcome| {
+                                match (&outcome.position, position) {
+                                    // A reply of this entity (after side effects): its position.
+                                    (None, Some(_)) => Outcome {
+                                        position,
+                                        ..outcome
+                                    },
+                                    _ => outcome,
+                                }
+                            });
                             let _ = tx.send(outcome);
                         });
                     }

@@ -40,7 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
 use crate::Error;
-use crate::command::{Command, Reply, Then};
+use crate::command::{Command, Position, Reply, Then};
 use crate::entity::{Action, EntityRef, Kind, Start, Turn, protocol_command};
 use crate::replicas::Replicas;
 use crate::user_function::UserFunction;
@@ -164,8 +164,9 @@ impl Kind for Crdt {
         Ok(uf.crdt().handle(requests).await?.into_inner())
     }
 
-    async fn write(ctx: Arc<Replicas>, write: Publish) -> Result<(), Error> {
-        ctx.publish(write).await
+    async fn write(ctx: Arc<Replicas>, write: Publish) -> Result<Option<Position>, Error> {
+        // CRDT changes are not in the journal: no position.
+        ctx.publish(write).await.map(|()| None)
     }
 
     fn start(entity: &EntityRef, loaded: Loaded) -> (Self, Start<CrdtStreamIn>) {
@@ -288,6 +289,7 @@ impl Kind for Crdt {
                     then,
                     side_effects: message.side_effects,
                     remember: false,
+                    position: None,
                 }];
                 if message.end_stream {
                     self.open.remove(&id);
@@ -348,7 +350,7 @@ impl Kind for Crdt {
         &mut self,
         _entity: &EntityRef,
         token: u64,
-        result: Result<(), Error>,
+        result: Result<Option<Position>, Error>,
     ) -> Vec<Action<Self>> {
         let Some(after) = self.writes.remove(&token) else {
             return Vec::new();
@@ -382,6 +384,7 @@ impl Kind for Crdt {
                 then,
                 side_effects,
                 remember: false,
+                position: None,
             });
             if end {
                 actions.push(Action::End { id });
@@ -592,6 +595,7 @@ impl Crdt {
                     then,
                     side_effects,
                     remember: false,
+                    position: None,
                 }];
                 if end {
                     actions.push(Action::End { id });

@@ -23,7 +23,7 @@ use statehouse_schemas::cloudstate as cs;
 use tracing::warn;
 
 use crate::Error;
-use crate::command::{Command, Reply, Then};
+use crate::command::{Command, Position, Reply, Then};
 use crate::entity::{Action, EntityRef, Kind, Stamp, Turn, Window};
 use crate::eventing::output;
 use crate::journal::Journal;
@@ -153,6 +153,7 @@ impl Serial {
                     then: Some(Then::Reply(reply)),
                     side_effects: Vec::new(),
                     remember: false,
+                    position: None,
                 },
                 Action::Drop,
             ],
@@ -166,6 +167,7 @@ impl Serial {
                     then: Some(then),
                     side_effects,
                     remember: false,
+                    position: None,
                 },
                 Action::End { id },
             ],
@@ -188,7 +190,10 @@ impl Serial {
     }
 
     /// The writes of the answer finished: `true` with the actions if they committed.
-    pub(crate) fn written<K: Kind>(&mut self, result: Result<(), Error>) -> (bool, Vec<Action<K>>) {
+    pub(crate) fn written<K: Kind>(
+        &mut self,
+        result: Result<Option<Position>, Error>,
+    ) -> (bool, Vec<Action<K>>) {
         let Some(Committing {
             id,
             then,
@@ -198,7 +203,7 @@ impl Serial {
             return (false, Vec::new());
         };
         match result {
-            Ok(()) => (
+            Ok(position) => (
                 true,
                 vec![
                     Action::Answer {
@@ -206,6 +211,7 @@ impl Serial {
                         then: Some(then),
                         side_effects,
                         remember: true,
+                        position,
                     },
                     Action::End { id },
                 ],
@@ -261,7 +267,10 @@ pub(crate) fn message<K: Journaled>(
 }
 
 /// [`Kind::written`] of a one-at-a-time kind.
-pub(crate) fn written<K: Journaled>(machine: &mut K, result: Result<(), Error>) -> Vec<Action<K>> {
+pub(crate) fn written<K: Journaled>(
+    machine: &mut K,
+    result: Result<Option<Position>, Error>,
+) -> Vec<Action<K>> {
     let (committed, actions) = machine.serial().written(result);
     if committed {
         machine.committed();
@@ -289,7 +298,7 @@ macro_rules! journaled_kind {
         async fn write(
             ctx: std::sync::Arc<$crate::journal::Journal>,
             writes: Vec<$crate::records::Written>,
-        ) -> Result<(), $crate::Error> {
+        ) -> Result<Option<$crate::command::Position>, $crate::Error> {
             ctx.persist(writes).await
         }
 
@@ -327,7 +336,7 @@ macro_rules! journaled_kind {
             &mut self,
             _entity: &$crate::entity::EntityRef,
             _token: u64,
-            result: Result<(), $crate::Error>,
+            result: Result<Option<$crate::command::Position>, $crate::Error>,
         ) -> Vec<$crate::entity::Action<Self>> {
             $crate::kinds::journaled::written(self, result)
         }

@@ -218,7 +218,7 @@ fn an_update_is_written_then_answered_and_never_echoed() {
         "the caller waits for the write: {actions:?}"
     );
 
-    let actions = machine.written(&e, token, Ok(()));
+    let actions = machine.written(&e, token, Ok(None));
     assert!(
         matches!(
             &actions[..],
@@ -282,7 +282,7 @@ fn remote_changes_wait_for_the_commands_in_flight_then_go_as_one_delta() {
         "a write is in flight: {actions:?}"
     );
     let (token, _) = the_write(&actions);
-    let actions = machine.written(&e, token, Ok(()));
+    let actions = machine.written(&e, token, Ok(None));
     assert_eq!(sent_delta(&actions), Some(pn(9)), "{actions:?}");
     assert_eq!(machine.held, Some(View::PNCounter(10)));
     // Idle: a remote change goes at once.
@@ -330,7 +330,7 @@ fn invalid_updates_crash_the_stream_with_the_reference_texts() {
         reply(1, None, update(on_flag, CrdtWriteConsistency::Local), false),
     );
     let (token, _) = the_write(&actions);
-    machine.written(&e, token, Ok(()));
+    machine.written(&e, token, Ok(None));
     send(&mut machine, &e, 2, false);
     let off = delta(crdt_delta::Delta::Flag(FlagDelta { value: false }));
     let actions = on(
@@ -451,7 +451,7 @@ fn streamed_calls_stay_open_relay_elements_and_are_cancelled_exactly_once() {
     let actions = on(&mut machine, &e, response.clone());
     let (token, _) = the_write(&actions);
     assert!(
-        machine.written(&e, token, Ok(())).is_empty(),
+        machine.written(&e, token, Ok(None)).is_empty(),
         "nothing to answer, nothing to tell"
     );
     // A second response for it is reported, not obeyed.
@@ -516,7 +516,7 @@ fn a_delete_answers_then_closes_and_a_remote_delete_tells_the_user_function() {
     );
     let (token, write) = the_write(&actions);
     assert_eq!(write.change, Change::Delete);
-    let actions = machine.written(&e, token, Ok(()));
+    let actions = machine.written(&e, token, Ok(None));
     assert!(
         matches!(&actions[..], [Action::Answer { id: 1, .. }, Action::Close { refuse }] if refuse == DELETED),
         "{actions:?}"
@@ -571,7 +571,7 @@ fn a_vote_counts_the_live_replicas() {
     );
     let (token, _) = the_write(&actions);
     // Alone: the user function's own bookkeeping (1 of 1) is right; nothing to tell.
-    assert!(sent_delta(&machine.written(&e, token, Ok(()))).is_none());
+    assert!(sent_delta(&machine.written(&e, token, Ok(None))).is_none());
     // Another replica comes alive: 1 of 2.
     let live = Arc::new(BTreeSet::from([ReplicaId::new("p2:1")]));
     let actions = input(
@@ -686,7 +686,7 @@ fn a_remove_removes_what_the_user_function_had_seen_not_a_concurrent_add() {
         "the remove takes the element the user function had seen"
     );
     // Once written, the concurrent add reaches the user function: x is back.
-    let actions = machine.written(&e, token, Ok(()));
+    let actions = machine.written(&e, token, Ok(None));
     assert_eq!(
         sent_delta(&actions),
         Some(delta(crdt_delta::Delta::Orset(OrSetDelta {

@@ -415,7 +415,7 @@ fn a_reply_to_an_output_topic_is_written_with_the_events() {
     assert_eq!(header(output, "ce_subject"), b"u1");
     assert_eq!(header(output, "ce_type"), b"google.protobuf.Empty");
     assert_eq!(header(output, "ce_source"), testing::CART.as_bytes());
-    let _ = machine.written(&e, 1, Ok(()));
+    let _ = machine.written(&e, 1, Ok(None));
 
     // Without a key: the ce-id names the last event written.
     let cmd = command(&m, "u1", None);
@@ -425,7 +425,7 @@ fn a_reply_to_an_output_topic_is_written_with_the_events() {
         panic!("{writes:?}");
     };
     assert_eq!(header(output, "ce_id"), b"cart|u1#3");
-    let _ = machine.written(&e, 2, Ok(()));
+    let _ = machine.written(&e, 2, Ok(None));
 
     // No events: the output alone is written (in a transaction of its own), with a new id.
     machine.command(&e, 3, &cmd, false);
@@ -434,7 +434,7 @@ fn a_reply_to_an_output_topic_is_written_with_the_events() {
         panic!("{writes:?}");
     };
     assert_eq!(header(output, "ce_id"), b"cmd-1");
-    let _ = machine.written(&e, 3, Ok(()));
+    let _ = machine.written(&e, 3, Ok(None));
     assert_eq!(machine.last_seq, 3);
 
     // A failure or an empty reply publishes nothing.
