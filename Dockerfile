@@ -63,7 +63,7 @@ USER 65532:65532
 WORKDIR /home/nonroot
 
 # gateway client, gateway metrics, processor internal, processor metrics, projector metrics
-EXPOSE 9000 9090 9100 9091 9092
+EXPOSE 9000 9090 9100 9091 9092 9300
 
 ENTRYPOINT ["/usr/local/bin/statehouse"]
 CMD ["--help"]
