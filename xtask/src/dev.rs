@@ -2,7 +2,8 @@
 //!
 //! Starts (or reuses) Kafka and Cassandra, builds the `statehouse` binary and the Rust
 //! shopping-cart sample, migrates the keyspace, then runs the sample user function, a processor
-//! (its sidecar) and a gateway as child processes, waits until the gateway serves, and prints
+//! (its sidecar), a gateway and a projector (the sample's `carts` projection) as child
+//! processes, waits until the gateway serves, and prints
 //! how to call the cart with grpcurl and curl. Ctrl-C stops everything it started (the infra
 //! keeps running; `cargo xtask infra down` stops it).
 
@@ -102,6 +103,8 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
     ensure_free(uf_port, "the sample user function")?;
     ensure_free(args.port, "the gateway")?;
     ensure_free(9100, "the processor")?;
+    ensure_free(9300, "the projector")?;
+    ensure_free(9095, "the projector's metrics")?;
     let mut children = Children(Vec::new());
     children.0.push((
         "shopping-cart user function".into(),
@@ -141,6 +144,22 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
     ));
     wait_for_port(args.port, Duration::from_secs(60), "the gateway")?;
     wait_for_ready(9091, Duration::from_secs(120), &mut children, &logs)?;
+    // The sample's `carts` projection, once the processor has created the journal topic.
+    children.0.push((
+        "projector".into(),
+        spawn(
+            Command::new(&statehouse)
+                .args(set_args(&[
+                    "projector.service=shopping-cart".into(),
+                    format!("projector.handler-port={uf_port}"),
+                    "projector.listen=\"127.0.0.1:9300\"".into(),
+                    "projector.metrics-listen=\"127.0.0.1:9095\"".into(),
+                ]))
+                .arg("projector"),
+            &logs.join("projector.log"),
+        )?,
+    ));
+    wait_for_port(9300, Duration::from_secs(60), "the projector")?;
 
     let port = args.port;
     println!(
@@ -148,6 +167,7 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
 Statehouse is running with the shopping-cart sample:
   gateway        127.0.0.1:{port}  (gRPC, gRPC-Web, HTTP/JSON; reflection)   log {logs}/gateway.log
   processor      127.0.0.1:9100  (metrics and /readyz on :9091)            log {logs}/processor.log
+  projector      127.0.0.1:9300  (the `carts` projection; metrics on :9095) log {logs}/projector.log
   user function  127.0.0.1:{uf_port}  (Rust, statehouse-sample-shopping-cart)    log {logs}/user-function.log
   Kafka {kafka}, Cassandra {cassandra}
 
@@ -160,8 +180,11 @@ Try it:
       -d '{{"productId":"pear","name":"Pear","quantity":1}}' http://127.0.0.1:{port}/cart/alice/items/add
   curl -s http://127.0.0.1:{port}/carts/alice
   curl -s http://127.0.0.1:{port}/carts/alice/items
+  grpcurl -plaintext -import-path schemas/proto -proto statehouse/projection/v1/projection.proto \
+      -d '{{"projection":"carts","entity_id":"alice"}}' 127.0.0.1:9300 statehouse.projection.v1.Projections/Get
+  cargo run -q -p statehouse-cli -- admin projections status carts --service shopping-cart
 
-Ctrl-C stops the three processes (`cargo xtask infra down` stops Kafka and Cassandra)."#,
+Ctrl-C stops the four processes (`cargo xtask infra down` stops Kafka and Cassandra)."#,
         logs = logs.display(),
     );
     if args.detach {

@@ -451,3 +451,23 @@ fn a_reply_to_an_output_topic_is_written_with_the_events() {
     machine.command(&e, 5, &cmd, false);
     assert_eq!(writes_of(&mut machine, &e, reply(5, None, 0)), None);
 }
+
+#[test]
+fn the_answer_carries_the_commit_position_of_the_events() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    let cmd = command(&m, "u1", None);
+    machine.command(&e, 1, &cmd, false);
+    assert!(writes_of(&mut machine, &e, reply(1, Some(message_reply(b"ok")), 1)).is_some());
+    let position = crate::command::Position {
+        partition: 3,
+        offset: 41,
+    };
+    let actions = machine.written(&e, 1, Ok(Some(position)));
+    let answered = actions.iter().find_map(|a| match a {
+        crate::entity::Action::Answer { position, .. } => Some(*position),
+        _ => None,
+    });
+    assert_eq!(answered, Some(Some(position)));
+}
