@@ -2,8 +2,9 @@
 //! operation (invoked → ok / failed / unknown) with unique tokens and idempotency keys, and a
 //! checker that reads the journal with read_committed and queries every entity (the counters of
 //! ARCHITECTURE.md, "Invariants"); the TCK model protos and the relay test service; the CRDT
-//! tests' processor client.
+//! tests' processor client; the shopping-cart load and journal fold of the projection tests.
 
+pub mod carts;
 pub mod checker;
 pub mod crdt;
 pub mod driver;

@@ -2,9 +2,12 @@
 //! (`CartsProjection`: one row per cart, the cart's items), on the real Kafka and Cassandra.
 //!
 //! * **Fold check under kills**: cart commands over many carts while the projector is
-//!   `kill -9`ed every 5 s (mid-batch); once its lag is 0 the projection table equals an
-//!   independent read_committed fold of the journal, row for row (so no event of an aborted
+//!   `kill -9`ed every 5 s (mid-batch) and one of the two processors is `kill -9`ed once (its
+//!   open transactions are aborted); once the projector's lag is 0 the projection table equals
+//!   an independent read_committed fold of the journal, row for row (so no event of an aborted
 //!   transaction ever appears, and none is folded twice or lost).
+//! * **Any language**: the Python journal consumer (`samples/journal-consumer-python`) builds the
+//!   same read model as the projector from the same journal.
 //! * **Rebuild**: `statehouse admin projections reset` rebuilds into generation 2 from offset 0
 //!   while queries keep answering from generation 1; after the switch, generation 2 is the same
 //!   table.
@@ -19,16 +22,15 @@
 //! The command count is `STATEHOUSE_PROJ_COMMANDS` (default 20,000 over 500 carts).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
+use statehouse_e2e::carts::{self, Carts};
 use statehouse_kafka::reader::{Isolation, end_offsets, read_to_end};
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
+use statehouse_schemas::shoppingcart::AddLineItem;
 use statehouse_schemas::shoppingcart::persistence;
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
-use statehouse_schemas::shoppingcart::{AddLineItem, RemoveLineItem};
 use statehouse_schemas::statehouse::projection::v1::projections_client::ProjectionsClient;
 use statehouse_schemas::statehouse::projection::v1::{GetRequest, Position};
 use statehouse_store::Store;
@@ -44,9 +46,6 @@ const PARTITIONS: u32 = 4;
 const CARTS: usize = 500;
 /// The entity of the poison event.
 const POISON: &str = "poison-1";
-
-/// Cart → its items in the order first added (product, quantity).
-type Carts = BTreeMap<String, Vec<(String, i32)>>;
 
 fn commands() -> usize {
     std::env::var("STATEHOUSE_PROJ_COMMANDS")
@@ -81,62 +80,6 @@ fn start_projector(stack: &Stack) -> Projector {
     }
 }
 
-/// Run `n` commands (numbered from `first`) through the gateway, 16 at a time: adds, and
-/// every seventh a remove (refused when the cart does not hold the product).
-async fn drive(stack: &Stack, first: usize, n: usize) {
-    let channel = Channel::from_shared(format!("http://{}", stack.gateway_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let next = Arc::new(AtomicUsize::new(first));
-    let end = first + n;
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let next = Arc::clone(&next);
-        let mut client = ShoppingCartClient::new(channel.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= end {
-                    return;
-                }
-                let user_id = format!("cart-{}", i % CARTS);
-                let product_id = format!("p{}", (i / CARTS) % 7);
-                let result = if i % 7 == 6 {
-                    client
-                        .remove_item(RemoveLineItem {
-                            user_id,
-                            product_id,
-                        })
-                        .await
-                        .map(|_| ())
-                } else {
-                    client
-                        .add_item(AddLineItem {
-                            user_id,
-                            product_id: product_id.clone(),
-                            name: format!("product {product_id}"),
-                            quantity: (i % 3 + 1) as i32,
-                        })
-                        .await
-                        .map(|_| ())
-                };
-                if let Err(status) = result {
-                    assert_eq!(
-                        status.code(),
-                        tonic::Code::Unknown,
-                        "command {i} failed: {status:?}"
-                    );
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
 fn kafka(stack: &Stack) -> statehouse_kafka::Options {
     statehouse_kafka::Options {
         bootstrap_servers: kafka_bootstrap(),
@@ -153,62 +96,6 @@ async fn store(stack: &Stack) -> Store {
     })
     .await
     .unwrap()
-}
-
-/// The carts as an independent fold of the journal, read_committed.
-async fn fold_journal(stack: &Stack) -> Carts {
-    let topic = format!("{}{SERVICE}.journal", stack.prefix);
-    let mut events: Vec<EventRecord> = Vec::new();
-    for p in 0..PARTITIONS {
-        for message in read_to_end(
-            &kafka(stack),
-            &topic,
-            p,
-            0,
-            Isolation::ReadCommitted,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap()
-        {
-            if let Some(value) = &message.value
-                && let Ok(event) = EventRecord::decode(value)
-                && event.entity_id != POISON
-            {
-                events.push(event);
-            }
-        }
-    }
-    events.sort_by(|a, b| (&a.entity_id, a.seq).cmp(&(&b.entity_id, b.seq)));
-    let mut carts = Carts::new();
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
-    for event in events {
-        let seq = last.entry(event.entity_id.clone()).or_insert(0);
-        assert_eq!(
-            event.seq,
-            *seq + 1,
-            "journal of {} has a gap",
-            event.entity_id
-        );
-        *seq = event.seq;
-        let items = carts.entry(event.entity_id.clone()).or_default();
-        match event.type_url.rsplit('/').next() {
-            Some("com.example.shoppingcart.persistence.ItemAdded") => {
-                let added = persistence::ItemAdded::decode(&event.payload[..]).unwrap();
-                let item = added.item.unwrap();
-                match items.iter_mut().find(|(p, _)| *p == item.product_id) {
-                    Some((_, quantity)) => *quantity += item.quantity,
-                    None => items.push((item.product_id, item.quantity)),
-                }
-            }
-            Some("com.example.shoppingcart.persistence.ItemRemoved") => {
-                let removed = persistence::ItemRemoved::decode(&event.payload[..]).unwrap();
-                items.retain(|(p, _)| *p != removed.product_id);
-            }
-            other => panic!("unexpected event type {other:?}"),
-        }
-    }
-    carts
 }
 
 /// The rows of generation `generation`, as carts.
@@ -325,39 +212,52 @@ fn quantiles(projector: &Projector) -> String {
 async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes() {
     let mut options = Options::new(Kind::RustShoppingCart);
     options.partitions = PARTITIONS;
+    options.processors = 2;
     let mut stack = Stack::start(options);
     stack.wait_ready(0, Duration::from_secs(120));
+    stack.wait_ready(1, Duration::from_secs(120));
     let store = store(&stack).await;
     let n = commands();
 
-    // 1. Commands while the projector is killed every 5 s.
+    // 1. Commands while the projector is killed every 5 s — and one processor is killed too
+    //    (its open transactions are aborted: events no reader may see).
     let mut projector = start_projector(&stack);
     let load = {
         let started = Instant::now();
-        let driving = drive(&stack, 0, n);
+        let gateway = stack.gateway_addr.clone();
+        let driving = carts::drive(&gateway, CARTS, 0, n, true);
         tokio::pin!(driving);
         let mut kills = 0;
-        loop {
+        let unavailable = loop {
             tokio::select! {
-                () = &mut driving => break,
+                unavailable = &mut driving => break unavailable,
                 () = tokio::time::sleep(Duration::from_secs(5)) => {
                     projector.process.kill9();
                     projector.process.restart();
                     kills += 1;
+                    match kills {
+                        2 => stack.pods[1].processor.kill9(),
+                        3 => stack.pods[1].processor.restart(),
+                        _ => {}
+                    }
                 }
             }
-        }
+        };
         eprintln!(
-            "{n} commands in {:?} with {kills} projector kills",
+            "{n} commands in {:?} with {kills} projector kills and a processor kill ({unavailable} commands unavailable meanwhile)",
             started.elapsed()
         );
         started.elapsed()
     };
     let caught_up = wait_lag_zero(&stack, &store, 1, "after the kills").await;
+    eprintln!(
+        "journal records of aborted transactions: {}",
+        aborted_records(&stack).await
+    );
     let journal = fold_journal(&stack).await;
     assert_eq!(journal.len(), CARTS.min(n));
     let rows = table(&store, 1).await;
-    assert_same(&rows, &journal, "generation 1 after the kills");
+    carts::assert_same(&rows, &journal, "generation 1 after the kills");
     eprintln!(
         "load took {load:?}; the projector caught up {caught_up:?} after it; delay: {}",
         quantiles(&projector)
@@ -405,13 +305,23 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
         fold_journal_events(&stack).await
     );
     let _ = events;
-    assert_same(&table(&store, 2).await, &journal, "the rebuilt generation");
+    let rebuilt = table(&store, 2).await;
+    carts::assert_same(&rebuilt, &journal, "the rebuilt generation");
+    // A consumer outside Rust (the Python sample) builds the same read model.
+    assert_eq!(
+        python_read_model(&stack),
+        rebuilt
+            .iter()
+            .map(|(cart, items)| (cart.clone(), items.iter().cloned().collect()))
+            .collect::<BTreeMap<String, BTreeMap<String, i32>>>(),
+        "the Python consumer's read model equals the projection"
+    );
     let status = admin(&stack, &["status", PROJECTION]);
     assert!(status.contains("generation 2 (serving): lag 0"), "{status}");
 
     // 3. Lag while the projector is stopped, and back to 0.
     projector.process.kill9();
-    drive(&stack, n, 1_000).await;
+    drive(&stack.gateway_addr, n, 1_000).await;
     let behind = lag(&stack, &store, 2).await;
     assert!(behind >= 1_000, "lag {behind} after 1,000 commands");
     let status = admin(&stack, &["status", PROJECTION]);
@@ -468,7 +378,7 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
     );
     let journal = fold_journal(&stack).await;
     wait_lag_zero(&stack, &store, 2, "after the restart").await;
-    assert_same(
+    carts::assert_same(
         &table(&store, 2).await,
         &journal,
         "generation 2 after the restart",
@@ -504,7 +414,7 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
         )
         .await
         .unwrap();
-    drive(&stack, n + 1_000, 300).await;
+    drive(&stack.gateway_addr, n + 1_000, 300).await;
     let parked = {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -545,7 +455,7 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
     );
     assert!(out.contains("skipped"), "{out}");
     wait_lag_zero(&stack, &store, 2, "after the skip").await;
-    assert_same(
+    carts::assert_same(
         &table(&store, 2).await,
         &fold_journal(&stack).await,
         "generation 2 after the skip",
@@ -569,7 +479,7 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
     let projector = start_projector(&stack);
     wait_lag_zero(&stack, &store, 2, "after a graceful restart").await;
     let started = Instant::now();
-    drive(&stack, n + 2_000, 2_000).await;
+    drive(&stack.gateway_addr, n + 2_000, 2_000).await;
     let load = started.elapsed();
     let caught_up = wait_lag_zero(&stack, &store, 2, "steady state").await;
     eprintln!(
@@ -579,29 +489,76 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
     );
 }
 
-/// The projection table equals the journal's fold, row for row (the first differences named).
-fn assert_same(table: &Carts, journal: &Carts, what: &str) {
-    let differences: Vec<String> = journal
-        .keys()
-        .chain(table.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|cart| table.get(*cart) != journal.get(*cart))
-        .map(|cart| {
-            format!(
-                "{cart}: table {:?}, journal {:?}",
-                table.get(cart),
-                journal.get(cart)
-            )
-        })
-        .collect();
+/// The carts as an independent fold of the journal, read_committed (without the poison event).
+async fn fold_journal(stack: &Stack) -> Carts {
+    carts::fold_journal(
+        &kafka(stack),
+        &format!("{}{SERVICE}.journal", stack.prefix),
+        PARTITIONS,
+        POISON,
+    )
+    .await
+}
+
+/// Run commands `first..first + n` of the cart mix through the gateway.
+async fn drive(gateway: &str, first: usize, n: usize) {
+    carts::drive(gateway, CARTS, first, n, false).await;
+}
+
+/// Journal records only a read_uncommitted reader sees (of aborted or fenced transactions).
+async fn aborted_records(stack: &Stack) -> usize {
+    let topic = format!("{}{SERVICE}.journal", stack.prefix);
+    let mut aborted = 0;
+    for p in 0..PARTITIONS {
+        let mut seen = Vec::new();
+        for isolation in [Isolation::ReadCommitted, Isolation::ReadUncommitted] {
+            seen.push(
+                read_to_end(
+                    &kafka(stack),
+                    &topic,
+                    p,
+                    0,
+                    isolation,
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap()
+                .len(),
+            );
+        }
+        aborted += seen[1] - seen[0];
+    }
+    aborted
+}
+
+/// The read model `samples/journal-consumer-python` builds from the journal.
+fn python_read_model(stack: &Stack) -> BTreeMap<String, BTreeMap<String, i32>> {
+    let python = statehouse_test_support::user_function::install_dir()
+        .join("python/consumer-venv/bin/python");
     assert!(
-        differences.is_empty(),
-        "{what}: {} of {} carts differ from the journal's fold, e.g. {}",
-        differences.len(),
-        journal.len(),
-        differences[..differences.len().min(5)].join("; ")
+        python.is_file(),
+        "{} is missing: run `bash e2e/user-functions/install.sh`",
+        python.display()
     );
+    let output = std::process::Command::new(python)
+        .arg(
+            statehouse_test_support::user_function::repo_root()
+                .join("samples/journal-consumer-python/consumer.py"),
+        )
+        .args([
+            "--bootstrap",
+            &kafka_bootstrap(),
+            "--topic",
+            &format!("{}{SERVICE}.journal", stack.prefix),
+        ])
+        .output()
+        .expect("running the Python consumer");
+    assert!(
+        output.status.success(),
+        "the Python consumer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the consumer prints JSON")
 }
 
 async fn fold_journal_events(stack: &Stack) -> usize {
