@@ -306,6 +306,19 @@ async fn projections_are_exactly_once_under_kills_rebuild_and_read_your_writes()
     );
     let _ = events;
     let rebuilt = table(&store, 2).await;
+    let dropped = Instant::now();
+    while !store
+        .scan_projection_rows(SERVICE, PROJECTION, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(60),
+            "generation 1's rows are still there 60 s after the switch"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     carts::assert_same(&rebuilt, &journal, "the rebuilt generation");
     // A consumer outside Rust (the Python sample) builds the same read model.
     assert_eq!(

@@ -3,8 +3,9 @@
 //! runs both (each a consumer group of its own, partitions spread over the replicas) and looks
 //! at the record every `poll-interval-ms`: once the rebuilt generation has read every journal
 //! partition as far as the served one, a conditional write makes it the served one (queries
-//! switch with it) and the old generation's consumers stop. Until then queries keep reading
-//! the old generation.
+//! switch with it) and the old generation's consumers stop; ten poll intervals later the
+//! replica that switched drops the old generation's rows. Until the switch queries keep
+//! reading the old generation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -140,7 +141,27 @@ async fn switch_when_caught_up(ctx: &Ctx, spec: &Spec, generations: Generations)
         .await
     {
         Ok(true) => {
-            info!(projection = %spec.name, from = generations.serving, to = generations.building, "rebuilt generation caught up: serving it")
+            info!(projection = %spec.name, from = generations.serving, to = generations.building, "rebuilt generation caught up: serving it");
+            // Drop the old generation once every replica has switched its queries (they look
+            // every poll interval) and stopped its consumers.
+            let (store, service, name, old) = (
+                ctx.store.clone(),
+                service.to_string(),
+                spec.name.clone(),
+                generations.serving,
+            );
+            let wait = Duration::from_millis(ctx.options.poll_interval_ms) * 10;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                match store.drop_projection_generation(&service, &name, old).await {
+                    Ok(rows) => {
+                        info!(projection = %name, generation = old, rows, "old generation dropped")
+                    }
+                    Err(e) => {
+                        warn!(projection = %name, generation = old, error = %e, "dropping the old generation failed; its rows stay")
+                    }
+                }
+            });
         }
         Ok(false) => {}
         Err(e) => {

@@ -69,6 +69,9 @@ pub(crate) struct Statements {
     insert_parked: PreparedStatement,
     select_parked: PreparedStatement,
     skip_parked: PreparedStatement,
+    delete_row: PreparedStatement,
+    delete_progress: PreparedStatement,
+    delete_parked: PreparedStatement,
 }
 
 impl Statements {
@@ -141,6 +144,21 @@ impl Statements {
             select_parked: prepare(
                 "SELECT kafka_partition, kafka_offset, entity_id, seq, error, skip \
                  FROM projection_parked WHERE service = ? AND projection = ? AND generation = ?",
+            )
+            .await?,
+            delete_row: prepare(
+                "DELETE FROM projection_rows WHERE service = ? AND projection = ? \
+                 AND generation = ? AND entity_id = ?",
+            )
+            .await?,
+            delete_progress: prepare(
+                "DELETE FROM projection_progress WHERE service = ? AND projection = ? \
+                 AND generation = ?",
+            )
+            .await?,
+            delete_parked: prepare(
+                "DELETE FROM projection_parked WHERE service = ? AND projection = ? \
+                 AND generation = ?",
             )
             .await?,
             skip_parked: prepare(
@@ -510,6 +528,51 @@ impl Store {
                 .map_err(|e| Error::data("projection_parked", e))
             })
             .collect()
+    }
+
+    /// Delete generation `generation` of `name` — its rows, progress and parked events — once
+    /// another serves (generations are never reused, and the deletes' timestamps, the current
+    /// time, shadow any late write of the old generation). Returns the rows deleted.
+    pub async fn drop_projection_generation(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+    ) -> Result<usize, Error> {
+        let rows = self.scan_projection_rows(service, name, generation).await?;
+        let deletes: Vec<_> = rows
+            .iter()
+            .map(|row| self.delete_projection_row(service, name, generation, &row.entity_id))
+            .collect();
+        stream::iter(deletes)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let s = self.projection_statements();
+        for statement in [&s.delete_progress, &s.delete_parked] {
+            self.session()
+                .execute_unpaged(statement, (service, name, generation))
+                .await
+                .map_err(|e| Error::query("dropping a projection generation", e))?;
+        }
+        Ok(rows.len())
+    }
+
+    async fn delete_projection_row(
+        &self,
+        service: &str,
+        name: &str,
+        generation: i32,
+        entity: &str,
+    ) -> Result<(), Error> {
+        self.session()
+            .execute_unpaged(
+                &self.projection_statements().delete_row,
+                (service, name, generation, entity),
+            )
+            .await
+            .map_err(|e| Error::query("deleting a projection row", e))?;
+        Ok(())
     }
 
     /// Let the projector pass the parked event at `partition`/`offset`: `false` if there is
