@@ -84,7 +84,10 @@ pub async fn drive(
                         if tolerate_unavailable
                             && matches!(
                                 status.code(),
-                                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                                tonic::Code::Unavailable
+                                    | tonic::Code::DeadlineExceeded
+                                    // The client's own timeout (a partition moving).
+                                    | tonic::Code::Cancelled
                             ) =>
                     {
                         unavailable.fetch_add(1, Ordering::Relaxed);
