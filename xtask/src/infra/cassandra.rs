@@ -141,7 +141,9 @@ authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 role_manager: CassandraRoleManager
 
-# Tests create and drop many keyspaces: no snapshots, no hints on one node.
+# Tests create and drop many keyspaces: no snapshots, no hints on one node, and room for
+# every keyspace's prepared statements (the default cache, ~10 MiB, evicts them mid-test).
+prepared_statements_cache_size: 128MiB
 auto_snapshot: false
 hinted_handoff_enabled: false
 dynamic_snitch: false
