@@ -1,10 +1,8 @@
 //! `statehouse admin projections`: what the projector keeps in Cassandra, and the journal's
 //! ends for the lag.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
-use statehouse_core::{ServiceName, Topics};
+use statehouse_core::ServiceName;
 use statehouse_runtime::config::Config;
 use statehouse_store::Store;
 
@@ -49,38 +47,23 @@ pub(crate) async fn run(
                 );
             };
             println!("{name}: persistence id {}", p.persistence_id);
-            let topics = Topics::new(config.kafka.topic_prefix.clone(), service.clone());
-            let journal = topics.journal();
-            let admin = statehouse_kafka::admin::Admin::new(&config.kafka)?;
-            let partitions = admin.partition_count(&journal).await?.unwrap_or(0);
-            let mut ends = Vec::with_capacity(partitions as usize);
-            for partition in 0..partitions {
-                let (committed, _) = statehouse_kafka::reader::end_offsets(
-                    &config.kafka,
-                    &journal,
-                    partition,
-                    Duration::from_secs(10),
-                )
-                .await?;
-                ends.push(committed);
-            }
             let mut generations = vec![("serving", p.generations.serving)];
             if p.generations.building > 0 {
                 generations.push(("rebuilding", p.generations.building));
             }
             for (what, generation) in generations {
-                let progress = store.projection_progress(s, name, generation).await?;
-                let lag: i64 = ends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, end)| (end - progress.get(&(i as i32)).copied().unwrap_or(0)).max(0))
-                    .sum();
+                let partitions =
+                    statehouse_projections::lag(&config.kafka, &store, &service, name, generation)
+                        .await?;
+                let lag: i64 = partitions.iter().map(|p| p.lag()).sum();
                 println!("generation {generation} ({what}): lag {lag} records");
-                for (i, end) in ends.iter().enumerate() {
-                    let read = progress.get(&(i as i32)).copied().unwrap_or(0);
+                for p in &partitions {
                     println!(
-                        "  partition {i}: read to {read} of {end} (lag {})",
-                        (end - read).max(0)
+                        "  partition {}: read to {} of {} (lag {})",
+                        p.partition,
+                        p.read,
+                        p.end,
+                        p.lag()
                     );
                 }
                 for parked in store.parked_projection_events(s, name, generation).await? {

@@ -8,69 +8,30 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use statehouse_e2e::carts;
+use statehouse_schemas::shoppingcart::GetShoppingCart;
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
-use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart, RemoveLineItem};
 use statehouse_test_support::kafka_bootstrap;
 use statehouse_test_support::stack::{Options, Stack};
-use statehouse_test_support::user_function::{Kind, install_dir, repo_root};
+use statehouse_test_support::user_function::{Kind, journal_consumer_python, repo_root};
 
 const CARTS: usize = 40;
 const COMMANDS: usize = 600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_consumer_folds_the_journal_to_the_entities_state() {
-    let python = install_dir()
-        .join("python")
-        .join("consumer-venv")
-        .join("bin")
-        .join("python");
-    assert!(
-        python.is_file(),
-        "{} is missing: install the e2e user functions with `bash e2e/user-functions/install.sh`",
-        python.display()
-    );
+    let python = journal_consumer_python();
     let mut stack = Stack::start(Options::new(Kind::RustShoppingCart));
     stack.wait_ready(0, Duration::from_secs(120));
+    // The cart mix: adds (repeated products add up), and every seventh command a remove.
+    carts::drive(&stack.gateway_addr, CARTS, 0, COMMANDS, false).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", stack.gateway_addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
     let mut client = ShoppingCartClient::new(channel);
-    // A deterministic mix: adds (repeated products add up), and every seventh command a remove.
-    for i in 0..COMMANDS {
-        let user_id = format!("cart-{}", i % CARTS);
-        let product_id = format!("p{}", (i / CARTS) % 5);
-        if i % 7 == 6 {
-            client
-                .remove_item(RemoveLineItem {
-                    user_id,
-                    product_id,
-                })
-                .await
-                .map(|_| ())
-                .or_else(|status| {
-                    // Removing an item the cart does not hold is refused by the entity.
-                    if status.code() == tonic::Code::Unknown {
-                        Ok(())
-                    } else {
-                        Err(status)
-                    }
-                })
-                .unwrap();
-        } else {
-            client
-                .add_item(AddLineItem {
-                    user_id,
-                    product_id: product_id.clone(),
-                    name: format!("product {product_id}"),
-                    quantity: (i % 3 + 1) as i32,
-                })
-                .await
-                .unwrap();
-        }
-    }
-    let mut entities: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut entities: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
     for c in 0..CARTS {
         let user_id = format!("cart-{c}");
         let cart = client
@@ -84,7 +45,7 @@ async fn a_python_consumer_folds_the_journal_to_the_entities_state() {
             user_id,
             cart.items
                 .into_iter()
-                .map(|item| (item.product_id, i64::from(item.quantity)))
+                .map(|item| (item.product_id, item.quantity))
                 .collect(),
         );
     }
@@ -100,32 +61,11 @@ async fn a_python_consumer_folds_the_journal_to_the_entities_state() {
         "the Python consumer failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let folded: BTreeMap<String, BTreeMap<String, i64>> =
-        parse(&String::from_utf8(output.stdout).unwrap());
+    let folded: BTreeMap<String, BTreeMap<String, i32>> =
+        serde_json::from_slice(&output.stdout).expect("the consumer prints JSON");
     assert_eq!(folded.len(), CARTS, "every cart has events");
     assert_eq!(
         folded, entities,
         "the Python fold of the journal equals the entities' state"
     );
-}
-
-/// The consumer's JSON output, `{"cart": {"product": quantity}}` (flat, no escapes in our ids).
-fn parse(json: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let value: serde_json::Value = serde_json::from_str(json).expect("the consumer prints JSON");
-    value
-        .as_object()
-        .expect("an object of carts")
-        .iter()
-        .map(|(cart, items)| {
-            let items = items
-                .as_object()
-                .expect("an object of items")
-                .iter()
-                .map(|(product, quantity)| {
-                    (product.clone(), quantity.as_i64().expect("a quantity"))
-                })
-                .collect();
-            (cart.clone(), items)
-        })
-        .collect()
 }

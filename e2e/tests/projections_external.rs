@@ -2,9 +2,11 @@
 //! in the handler's own store, and the handler gets batches (`HandleBatch`) it applies
 //! idempotently by (entity, seq) — the last seq per entity kept in the same "transaction" as
 //! the read model (here one mutex). Cart commands run while the projector is `kill -9`ed every
-//! 3 s: batches come again after each kill, and the handler's read model still equals an
-//! independent read_committed fold of the journal. Its rows are not served by the projector's
-//! query API (`FAILED_PRECONDITION`).
+//! 3 s; the projector must deliver every event, each entity's in seq order (the handler refuses
+//! a gap, which would hold the batch for ever), and carry the generation: the handler's read
+//! model ends equal to an independent read_committed fold of the journal. (That an event
+//! delivered again is applied once is the handler's part here.) Its rows are not served by the
+//! projector's query API (`FAILED_PRECONDITION`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,12 @@ impl ProjectionHandler for External {
         request: Request<pb::EventBatch>,
     ) -> Result<Response<pb::Ack>, Status> {
         let batch = request.into_inner();
+        if batch.generation != 1 {
+            return Err(Status::invalid_argument(format!(
+                "generation {} (no reset in this test)",
+                batch.generation
+            )));
+        }
         let mut db = self.db.lock().unwrap();
         let mut applied = 0;
         for event in batch.events {
@@ -147,7 +155,7 @@ async fn an_external_projection_applies_each_event_once_across_kills() {
     let gateway = stack.gateway_addr.clone();
     let driving = carts::drive(&gateway, CARTS, 0, COMMANDS, false);
     tokio::pin!(driving);
-    let mut kills = 0;
+    let mut kills: u32 = 0;
     loop {
         tokio::select! {
             _ = &mut driving => break,
@@ -158,6 +166,7 @@ async fn an_external_projection_applies_each_event_once_across_kills() {
             }
         }
     }
+    assert!(kills >= 1, "the load ended before the projector was killed");
     let kafka = statehouse_kafka::Options {
         bootstrap_servers: kafka_bootstrap(),
         topic_prefix: stack.prefix.clone(),
@@ -170,6 +179,7 @@ async fn an_external_projection_applies_each_event_once_across_kills() {
         "",
     )
     .await;
+    assert_eq!(journal.len(), CARTS);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let same = handler.db.lock().unwrap().carts == journal;
@@ -186,9 +196,20 @@ async fn an_external_projection_applies_each_event_once_across_kills() {
     eprintln!("{COMMANDS} commands, {kills} projector kills, {repeated} events delivered again");
 
     // Its rows are the handler's: the projector does not serve them.
-    let mut client = ProjectionsClient::connect(format!("http://127.0.0.1:{query_port}"))
-        .await
-        .unwrap();
+    // The query port opens once the projector is through its start (it was just restarted).
+    let connect_by = Instant::now() + Duration::from_secs(60);
+    let mut client = loop {
+        match ProjectionsClient::connect(format!("http://127.0.0.1:{query_port}")).await {
+            Ok(client) => break client,
+            Err(e) => {
+                assert!(
+                    Instant::now() < connect_by,
+                    "the query port never opened: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let status = client
         .get(pb::GetRequest {
             projection: NAME.into(),

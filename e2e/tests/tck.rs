@@ -156,9 +156,28 @@ async fn go_tck_value_entities_actions_and_discovery() {
     // Discovery: everything the TCK user function registers is served (entities of every
     // kind, event-log subscriptions): nothing is reported as not served.
     let log = stack.pods[0].processor.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("processor started"))
+        .unwrap_or_else(|| panic!("no start line in the processor log: {log}"));
+    // The log may be coloured: drop the escape sequences (ESC [ … m) first.
+    let mut plain = String::new();
+    let mut chars = started.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
     assert!(
-        !log.contains("does not serve these yet"),
-        "the processor reports something as not served: {log}"
+        plain.contains("not_served=0"),
+        "the processor reports something as not served: {plain}"
+    );
+    let uf_log = std::fs::read_to_string(stack.pods[0].user_function.log_path()).unwrap();
+    assert!(
+        !uf_log.contains("ReportError"),
+        "the user function was told of an error at discovery: {uf_log}"
     );
 
     // Value entities: state changes (EntityTCK "verify state changes").

@@ -265,35 +265,16 @@ async fn call(
     match response.outcome {
         Some(Outcome::Reply(mut reply)) => {
             if let Some(position) = response.position {
-                reply
-                    .metadata
-                    .get_or_insert_with(Default::default)
-                    .entries
-                    .push(statehouse_schemas::cloudstate::MetadataEntry {
-                        key: POSITION_HEADER.into(),
-                        value: Some(
-                            statehouse_schemas::cloudstate::metadata_entry::Value::StringValue(
-                                format!("{}:{}", position.partition, position.offset),
-                            ),
-                        ),
-                    });
+                header_entry(
+                    &mut reply,
+                    POSITION_HEADER,
+                    format!("{}:{}", position.partition, position.offset),
+                );
             }
             if response.deduplicated {
                 // Tell the client this is the stored reply of an earlier call with the same
                 // idempotency key (the command did not run again).
-                let entry = statehouse_schemas::cloudstate::MetadataEntry {
-                    key: DEDUPLICATED_HEADER.into(),
-                    value: Some(
-                        statehouse_schemas::cloudstate::metadata_entry::Value::StringValue(
-                            "true".into(),
-                        ),
-                    ),
-                };
-                reply
-                    .metadata
-                    .get_or_insert_with(Default::default)
-                    .entries
-                    .push(entry);
+                header_entry(&mut reply, DEDUPLICATED_HEADER, "true".into());
             }
             Ok(Some(reply))
         }
@@ -308,6 +289,18 @@ async fn call(
         }),
         None => Ok(None),
     }
+}
+
+/// Add a string entry to a reply's metadata (it becomes a response header).
+fn header_entry(reply: &mut Reply, key: &str, value: String) {
+    reply
+        .metadata
+        .get_or_insert_with(Default::default)
+        .entries
+        .push(statehouse_schemas::cloudstate::MetadataEntry {
+            key: key.into(),
+            value: Some(statehouse_schemas::cloudstate::metadata_entry::Value::StringValue(value)),
+        });
 }
 
 async fn http_call(shared: &Shared, request: Request<Incoming>) -> Response<Body> {

@@ -264,6 +264,7 @@ async fn open(
         idempotency_key: metadata::idempotency_key(headers),
         traceparent: None,
         hops: 0,
+        type_url: None,
         deadline,
     };
     let upstream = shared.router.open(call, rest, accept_by).await?;

@@ -10,8 +10,20 @@
 //!   (idempotency keys, idempotent writes).
 //! * Partitions are spread over the group's members by Kafka (cooperative-sticky): scale by
 //!   adding members. Its progress is visible to Kafka's own consumer-group tools.
+//! * **Lanes** ([`GroupConsumer::dispatch`]): each partition's records go to a handler of
+//!   their own, in order, so partitions proceed side by side. A lane is bounded by flow
+//!   control, not by blocking the dispatcher: past [`LANE_HIGH`] records waiting, the partition
+//!   is paused in the consumer, and the handler resumes it once it drained to [`LANE_LOW`]. A
+//!   slow or stuck partition (a poison record) holds back only itself, and the consumer keeps
+//!   polling — so the member stays in its group.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -37,6 +49,53 @@ impl ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
+
+/// Records waiting in a lane at which its partition is paused.
+pub const LANE_HIGH: usize = 4_096;
+/// Records waiting in a lane at which its paused partition is resumed.
+pub const LANE_LOW: usize = 1_024;
+
+/// What a lane carries.
+#[derive(Debug)]
+pub enum Item {
+    Record(Message),
+    /// The partition was read to its end: the consumer's position then (past transaction
+    /// markers and aborted records). Taken when the end is seen; later it would count records
+    /// fetched since and not handled yet.
+    End {
+        position: Option<i64>,
+    },
+}
+
+/// One partition's records for its handler, in order (see the module docs).
+pub struct Lane {
+    pub partition: i32,
+    rx: mpsc::UnboundedReceiver<Item>,
+    flow: Arc<Flow>,
+}
+
+/// A lane's flow control, shared by the dispatcher and the handler.
+struct Flow {
+    consumer: Arc<GroupConsumer>,
+    topic: String,
+    partition: i32,
+    queued: AtomicUsize,
+    paused: AtomicBool,
+}
+
+impl Lane {
+    /// The partition's next item (`None`: the dispatcher stopped).
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await?;
+        let waiting = self.flow.queued.fetch_sub(1, Ordering::AcqRel) - 1;
+        if waiting <= LANE_LOW && self.flow.paused.swap(false, Ordering::AcqRel) {
+            self.flow
+                .consumer
+                .set_paused(&self.flow.topic, self.flow.partition, false);
+        }
+        Some(item)
+    }
+}
 
 /// A member of consumer group `group` subscribed to `topics`.
 pub struct GroupConsumer {
@@ -138,15 +197,76 @@ impl GroupConsumer {
         }
     }
 
+    /// Hand every record of `topic` to the lane of its partition until `stop`; `open` gets
+    /// each lane when its partition first shows up (and spawns its handler). The lanes end when
+    /// this returns; commit with [`GroupConsumer::commit`] once their handlers are done.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        topic: &str,
+        stop: &CancellationToken,
+        mut open: impl FnMut(Lane),
+    ) {
+        let mut lanes: HashMap<i32, (mpsc::UnboundedSender<Item>, Arc<Flow>)> = HashMap::new();
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                event = self.next_event() => event,
+            };
+            let (partition, item) = match event {
+                Event::Record(message) => (message.partition, Item::Record(message)),
+                Event::End { partition } => (
+                    partition,
+                    Item::End {
+                        position: self.position(topic, partition),
+                    },
+                ),
+            };
+            let (tx, flow) = lanes.entry(partition).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let flow = Arc::new(Flow {
+                    consumer: Arc::clone(self),
+                    topic: topic.to_string(),
+                    partition,
+                    queued: AtomicUsize::new(0),
+                    paused: AtomicBool::new(false),
+                });
+                open(Lane {
+                    partition,
+                    rx,
+                    flow: Arc::clone(&flow),
+                });
+                (tx, flow)
+            });
+            let waiting = flow.queued.fetch_add(1, Ordering::AcqRel) + 1;
+            if tx.send(item).is_err() {
+                // Its handler ended (stopping): nothing more goes to it.
+                continue;
+            }
+            if waiting >= LANE_HIGH && !flow.paused.swap(true, Ordering::AcqRel) {
+                self.set_paused(topic, partition, true);
+            }
+        }
+    }
+
+    /// Pause or resume fetching `topic`/`partition` (a partition this member no longer has is
+    /// left alone).
+    fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let result = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::debug!(group = %self.group, topic, partition, paused, error = %e, "pausing or resuming a partition failed");
+        }
+    }
+
     /// The record at `topic`/`partition`/`offset` is done (and every earlier one of that
     /// partition): the group resumes after it. Fails for a partition this member no longer has.
     pub fn done(&self, topic: &str, partition: i32, offset: i64) -> Result<(), Error> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
-            .map_err(|e| Error::kafka("building the offset", e))?;
-        self.consumer
-            .store_offsets(&tpl)
-            .map_err(|e| Error::kafka(format!("storing the offset of {topic}/{partition}"), e))
+        self.done_before(topic, partition, offset + 1)
     }
 
     /// Everything of `topic`/`partition` before `next` is done: the group resumes at `next`.

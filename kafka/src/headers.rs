@@ -13,6 +13,21 @@ pub const TRACEPARENT: &str = "traceparent";
 /// delete.
 pub const DELETION: &str = "statehouse-deletion";
 
+/// `headers` as librdkafka's owned headers (for a record to produce).
+pub(crate) fn owned<K: AsRef<str>>(
+    headers: &[(K, bytes::Bytes)],
+) -> rdkafka::message::OwnedHeaders {
+    headers.iter().fold(
+        rdkafka::message::OwnedHeaders::new_with_capacity(headers.len()),
+        |owned, (key, value)| {
+            owned.insert(rdkafka::message::Header {
+                key: key.as_ref(),
+                value: Some(&value[..]),
+            })
+        },
+    )
+}
+
 /// The constant for a header name Statehouse writes, if `name` is one (to write a record read
 /// back from Kafka again).
 pub fn known(name: &str) -> Option<&'static str> {

@@ -5,7 +5,9 @@
 //! (`statehouse.<service>.p<partition>`). Starting it calls `init_transactions`, which bumps the
 //! producer epoch, aborts the previous owner's open transaction and fences that owner: it can
 //! never commit again. Callers [`Handle::append`] groups of records (the events of one command,
-//! which may go to the journal and the values topic of the same partition); the writer gathers
+//! which may go to the journal and the values topic of the same partition, and records of
+//! other topics placed by their key — eventing outputs — that must commit with them); the
+//! writer gathers
 //! the appends of many callers into one transaction — bounded by a linger, a record count and a
 //! byte count — and answers every caller only after that transaction committed. While one
 //! transaction commits, the next batch fills (pipelining).
@@ -34,7 +36,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -179,8 +180,9 @@ impl<M> Clone for Handle<M> {
 impl<M: Default + Send + 'static> Handle<M> {
     /// Append `records` in the next transaction; resolves once it committed.
     ///
-    /// The records of one append are contiguous and in order in their topics' partition, and
-    /// are committed atomically with the rest of their transaction.
+    /// The records of one append for the writer's partition are contiguous and in order in
+    /// their topics' partition; all are committed atomically with the rest of their transaction.
+    /// (The offset of a record placed `by_key` is in a partition this does not report.)
     pub async fn append(&self, records: Vec<Record>) -> Result<Committed, Error> {
         self.append_with(records, M::default()).await
     }
@@ -607,16 +609,9 @@ async fn commit<M>(
     for append in &batch {
         let mut futures = Vec::with_capacity(append.records.len());
         for record in &append.records {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(&value[..]),
-                });
-            }
             let mut fr = FutureRecord::to(&record.topic)
                 .key(&record.key[..])
-                .headers(headers);
+                .headers(crate::headers::owned(&record.headers));
             if !record.by_key {
                 fr = fr.partition(partition);
             }

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::{Error, Options};
 
-/// An idempotent producer for small, keyed, compacted records.
+/// An idempotent producer that waits for each record's acknowledgement.
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
@@ -22,7 +21,7 @@ impl Publisher {
         let producer = options
             .idempotent_producer_config()
             .create()
-            .map_err(|e| Error::kafka("creating the registry publisher", e))?;
+            .map_err(|e| Error::kafka("creating an idempotent publisher", e))?;
         Ok(Self {
             producer,
             timeout: options.request_timeout(),
@@ -32,42 +31,28 @@ impl Publisher {
     /// Write `value` under `key` to `topic` and wait until it is acknowledged. Returns
     /// `(partition, offset)`.
     pub async fn publish(&self, topic: &str, key: &str, value: &[u8]) -> Result<(i32, i64), Error> {
-        let delivery = self
-            .producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(value),
-                self.timeout,
-            )
+        self.publish_record(topic, Some(key.as_bytes()), value, &[])
             .await
-            .map_err(|(e, _)| Error::kafka(format!("publishing {key} to {topic}"), e))?;
-        Ok((delivery.partition, delivery.offset))
     }
 
-    /// Write `value` with `headers` to `topic`, placed by Kafka's partitioner on `key` (an
-    /// empty key spreads), and wait until it is acknowledged. Returns `(partition, offset)`.
+    /// Write `value` with `headers` to `topic`, placed by Kafka's partitioner on `key` (no key:
+    /// spread), and wait until it is acknowledged. Returns `(partition, offset)`.
     pub async fn publish_record(
         &self,
         topic: &str,
-        key: &[u8],
+        key: Option<&[u8]>,
         value: &[u8],
         headers: &[(&str, bytes::Bytes)],
     ) -> Result<(i32, i64), Error> {
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(&value[..]),
-            });
+        let mut record = FutureRecord::to(topic)
+            .payload(value)
+            .headers(crate::headers::owned(headers));
+        if let Some(key) = key {
+            record = record.key(key);
         }
         let delivery = self
             .producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(key)
-                    .payload(value)
-                    .headers(owned),
-                self.timeout,
-            )
+            .send(record, self.timeout)
             .await
             .map_err(|(e, _)| Error::kafka(format!("publishing a record to {topic}"), e))?;
         Ok((delivery.partition, delivery.offset))

@@ -43,16 +43,27 @@ pub(crate) async fn unary(
     let Element {
         side_effects, then, ..
     } = element(response);
+    let then = then.unwrap_or(Then::Reply(Reply::Empty));
+    // A forward's reply is the target's: only the action's own reply is published.
+    let own_reply = matches!(then, Then::Reply(_));
     let outcome = effects::run(
         Arc::clone(&host),
         side_effects,
-        then.unwrap_or(Then::Reply(Reply::Empty)),
+        then,
         command.hops + 1,
         command.deadline,
-        command.idempotency_key.as_deref(),
+        command.effects_key(&command.method.path).as_deref(),
     )
     .await?;
-    publish(&host, &command, command.idempotency_key.clone(), &outcome).await?;
+    if own_reply {
+        publish(
+            &host,
+            &command,
+            command.idempotency_key.as_deref(),
+            &outcome,
+        )
+        .await?;
+    }
     Ok(outcome)
 }
 
@@ -63,7 +74,7 @@ pub(crate) async fn unary(
 async fn publish(
     host: &Arc<dyn Host>,
     command: &Command,
-    id: Option<String>,
+    id: Option<&str>,
     outcome: &Outcome,
 ) -> Result<(), Error> {
     let Some(topic) = output::topic_of(command) else {
@@ -72,11 +83,12 @@ async fn publish(
     let origin = output::Origin {
         topic,
         source: command.method.service.clone(),
-        id: id.unwrap_or_else(|| host.next_command_id()),
+        id: id.map_or_else(|| host.next_command_id(), str::to_string),
         subject: None,
-        key: Bytes::new(),
+        // No key: Kafka's partitioner spreads the records.
+        key: None,
     };
-    match output::record(&origin, &outcome.reply) {
+    match output::record(origin, &outcome.reply) {
         Some(record) => Arc::clone(host).publish(record).await,
         None => Ok(()),
     }
@@ -182,8 +194,12 @@ async fn relay_one(
         ends,
     } = element(response);
     let hops = command.hops + 1;
-    let key = Command::effect_key(command.idempotency_key.as_deref(), &index.to_string());
-    let key = key.as_deref();
+    // The element's own key (its output's `ce-id`), and the one its effects derive theirs from.
+    let element_key = Command::effect_key(command.idempotency_key.as_deref(), index);
+    let effects_key =
+        Command::effect_key(command.effects_key(&command.method.path).as_deref(), index);
+    let key = effects_key.as_deref();
+    let own_reply = matches!(then, Some(Then::Reply(_)));
     let outcome = match then {
         Some(then) => {
             effects::run(
@@ -204,10 +220,10 @@ async fn relay_one(
         }
     };
     let outcome = match outcome {
-        Ok(outcome) => publish(host, command, key.map(str::to_string), &outcome)
+        Ok(outcome) if own_reply => publish(host, command, element_key.as_deref(), &outcome)
             .await
             .map(|()| outcome),
-        Err(e) => Err(e),
+        outcome => outcome,
     };
     let failed = outcome.is_err();
     out.send(outcome).await.is_ok() && !ends && !failed

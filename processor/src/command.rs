@@ -61,10 +61,20 @@ impl Command {
         }
     }
 
-    /// The idempotency key of this command's side effect `index` (`f`: its forward), derived
-    /// from its own: a retried command's effects carry the same keys, so their targets run
-    /// them once.
-    pub(crate) fn effect_key(key: Option<&str>, effect: &str) -> Option<String> {
+    /// The key this command's effects derive theirs from ([`Command::effect_key`]): its own
+    /// idempotency key scoped by where it ran (`scope`: the entity key, or the action method),
+    /// so equal client keys sent to two entities never give their effects equal keys at a
+    /// shared target.
+    pub(crate) fn effects_key(&self, scope: &str) -> Option<String> {
+        self.idempotency_key
+            .as_deref()
+            .map(|key| format!("{scope}/{key}"))
+    }
+
+    /// The idempotency key of side effect `s<i>` (`f`: the forward; a streamed element's
+    /// index) of a command whose effects key is `key`: a retried command's effects carry the
+    /// same keys, so their targets run them once.
+    pub(crate) fn effect_key(key: Option<&str>, effect: impl std::fmt::Display) -> Option<String> {
         key.map(|key| format!("{key}/{effect}"))
     }
 }
@@ -119,8 +129,9 @@ impl Reply {
 pub(crate) struct Outcome {
     pub(crate) reply: Reply,
     pub(crate) deduplicated: bool,
-    /// Where the command's last journal event was committed (none: it wrote no event, or the
-    /// reply was the stored one of an earlier command).
+    /// Where the command's last journal event was committed — or, after a forward, the
+    /// target's when it reports one (none: no event written, or the reply was the stored one
+    /// of an earlier command).
     pub(crate) position: Option<Position>,
 }
 

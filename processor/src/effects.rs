@@ -14,10 +14,11 @@ use tracing::warn;
 use crate::Error;
 use crate::command::{Command, Host, Outcome, Then};
 
-/// Run `side_effects`, then `then`: the client's outcome. `key`: the idempotency key of the
-/// command they come from; each side effect and the forward get one derived from it
+/// Run `side_effects`, then `then`: the client's outcome. `key`: the command's effects key
+/// ([`Command::effects_key`]); each side effect and the forward get one derived from it
 /// (`<key>/s<i>`, `<key>/f`), so a command that runs again (redelivered from a topic or a
-/// journal) has its effects run once by their targets.
+/// journal) has its effects run once by targets that keep an idempotency window (entities;
+/// actions run them again).
 pub(crate) async fn run(
     host: Arc<dyn Host>,
     side_effects: Vec<cs::SideEffect>,
@@ -76,7 +77,7 @@ pub(crate) async fn run_side_effects(
                 return Err(e);
             }
         };
-        command.idempotency_key = Command::effect_key(key, &format!("s{i}"));
+        command.idempotency_key = Command::effect_key(key, format_args!("s{i}"));
         let target = command.method.path.clone();
         if effect.synchronous {
             if let Err(e) = Arc::clone(host).dispatch(command).await {

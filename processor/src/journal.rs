@@ -61,16 +61,17 @@ impl Journal {
     pub(crate) async fn persist(&self, writes: Vec<Written>) -> Result<Option<Position>, Error> {
         let mut records = Vec::with_capacity(writes.len());
         let mut typed = Vec::with_capacity(writes.len());
+        let (mut outputs, mut last_event) = (0, None);
         for written in writes {
+            match written {
+                Written::Output(_) => outputs += 1,
+                Written::Event(_) => last_event = Some(records.len()),
+                Written::Value(_) | Written::Deleted(_) => {}
+            }
             records.push(written.to_kafka(&self.env.topics)?);
             typed.push(Arc::new(written));
         }
         let n = records.len();
-        let outputs = typed
-            .iter()
-            .filter(|w| matches!(***w, Written::Output(_)))
-            .count();
-        let last_event = typed.iter().rposition(|w| matches!(**w, Written::Event(_)));
         let committed = self.writer.append_with(records, typed).await?;
         metrics::counter!(m::RECORDS_PERSISTED).increment((n - outputs) as u64);
         if outputs > 0 {

@@ -330,38 +330,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
-/// Run a start-up step until it succeeds, retrying errors that `transient` says may pass (a
-/// broker or Cassandra still starting, or briefly away) with backoff, logging each; fails at
-/// once on any other error, and with [`Error::ShuttingDown`] when told to stop.
+/// [`statehouse_runtime::shutdown::until_done`] with the processor's errors: a step that fails
+/// for good is [`Error::Startup`], a stop while waiting [`Error::ShuttingDown`].
 async fn until_done<T, E, F, Fut>(
     what: &str,
     shutdown: &CancellationToken,
     transient: impl Fn(&E) -> bool,
-    mut step: F,
+    step: F,
 ) -> Result<T, Error>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match step().await {
-            Ok(value) => return Ok(value),
-            Err(e) if transient(&e) => {
-                warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                return Err(Error::Startup {
-                    what: what.to_string(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-    }
+    use statehouse_runtime::shutdown::{Interrupted, until_done};
+    until_done(what, shutdown, transient, step)
+        .await
+        .map_err(|e| match e {
+            Interrupted::Stopped => Error::ShuttingDown,
+            Interrupted::Failed(e) => Error::Startup {
+                what: what.to_string(),
+                reason: e.to_string(),
+            },
+        })
 }

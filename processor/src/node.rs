@@ -237,6 +237,7 @@ impl Node {
             idempotency_key: command.idempotency_key.as_deref().unwrap_or_default(),
             traceparent: command.traceparent.as_deref(),
             hops: command.hops,
+            type_url: command.type_url.as_deref(),
             deadline,
         };
         let response = self.router.send(call).await.map_err(Error::Route)?;
@@ -328,7 +329,7 @@ impl Host for Node {
         // A target taking `google.protobuf.Any` gets the payload with its own type.
         let type_url = payload
             .as_ref()
-            .filter(|_| method.input.full_name() == "google.protobuf.Any")
+            .filter(|_| method.input.full_name() == crate::eventing::plan::ANY)
             .map(|p| p.type_url.clone());
         let payload = bytes::Bytes::from(payload.map(|p| p.value).unwrap_or_default());
         let entity_id = method
@@ -379,7 +380,12 @@ impl Host for Node {
                 )));
             };
             outputs
-                .publish_record(&record.topic, &record.key, &record.value, &record.headers)
+                .publish_record(
+                    &record.topic,
+                    record.key.as_deref(),
+                    &record.value,
+                    &record.headers,
+                )
                 .await?;
             metrics::counter!(crate::metrics::EVENTING_OUTPUTS).increment(1);
             Ok(())

@@ -88,21 +88,13 @@ pub(crate) enum Written {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Output {
     pub(crate) topic: Arc<str>,
-    pub(crate) key: Bytes,
+    /// `None`: no key (Kafka's partitioner spreads the records).
+    pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
     pub(crate) headers: Vec<(&'static str, Bytes)>,
 }
 
 impl Written {
-    /// The service topic of the record (`None`: an output, in a topic of its own).
-    pub(crate) fn topic(&self) -> Option<Topic> {
-        match self {
-            Written::Event(_) => Some(Topic::Journal),
-            Written::Value(_) | Written::Deleted(_) => Some(Topic::Values),
-            Written::Output(_) => None,
-        }
-    }
-
     /// The storage key of the entity, `<persistence_id>|<entity_id>`.
     pub(crate) fn entity_key(&self) -> String {
         let (persistence_id, entity_id) = match self {
@@ -127,22 +119,32 @@ impl Written {
     /// The Kafka record (key, value, headers) of this record.
     pub(crate) fn to_kafka(&self, topics: &Topics) -> Result<Record, Error> {
         let encode_error = |e: statehouse_schemas::Error| Error::Journal(format!("encoding: {e}"));
-        let (entity_id, seq, type_url, traceparent) = match self {
-            Written::Event(e) => (&e.entity_id, e.seq, Some(&e.type_url), &e.traceparent),
-            Written::Value(v) => (&v.entity_id, v.seq, Some(&v.type_url), &v.traceparent),
-            Written::Deleted(d) => (&d.entity_id, d.seq, None, &d.traceparent),
+        let (topic, entity_id, seq, type_url, traceparent) = match self {
+            Written::Event(e) => (
+                Topic::Journal,
+                &e.entity_id,
+                e.seq,
+                Some(&e.type_url),
+                &e.traceparent,
+            ),
+            Written::Value(v) => (
+                Topic::Values,
+                &v.entity_id,
+                v.seq,
+                Some(&v.type_url),
+                &v.traceparent,
+            ),
+            Written::Deleted(d) => (Topic::Values, &d.entity_id, d.seq, None, &d.traceparent),
             Written::Output(o) => {
                 return Ok(Record {
                     topic: Arc::clone(&o.topic),
-                    key: o.key.clone(),
+                    // An entity's output is keyed by its entity id.
+                    key: o.key.clone().unwrap_or_default(),
                     value: Some(o.value.clone()),
                     headers: o.headers.clone(),
                     by_key: true,
                 });
             }
-        };
-        let Some(topic) = self.topic() else {
-            unreachable!("outputs returned above")
         };
         let mut record_headers = Vec::with_capacity(5);
         record_headers.push((

@@ -80,7 +80,7 @@ impl Service {
             method,
             entity_id: request.entity_id,
             payload: request.payload,
-            type_url: None,
+            type_url: (!request.type_url.is_empty()).then_some(request.type_url),
             metadata: request.metadata,
             idempotency_key: (!request.idempotency_key.is_empty())
                 .then_some(request.idempotency_key),

@@ -16,6 +16,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("the journal topic {0} does not exist (no processor of the service has started)")]
+    NoJournal(String),
     #[error("shutting down")]
     ShuttingDown,
 }

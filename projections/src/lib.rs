@@ -47,6 +47,60 @@ pub(crate) struct Ctx {
     pub(crate) journal_partitions: u32,
 }
 
+/// How far a projection generation has read one partition of the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// Its progress: the next offset it reads (0: not read yet).
+    pub read: i64,
+    /// The partition's last stable offset now.
+    pub end: i64,
+}
+
+impl PartitionLag {
+    /// Offsets behind (transaction markers count as records).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.read).max(0)
+    }
+}
+
+/// Generation `generation` of projection `name` of `service` against the journal's last stable
+/// offsets, partition by partition: what `admin projections status` shows, also while no
+/// projector runs.
+pub async fn lag(
+    kafka: &statehouse_kafka::Options,
+    store: &Store,
+    service: &ServiceName,
+    name: &str,
+    generation: i32,
+) -> Result<Vec<PartitionLag>, Error> {
+    let journal = Topics::new(kafka.topic_prefix.clone(), service.clone()).journal();
+    let partitions = statehouse_kafka::admin::Admin::new(kafka)?
+        .partition_count(&journal)
+        .await?
+        .ok_or_else(|| Error::NoJournal(journal.clone()))?;
+    let progress = store
+        .projection_progress(service.as_str(), name, generation)
+        .await?;
+    let mut out = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        let (end, _) = statehouse_kafka::reader::end_offsets(
+            kafka,
+            &journal,
+            partition,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let partition = partition as i32;
+        out.push(PartitionLag {
+            partition,
+            read: progress.get(&partition).copied().unwrap_or(0),
+            end,
+        });
+    }
+    Ok(out)
+}
+
 /// A projection the handler implements.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
@@ -215,27 +269,20 @@ fn specs(described: Vec<pb::ProjectionSpec>, address: &str) -> Result<Vec<Spec>,
     Ok(out)
 }
 
-/// Run a start-up step until it succeeds (Cassandra may still be starting), or shutdown.
-async fn retry<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut step: F) -> Result<T, Error>
+/// Run a Cassandra start-up step until it succeeds (Cassandra may still be starting), or
+/// shutdown.
+async fn retry<T, F, Fut>(what: &str, shutdown: &CancellationToken, step: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, statehouse_store::Error>>,
 {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match step().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    use statehouse_runtime::shutdown::{Interrupted, until_done};
+    until_done(what, shutdown, statehouse_store::Error::is_transient, step)
+        .await
+        .map_err(|e| match e {
+            Interrupted::Stopped => Error::ShuttingDown,
+            Interrupted::Failed(e) => e.into(),
+        })
 }
 
 #[cfg(test)]

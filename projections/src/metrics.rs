@@ -1,7 +1,8 @@
 //! Metric names of the projector (Prometheus, via the `metrics` facade). Labels: `projection`,
 //! and where it says so `generation` and `partition`.
 
-/// Counter: events folded into rows (`projection`).
+/// Counter: events folded into rows — not the replayed ones a row already held — or handed to
+/// an external projection (`projection`).
 pub const EVENTS: &str = "statehouse_projection_events_total";
 /// Counter: batches whose handler call failed and was retried (`projection`).
 pub const RETRIES: &str = "statehouse_projection_retries_total";

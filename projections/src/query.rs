@@ -59,6 +59,8 @@ impl Projections for Query {
                 ms => Duration::from_millis(u64::from(ms)).min(MAX_WAIT),
             };
             let deadline = Instant::now() + wait;
+            // Progress is in Cassandra: look again soon, then less often.
+            let mut pause = Duration::from_millis(20);
             loop {
                 let generation = self.generation(&spec.name)?;
                 let progress = self
@@ -87,7 +89,9 @@ impl Projections for Query {
                         behind.join(", ")
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
         }
         let generation = self.generation(&spec.name)?;

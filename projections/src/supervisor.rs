@@ -3,8 +3,8 @@
 //! runs both (each a consumer group of its own, partitions spread over the replicas) and looks
 //! at the record every `poll-interval-ms`: once the rebuilt generation has read every journal
 //! partition as far as the served one, a conditional write makes it the served one (queries
-//! switch with it) and the old generation's consumers stop; ten poll intervals later the
-//! replica that switched drops the old generation's rows. Until the switch queries keep
+//! switch with it) and the old generation's consumers stop; ten poll intervals later any
+//! replica drops the old generation's rows (retried until done). Until the switch queries keep
 //! reading the old generation.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{Ctx, Spec, metrics as m, worker};
+
+/// Polls after a switch before the old generation is dropped.
+const DROP_AFTER_POLLS: u32 = 10;
 
 /// The generations of every projection, as last read (what queries read from).
 #[derive(Default)]
@@ -51,10 +54,19 @@ pub(crate) async fn run(
     let service = ctx.service.as_str();
     let poll = Duration::from_millis(ctx.options.poll_interval_ms);
     let mut workers: BTreeMap<i32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
+    // The generation served and for how many polls this replica has seen it serve; older
+    // generations known gone.
+    let mut served_for: (i32, u32) = (0, 0);
+    let mut dropped: BTreeSet<i32> = BTreeSet::new();
     loop {
         match ctx.store.projection(service, &spec.name).await {
             Ok(Some(record)) => {
                 let generations = record.generations;
+                if served_for.0 == generations.serving {
+                    served_for.1 = served_for.1.saturating_add(1);
+                } else {
+                    served_for = (generations.serving, 0);
+                }
                 serving.set(&spec.name, generations);
                 metrics::gauge!(m::GENERATION, "projection" => spec.name.clone())
                     .set(f64::from(generations.serving));
@@ -88,6 +100,16 @@ pub(crate) async fn run(
                 if generations.building > 0 {
                     switch_when_caught_up(&ctx, &spec, generations).await;
                 }
+                // Ten polls after the switch every replica serves the new generation and has
+                // stopped the old one's consumers: the old rows can go. Any replica does it (it
+                // is idempotent), so a replica that dies meanwhile leaves nothing behind.
+                if served_for.1 >= DROP_AFTER_POLLS {
+                    for old in 1..generations.serving {
+                        if !dropped.contains(&old) && drop_generation(&ctx, &spec, old).await {
+                            dropped.insert(old);
+                        }
+                    }
+                }
             }
             Ok(None) => {
                 warn!(projection = %spec.name, "the projection's record is missing; recording it again");
@@ -114,6 +136,38 @@ pub(crate) async fn run(
     }
 }
 
+/// Drop generation `old` if it still has rows: `true` once it is gone. Its progress goes last,
+/// so no progress means nothing left.
+async fn drop_generation(ctx: &Ctx, spec: &Spec, old: i32) -> bool {
+    let service = ctx.service.as_str();
+    match ctx
+        .store
+        .projection_progress(service, &spec.name, old)
+        .await
+    {
+        Ok(progress) if progress.is_empty() => return true,
+        Ok(_) => {}
+        Err(e) => {
+            warn!(projection = %spec.name, generation = old, error = %e, "reading an old generation failed; will retry");
+            return false;
+        }
+    }
+    match ctx
+        .store
+        .drop_projection_generation(service, &spec.name, old)
+        .await
+    {
+        Ok(rows) => {
+            info!(projection = %spec.name, generation = old, rows, "old generation dropped");
+            true
+        }
+        Err(e) => {
+            warn!(projection = %spec.name, generation = old, error = %e, "dropping an old generation failed; will retry");
+            false
+        }
+    }
+}
+
 /// Serve the rebuilt generation once it has read every partition as far as the served one.
 async fn switch_when_caught_up(ctx: &Ctx, spec: &Spec, generations: Generations) {
     let service = ctx.service.as_str();
@@ -127,6 +181,8 @@ async fn switch_when_caught_up(ctx: &Ctx, spec: &Spec, generations: Generations)
     ) else {
         return;
     };
+    // Every journal partition has records (at least each owner's settle marker), so each one
+    // is read by the new generation and gets progress.
     let caught_up = (0..ctx.journal_partitions as i32).all(|p| {
         built
             .get(&p)
@@ -142,26 +198,6 @@ async fn switch_when_caught_up(ctx: &Ctx, spec: &Spec, generations: Generations)
     {
         Ok(true) => {
             info!(projection = %spec.name, from = generations.serving, to = generations.building, "rebuilt generation caught up: serving it");
-            // Drop the old generation once every replica has switched its queries (they look
-            // every poll interval) and stopped its consumers.
-            let (store, service, name, old) = (
-                ctx.store.clone(),
-                service.to_string(),
-                spec.name.clone(),
-                generations.serving,
-            );
-            let wait = Duration::from_millis(ctx.options.poll_interval_ms) * 10;
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                match store.drop_projection_generation(&service, &name, old).await {
-                    Ok(rows) => {
-                        info!(projection = %name, generation = old, rows, "old generation dropped")
-                    }
-                    Err(e) => {
-                        warn!(projection = %name, generation = old, error = %e, "dropping the old generation failed; its rows stay")
-                    }
-                }
-            });
         }
         Ok(false) => {}
         Err(e) => {

@@ -19,16 +19,15 @@
 //! alone (not for want of the handler: those retry for ever) is **parked**: recorded with its
 //! error, holding its partition until `statehouse admin projections skip` passes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use statehouse_kafka::group::{Event, GroupConsumer};
+use statehouse_kafka::group::{GroupConsumer, Item, Lane};
 use statehouse_kafka::reader::Message;
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::statehouse::projection::v1 as pb;
 use statehouse_store::projections::{Parked, ProjectionRow};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -36,19 +35,8 @@ use tracing::{error, info, warn};
 use crate::handler::is_transport;
 use crate::{Ctx, Spec, metrics as m};
 
-/// Records of one partition waiting for their batch.
-const QUEUE: usize = 4_096;
 /// Failures of a whole batch before it goes one event at a time.
 const BATCH_ATTEMPTS: u32 = 3;
-
-/// What a partition's task gets.
-enum Item {
-    Record(Message),
-    /// The partition is read to its end: the consumer's position then (past transaction
-    /// markers and aborted records). Taken when the end is seen — later it would count records
-    /// fetched since, not yet folded.
-    End(Option<i64>),
-}
 
 /// Run generation `generation` of `spec` until `stop`.
 pub(crate) async fn run(ctx: Arc<Ctx>, spec: Arc<Spec>, generation: i32, stop: CancellationToken) {
@@ -75,29 +63,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, spec: Arc<Spec>, generation: i32, stop: C
         consumer: Arc::clone(&consumer),
         stop: stop.clone(),
     };
-    let mut queues: HashMap<i32, mpsc::Sender<Item>> = HashMap::new();
     let mut tasks = Vec::new();
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => break,
-            event = consumer.next_event() => event,
-        };
-        let (id, item) = match event {
-            Event::Record(message) => (message.partition, Item::Record(message)),
-            Event::End { partition } => {
-                (partition, Item::End(consumer.position(&topic, partition)))
-            }
-        };
-        let queue = queues.entry(id).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tasks.push(tokio::spawn(partition.clone().run(id, rx)));
-            tx
-        });
-        if queue.send(item).await.is_err() {
-            break;
-        }
-    }
-    drop(queues);
+    consumer
+        .dispatch(&topic, &stop, |lane| {
+            tasks.push(tokio::spawn(partition.clone().run(lane)));
+        })
+        .await;
     for task in tasks {
         let _ = task.await;
     }
@@ -122,7 +93,8 @@ struct Read {
 }
 
 impl Partition {
-    async fn run(self, id: i32, mut rx: mpsc::Receiver<Item>) {
+    async fn run(self, mut lane: Lane) {
+        let id = lane.partition;
         let linger = Duration::from_millis(self.ctx.options.batch_linger_ms);
         let poll = Duration::from_millis(self.ctx.options.poll_interval_ms);
         let labels = [
@@ -138,25 +110,25 @@ impl Partition {
         let mut lag_at = Instant::now();
         loop {
             let first = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                item = rx.recv() => match item {
+                _ = self.stop.cancelled() => break,
+                item = lane.recv() => match item {
                     Some(item) => Some(item),
-                    None => return,
+                    None => break,
                 },
                 _ = tokio::time::sleep_until(lag_at) => None,
             };
             let mut batch = Vec::new();
             match first {
                 Some(Item::Record(message)) => batch.push(message),
-                Some(Item::End(position)) => end = end.max(position),
+                Some(Item::End { position }) => end = end.max(position),
                 None => {}
             }
             if !batch.is_empty() {
                 let deadline = Instant::now() + linger;
                 while batch.len() < self.ctx.options.batch_size {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    match tokio::time::timeout_at(deadline, lane.recv()).await {
                         Ok(Some(Item::Record(message))) => batch.push(message),
-                        Ok(Some(Item::End(position))) => end = end.max(position),
+                        Ok(Some(Item::End { position })) => end = end.max(position),
                         Ok(None) | Err(_) => break,
                     }
                 }
@@ -167,7 +139,7 @@ impl Partition {
                     last_event_ms = Some(newest);
                 }
                 if self.stop.is_cancelled() {
-                    return;
+                    break;
                 }
                 self.progress(id, after).await;
                 next = Some(next.map_or(after, |n| n.max(after)));
@@ -200,6 +172,9 @@ impl Partition {
                 }
             }
         }
+        // The partition is not this task's any more: its lag is someone else's to report.
+        metrics::gauge!(m::LAG_RECORDS, &labels).set(0.0);
+        metrics::gauge!(m::LAG_SECONDS, &labels).set(0.0);
     }
 
     /// Write the partition's progress (after its rows) and store the consumer offset, retrying
@@ -283,7 +258,7 @@ impl Partition {
         let mut backoff = Duration::from_millis(200);
         let mut attempts = 0;
         loop {
-            match self.fold(&events, id).await {
+            match self.fold_until_stopped(&events, id).await? {
                 Ok(()) => break,
                 Err(Failure::Store(e)) => {
                     warn!(projection = %self.spec.name, partition = id, error = %e, "projection rows: Cassandra failed; retrying");
@@ -291,9 +266,12 @@ impl Partition {
                 Err(Failure::Handler(status)) => {
                     metrics::counter!(m::RETRIES, "projection" => self.spec.name.clone())
                         .increment(1);
-                    attempts += 1;
+                    // An unavailable handler says nothing about the events.
+                    if !is_transport(&status) {
+                        attempts += 1;
+                    }
                     warn!(projection = %self.spec.name, partition = id, code = ?status.code(), message = status.message(), attempts, "the projection handler failed on a batch; retrying");
-                    if attempts >= BATCH_ATTEMPTS && !is_transport(&status) {
+                    if attempts >= BATCH_ATTEMPTS {
                         if !self.one_by_one(&events, id).await {
                             return None;
                         }
@@ -314,7 +292,13 @@ impl Partition {
             let mut backoff = Duration::from_millis(200);
             let mut attempts = 0;
             loop {
-                match self.fold(std::slice::from_ref(read), id).await {
+                let Some(result) = self
+                    .fold_until_stopped(std::slice::from_ref(read), id)
+                    .await
+                else {
+                    return false;
+                };
+                match result {
                     Ok(()) => break,
                     Err(Failure::Store(e)) => {
                         warn!(projection = %self.spec.name, error = %e, "projection rows: Cassandra failed; retrying");
@@ -396,6 +380,10 @@ impl Partition {
 
     /// Move the entity's row past a skipped event without folding it.
     async fn pass(&self, read: &Read) -> bool {
+        if self.spec.external {
+            // The handler's database holds no row of ours: the skip is the offset moving on.
+            return true;
+        }
         let service = self.ctx.service.as_str();
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -437,6 +425,19 @@ impl Partition {
         }
     }
 
+    /// [`Partition::fold`], given up (`None`) when the task is stopped: a generation being
+    /// replaced or a shutdown does not wait for a slow handler (what was written stays valid).
+    async fn fold_until_stopped(
+        &self,
+        events: &[Read],
+        partition: i32,
+    ) -> Option<Result<(), Failure>> {
+        tokio::select! {
+            _ = self.stop.cancelled() => None,
+            result = self.fold(events, partition) => Some(result),
+        }
+    }
+
     /// Fold `events` (in offset order) into their entities' rows and write them.
     async fn fold(&self, events: &[Read], partition: i32) -> Result<(), Failure> {
         if self.spec.external {
@@ -459,7 +460,9 @@ impl Partition {
             .map_err(Failure::Store)?;
         let mut requests = Vec::new();
         let mut committed = Vec::new();
-        let mut last_seq: HashMap<String, i64> = HashMap::new();
+        // The rows to write: each entity's row as held, at the seq of its last new event (an
+        // entity the handler leaves out keeps its row).
+        let mut out: BTreeMap<String, ProjectionRow> = BTreeMap::new();
         for (entity, entity_events) in by_entity {
             let row = rows.get(entity);
             let held = row.map_or(0, |r| r.seq);
@@ -472,38 +475,27 @@ impl Partition {
                 continue; // a replay: the row holds all of them
             };
             committed.extend(fresh.iter().map(|e| e.timestamp_unix_ms));
-            last_seq.insert(entity.to_string(), last.seq);
+            let held_row = row.and_then(|r| r.row.clone());
+            out.insert(
+                entity.to_string(),
+                ProjectionRow {
+                    entity_id: entity.to_string(),
+                    seq: last.seq,
+                    row: held_row.clone(),
+                },
+            );
             requests.push(pb::EntityEvents {
                 entity_id: entity.to_string(),
-                row: row
-                    .and_then(|r| r.row.as_ref())
-                    .map(|(type_url, bytes)| prost_types::Any {
-                        type_url: type_url.clone(),
-                        value: bytes.to_vec(),
-                    }),
+                row: held_row.map(|(type_url, bytes)| prost_types::Any {
+                    type_url,
+                    value: bytes.to_vec(),
+                }),
                 events: fresh,
             });
         }
         if requests.is_empty() {
             return Ok(());
         }
-        // Entities the handler leaves out keep their row (at their new seq).
-        let mut out: BTreeMap<String, ProjectionRow> = requests
-            .iter()
-            .map(|r| {
-                (
-                    r.entity_id.clone(),
-                    ProjectionRow {
-                        entity_id: r.entity_id.clone(),
-                        seq: last_seq[&r.entity_id],
-                        row: r
-                            .row
-                            .as_ref()
-                            .map(|a| (a.type_url.clone(), bytes::Bytes::from(a.value.clone()))),
-                    },
-                )
-            })
-            .collect();
         let changes = self
             .ctx
             .handler
@@ -515,13 +507,12 @@ impl Partition {
                 warn!(projection = %self.spec.name, entity = %change.entity_id, "the handler answered for an entity it was not asked about; ignored");
                 continue;
             };
-            row.row = if change.delete {
-                None
-            } else {
-                change
-                    .row
-                    .map(|a| (a.type_url, bytes::Bytes::from(a.value)))
-            };
+            if change.delete {
+                row.row = None;
+            } else if let Some(new) = change.row {
+                row.row = Some((new.type_url, bytes::Bytes::from(new.value)));
+            }
+            // Neither a row nor `delete`: the entity keeps its row, as if left out.
         }
         let rows: Vec<ProjectionRow> = out.into_values().collect();
         self.ctx
@@ -549,6 +540,7 @@ impl Partition {
     async fn hand_over(&self, events: &[Read], partition: i32) -> Result<(), Failure> {
         let batch = pb::EventBatch {
             projection: self.spec.name.clone(),
+            generation: self.generation,
             topic: self.topic.clone(),
             partition,
             events: events

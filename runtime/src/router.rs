@@ -190,6 +190,9 @@ pub struct Call<'a> {
     pub traceparent: Option<&'a str>,
     /// Forward / side-effect hops that led to this command.
     pub hops: u32,
+    /// The payload's type URL for a method taking `google.protobuf.Any` (`None`: the method's
+    /// input type).
+    pub type_url: Option<&'a str>,
     /// When to give up.
     pub deadline: Instant,
 }
@@ -301,6 +304,7 @@ impl Router {
             idempotency_key,
             traceparent: None,
             hops: 0,
+            type_url: None,
             deadline,
         })
         .await
@@ -394,6 +398,7 @@ impl Router {
             partition: -1,
             traceparent,
             hops: call.hops,
+            type_url: call.type_url.unwrap_or_default().to_string(),
         };
         let mut changes = registry.subscribe();
         let mut backoff = self.inner.options.initial_backoff;

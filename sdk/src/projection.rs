@@ -53,9 +53,9 @@ impl<P: Projection> Folder for P {
             Some(row) => Some(any::unpack::<P::Row>(row)?),
             None => None,
         };
-        for event in &entity.events {
+        for event in entity.events {
             let event = Any {
-                type_url: event.type_url.clone(),
+                type_url: event.type_url,
                 value: event.payload.to_vec(),
             };
             row = self.apply(row, &event)?;

@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
+use crate::store::{CONCURRENCY, write_timestamp};
 use crate::{Error, Store};
-
-/// How many row reads or writes the store keeps in flight at once.
-const CONCURRENCY: usize = 32;
 
 /// A projection's generations: the one served, and the one being rebuilt (0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,7 @@ pub(crate) struct Statements {
     select_row: PreparedStatement,
     upsert_row: PreparedStatement,
     select_rows: PreparedStatement,
+    select_row_ids: PreparedStatement,
     upsert_progress: PreparedStatement,
     select_progress: PreparedStatement,
     insert_parked: PreparedStatement,
@@ -121,6 +123,11 @@ impl Statements {
             .await?,
             select_rows: prepare(
                 "SELECT entity_id, seq, type_url, row, deleted FROM projection_rows \
+                 WHERE service = ? AND projection = ? AND generation = ? ALLOW FILTERING",
+            )
+            .await?,
+            select_row_ids: prepare(
+                "SELECT entity_id FROM projection_rows \
                  WHERE service = ? AND projection = ? AND generation = ? ALLOW FILTERING",
             )
             .await?,
@@ -184,9 +191,20 @@ fn row_of(entity_id: String, (seq, type_url, row, deleted): RowTuple) -> Project
     }
 }
 
+/// Run `operations` (at most `CONCURRENCY` at once); their results, or the first error.
+async fn all<T, F>(operations: Vec<F>) -> Result<Vec<T>, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    stream::iter(operations)
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await
+}
+
 /// Whether a lightweight transaction applied (its first column, `[applied]`; the current
 /// values may follow it when it did not).
-fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, Error> {
+fn applied(result: QueryResult) -> Result<bool, Error> {
     let rows = result
         .into_rows_result()
         .map_err(|e| Error::data("a conditional write", e))?;
@@ -203,22 +221,55 @@ fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, 
 }
 
 impl Store {
-    /// Record projection `name` (generation 1) unless it is recorded; its generations.
+    /// Run `statement`; `what` names it in errors.
+    async fn run(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> Result<QueryResult, Error> {
+        self.session()
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| Error::query(what, e))
+    }
+
+    /// Run `statement` and decode its rows (few: one page) as `R`; `table` names them in
+    /// errors.
+    async fn select<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        table: &str,
+    ) -> Result<Vec<R>, Error>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let rows = self
+            .run(statement, values, &format!("reading {table}"))
+            .await?
+            .into_rows_result()
+            .map_err(|e| Error::data(table, e))?;
+        rows.rows::<R>()
+            .map_err(|e| Error::data(table, e))?
+            .map(|r| r.map_err(|e| Error::data(table, e)))
+            .collect()
+    }
+
+    /// Record projection `name` (generation 1) unless it is recorded.
     pub async fn ensure_projection(
         &self,
         service: &str,
         name: &str,
         persistence_id: &str,
-    ) -> Result<Generations, Error> {
-        let s = self.projection_statements();
-        self.session()
-            .execute_unpaged(&s.insert_projection, (service, name, persistence_id))
-            .await
-            .map_err(|e| Error::query("recording a projection", e))?;
-        self.projection(service, name)
-            .await?
-            .map(|p| p.generations)
-            .ok_or_else(|| Error::data("projections", format!("{name} vanished")))
+    ) -> Result<(), Error> {
+        self.run(
+            &self.projection_statements().insert_projection,
+            (service, name, persistence_id),
+            "recording a projection",
+        )
+        .await?;
+        Ok(())
     }
 
     /// Projection `name` of `service`, if recorded.
@@ -227,40 +278,26 @@ impl Store {
         service: &str,
         name: &str,
     ) -> Result<Option<ProjectionRecord>, Error> {
-        let result = self
-            .session()
-            .execute_unpaged(
+        let rows = self
+            .select(
                 &self.projection_statements().select_projection,
                 (service, name),
+                "projections",
             )
-            .await
-            .map_err(|e| Error::query("reading a projection", e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| Error::data("projections", e))?;
-        let row = rows
-            .maybe_first_row::<(String, String, i32, i32)>()
-            .map_err(|e| Error::data("projections", e))?;
-        Ok(row.map(record_of))
+            .await?;
+        Ok(rows.into_iter().next().map(record_of))
     }
 
     /// Every projection of `service`.
     pub async fn projections(&self, service: &str) -> Result<Vec<ProjectionRecord>, Error> {
-        let result = self
-            .session()
-            .execute_unpaged(&self.projection_statements().select_projections, (service,))
-            .await
-            .map_err(|e| Error::query("reading projections", e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| Error::data("projections", e))?;
-        rows.rows::<(String, String, i32, i32)>()
-            .map_err(|e| Error::data("projections", e))?
-            .map(|row| {
-                row.map(record_of)
-                    .map_err(|e| Error::data("projections", e))
-            })
-            .collect()
+        let rows = self
+            .select(
+                &self.projection_statements().select_projections,
+                (service,),
+                "projections",
+            )
+            .await?;
+        Ok(rows.into_iter().map(record_of).collect())
     }
 
     /// Start rebuilding `name` into the generation after `serving`: `Ok(Some(generation))`, or
@@ -273,13 +310,12 @@ impl Store {
     ) -> Result<Option<i32>, Error> {
         let next = serving + 1;
         let result = self
-            .session()
-            .execute_unpaged(
+            .run(
                 &self.projection_statements().start_rebuild,
                 (next, service, name, serving),
+                "starting a projection rebuild",
             )
-            .await
-            .map_err(|e| Error::query("starting a projection rebuild", e))?;
+            .await?;
         Ok(applied(result)?.then_some(next))
     }
 
@@ -291,13 +327,12 @@ impl Store {
         building: i32,
     ) -> Result<bool, Error> {
         let result = self
-            .session()
-            .execute_unpaged(
+            .run(
                 &self.projection_statements().switch,
                 (building, service, name, building),
+                "switching a projection's generation",
             )
-            .await
-            .map_err(|e| Error::query("switching a projection's generation", e))?;
+            .await?;
         applied(result)
     }
 
@@ -313,10 +348,7 @@ impl Store {
             .iter()
             .map(|entity| self.read_projection_row(service, name, generation, entity))
             .collect();
-        let rows: Vec<Option<ProjectionRow>> = stream::iter(reads)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
+        let rows = all(reads).await?;
         Ok(rows
             .into_iter()
             .flatten()
@@ -331,21 +363,17 @@ impl Store {
         generation: i32,
         entity: &str,
     ) -> Result<Option<ProjectionRow>, Error> {
-        let result = self
-            .session()
-            .execute_unpaged(
+        let rows = self
+            .select::<RowTuple>(
                 &self.projection_statements().select_row,
                 (service, name, generation, entity),
+                "projection_rows",
             )
-            .await
-            .map_err(|e| Error::query("reading a projection row", e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| Error::data("projection_rows", e))?;
-        let row = rows
-            .maybe_first_row::<RowTuple>()
-            .map_err(|e| Error::data("projection_rows", e))?;
-        Ok(row.map(|r| row_of(entity.to_string(), r)))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| row_of(entity.to_string(), r)))
     }
 
     /// Write rows of generation `generation`, each with its seq as the write timestamp.
@@ -358,43 +386,29 @@ impl Store {
     ) -> Result<(), Error> {
         let writes: Vec<_> = rows
             .iter()
-            .map(|row| self.write_projection_row(service, name, generation, row))
+            .map(|row| {
+                let (type_url, bytes) = match &row.row {
+                    Some((type_url, bytes)) => (Some(type_url.as_str()), Some(bytes)),
+                    None => (None, None),
+                };
+                self.run(
+                    &self.projection_statements().upsert_row,
+                    (
+                        service,
+                        name,
+                        generation,
+                        &row.entity_id,
+                        row.seq,
+                        type_url,
+                        bytes,
+                        row.row.is_none(),
+                        row.seq,
+                    ),
+                    "writing a projection row",
+                )
+            })
             .collect();
-        stream::iter(writes)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    async fn write_projection_row(
-        &self,
-        service: &str,
-        name: &str,
-        generation: i32,
-        row: &ProjectionRow,
-    ) -> Result<(), Error> {
-        let (type_url, bytes) = match &row.row {
-            Some((type_url, bytes)) => (Some(type_url.as_str()), Some(bytes)),
-            None => (None, None),
-        };
-        self.session()
-            .execute_unpaged(
-                &self.projection_statements().upsert_row,
-                (
-                    service,
-                    name,
-                    generation,
-                    &row.entity_id,
-                    row.seq,
-                    type_url,
-                    bytes,
-                    row.row.is_none(),
-                    row.seq,
-                ),
-            )
-            .await
-            .map_err(|e| Error::query("writing a projection row", e))?;
+        all(writes).await?;
         Ok(())
     }
 
@@ -435,13 +449,19 @@ impl Store {
         partition: i32,
         offset: i64,
     ) -> Result<(), Error> {
-        self.session()
-            .execute_unpaged(
-                &self.projection_statements().upsert_progress,
-                (service, name, generation, partition, offset, offset),
-            )
-            .await
-            .map_err(|e| Error::query("writing projection progress", e))?;
+        self.run(
+            &self.projection_statements().upsert_progress,
+            (
+                service,
+                name,
+                generation,
+                partition,
+                offset,
+                write_timestamp(offset),
+            ),
+            "writing projection progress",
+        )
+        .await?;
         Ok(())
     }
 
@@ -452,21 +472,14 @@ impl Store {
         name: &str,
         generation: i32,
     ) -> Result<BTreeMap<i32, i64>, Error> {
-        let result = self
-            .session()
-            .execute_unpaged(
+        let rows = self
+            .select::<(i32, i64)>(
                 &self.projection_statements().select_progress,
                 (service, name, generation),
+                "projection_progress",
             )
-            .await
-            .map_err(|e| Error::query("reading projection progress", e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| Error::data("projection_progress", e))?;
-        rows.rows::<(i32, i64)>()
-            .map_err(|e| Error::data("projection_progress", e))?
-            .map(|r| r.map_err(|e| Error::data("projection_progress", e)))
-            .collect()
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Park an event (once; a parked event stays as first recorded).
@@ -477,22 +490,21 @@ impl Store {
         generation: i32,
         parked: &Parked,
     ) -> Result<(), Error> {
-        self.session()
-            .execute_unpaged(
-                &self.projection_statements().insert_parked,
-                (
-                    service,
-                    name,
-                    generation,
-                    parked.partition,
-                    parked.offset,
-                    &parked.entity_id,
-                    parked.seq,
-                    &parked.error,
-                ),
-            )
-            .await
-            .map_err(|e| Error::query("parking a projection event", e))?;
+        self.run(
+            &self.projection_statements().insert_parked,
+            (
+                service,
+                name,
+                generation,
+                parked.partition,
+                parked.offset,
+                &parked.entity_id,
+                parked.seq,
+                &parked.error,
+            ),
+            "parking a projection event",
+        )
+        .await?;
         Ok(())
     }
 
@@ -503,76 +515,71 @@ impl Store {
         name: &str,
         generation: i32,
     ) -> Result<Vec<Parked>, Error> {
-        let result = self
-            .session()
-            .execute_unpaged(
+        let rows = self
+            .select::<(i32, i64, String, i64, String, Option<bool>)>(
                 &self.projection_statements().select_parked,
                 (service, name, generation),
+                "projection_parked",
             )
-            .await
-            .map_err(|e| Error::query("reading parked projection events", e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| Error::data("projection_parked", e))?;
-        rows.rows::<(i32, i64, String, i64, String, Option<bool>)>()
-            .map_err(|e| Error::data("projection_parked", e))?
-            .map(|r| {
-                r.map(|(partition, offset, entity_id, seq, error, skip)| Parked {
-                    partition,
-                    offset,
-                    entity_id,
-                    seq,
-                    error,
-                    skip: skip.unwrap_or(false),
-                })
-                .map_err(|e| Error::data("projection_parked", e))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, offset, entity_id, seq, error, skip)| Parked {
+                partition,
+                offset,
+                entity_id,
+                seq,
+                error,
+                skip: skip.unwrap_or(false),
             })
-            .collect()
+            .collect())
     }
 
-    /// Delete generation `generation` of `name` — its rows, progress and parked events — once
-    /// another serves (generations are never reused, and the deletes' timestamps, the current
-    /// time, shadow any late write of the old generation). Returns the rows deleted.
+    /// Delete generation `generation` of `name` — its rows, then its progress and parked events —
+    /// once another serves. Generations are never reused, and the deletes' timestamps (the
+    /// current time) shadow any late row or progress write of the old generation; a late park
+    /// could reappear, unread. Returns the rows deleted.
     pub async fn drop_projection_generation(
         &self,
         service: &str,
         name: &str,
         generation: i32,
     ) -> Result<usize, Error> {
-        let rows = self.scan_projection_rows(service, name, generation).await?;
-        let deletes: Vec<_> = rows
-            .iter()
-            .map(|row| self.delete_projection_row(service, name, generation, &row.entity_id))
-            .collect();
-        stream::iter(deletes)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let s = self.projection_statements();
-        for statement in [&s.delete_progress, &s.delete_parked] {
-            self.session()
-                .execute_unpaged(statement, (service, name, generation))
-                .await
-                .map_err(|e| Error::query("dropping a projection generation", e))?;
-        }
-        Ok(rows.len())
-    }
-
-    async fn delete_projection_row(
-        &self,
-        service: &str,
-        name: &str,
-        generation: i32,
-        entity: &str,
-    ) -> Result<(), Error> {
-        self.session()
-            .execute_unpaged(
-                &self.projection_statements().delete_row,
-                (service, name, generation, entity),
+        // Paged: the scan may be large.
+        let ids: Vec<(String,)> = self
+            .session()
+            .execute_iter(
+                self.projection_statements().select_row_ids.clone(),
+                (service, name, generation),
             )
             .await
-            .map_err(|e| Error::query("deleting a projection row", e))?;
-        Ok(())
+            .map_err(|e| Error::query("scanning projection rows", e))?
+            .rows_stream::<(String,)>()
+            .map_err(|e| Error::data("projection_rows", e))?
+            .map_err(|e| Error::data("projection_rows", e))
+            .try_collect()
+            .await?;
+        let deletes: Vec<_> = ids
+            .iter()
+            .map(|(id,)| {
+                self.run(
+                    &self.projection_statements().delete_row,
+                    (service, name, generation, id.as_str()),
+                    "deleting a projection row",
+                )
+            })
+            .collect();
+        all(deletes).await?;
+        let s = self.projection_statements();
+        for statement in [&s.delete_progress, &s.delete_parked] {
+            self.run(
+                statement,
+                (service, name, generation),
+                "dropping a projection generation",
+            )
+            .await?;
+        }
+        Ok(ids.len())
     }
 
     /// Let the projector pass the parked event at `partition`/`offset`: `false` if there is
@@ -586,13 +593,12 @@ impl Store {
         offset: i64,
     ) -> Result<bool, Error> {
         let result = self
-            .session()
-            .execute_unpaged(
+            .run(
                 &self.projection_statements().skip_parked,
                 (service, name, generation, partition, offset),
+                "skipping a parked projection event",
             )
-            .await
-            .map_err(|e| Error::query("skipping a parked projection event", e))?;
+            .await?;
         applied(result)
     }
 }

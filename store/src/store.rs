@@ -15,7 +15,7 @@ use scylla::value::CqlTimestamp;
 use crate::{CrdtRow, Error, JournalRow, Options, SnapshotRow, ValueRow, migrations};
 
 /// How many batches the store keeps in flight at once.
-const CONCURRENCY: usize = 32;
+pub(crate) const CONCURRENCY: usize = 32;
 
 type JournalTuple = (
     String,
@@ -544,6 +544,6 @@ impl Store {
 
 /// Cassandra write timestamp for data as of a Kafka offset: newer offsets win last-write-wins.
 /// Offset 0 maps to 1 so that even the first record beats a timestamp-less default.
-fn write_timestamp(offset: i64) -> i64 {
+pub(crate) fn write_timestamp(offset: i64) -> i64 {
     offset.saturating_add(1)
 }

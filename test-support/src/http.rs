@@ -92,17 +92,37 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// The sum of the samples of metric `name` (every series starting with it) on the Prometheus
-/// endpoint `GET /metrics` at `addr`; 0 when it does not answer.
-pub fn metric_sum(addr: &str, name: &str) -> f64 {
-    let Ok(answer) = request(addr, "GET", "/metrics", &[], None) else {
-        return 0.0;
-    };
-    answer
-        .body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+/// The samples on the Prometheus endpoint `GET /metrics` at `addr` whose series starts with
+/// `series` — a metric name (exactly that metric: `name` then `{` or a space, not
+/// `name_bucket`), or a name with the start of its labels, e.g.
+/// `statehouse_partition_recoveries_total{cause="fenced"` — as (series, value). `None` when
+/// the endpoint does not answer.
+pub fn metric_samples(addr: &str, series: &str) -> Option<Vec<(String, f64)>> {
+    let answer = request(addr, "GET", "/metrics", &[], None).ok()?;
+    let whole_name = !series.contains('{');
+    Some(
+        answer
+            .body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(series).is_some_and(|rest| {
+                    !whole_name || rest.starts_with('{') || rest.starts_with(' ')
+                })
+            })
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// The sum of [`metric_samples`] of `series` at `addr`; 0 when the endpoint does not answer.
+pub fn metric_sum(addr: &str, series: &str) -> f64 {
+    metric_samples(addr, series)
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, v)| v)
         .sum()
 }
 

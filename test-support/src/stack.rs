@@ -178,23 +178,8 @@ impl Stack {
     /// # Panics
     /// If the metrics endpoint does not answer.
     pub fn metrics(&self, i: usize, series: &str) -> Vec<(String, f64)> {
-        let answer = crate::http::request(
-            &format!("127.0.0.1:{}", self.pods[i].metrics_port),
-            "GET",
-            "/metrics",
-            &[],
-            None,
-        )
-        .expect("scraping the processor's /metrics");
-        answer
-            .body
-            .lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_string(), value.parse().ok()?))
-            })
-            .collect()
+        crate::http::metric_samples(&format!("127.0.0.1:{}", self.pods[i].metrics_port), series)
+            .expect("scraping the processor's /metrics")
     }
 
     /// Wait until pod `i` is ready.

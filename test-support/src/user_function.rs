@@ -269,6 +269,28 @@ fn require_installed(kind: Kind, path: &Path) {
     );
 }
 
+/// The Python of the journal consumer sample's venv (`samples/journal-consumer-python`, built by
+/// the install script): panics, saying how to install it, if it is missing or older than the
+/// sample's requirements.
+pub fn journal_consumer_python() -> PathBuf {
+    let dir = install_dir().join("python");
+    let python = dir.join("consumer-venv").join("bin").join("python");
+    let stamp = dir.join(".consumer-venv-stamp");
+    let requirements = repo_root().join("samples/journal-consumer-python/requirements.txt");
+    let installed = modified(&stamp);
+    assert!(
+        python.is_file() && installed.is_some(),
+        "the journal consumer sample's venv ({}) is not installed: run `{INSTALL_COMMAND}`",
+        python.display()
+    );
+    assert!(
+        modified(&requirements) <= installed,
+        "the journal consumer sample's venv is older than {}: run `{INSTALL_COMMAND}` again",
+        requirements.display()
+    );
+    python
+}
+
 fn require_fresh(kind: Kind, stamp: &Path, inputs: &[PathBuf]) {
     let stamp_time = modified(stamp).unwrap_or_else(|| {
         panic!(

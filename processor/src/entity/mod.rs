@@ -915,6 +915,7 @@ impl<K: Kind> Entity<K> {
                     }
                     then => {
                         let host = Arc::clone(&self.home.host);
+                        let key = command.effects_key(&self.entity.key);
                         tokio::spawn(async move {
                             let outcome = effects::run(
                                 host,
@@ -922,18 +923,14 @@ impl<K: Kind> Entity<K> {
                                 then,
                                 command.hops + 1,
                                 command.deadline,
-                                command.idempotency_key.as_deref(),
+                                key.as_deref(),
                             )
                             .await
-                            .map(|outcome| {
-                                match (&outcome.position, position) {
-                                    // A reply of this entity (after side effects): its position.
-                                    (None, Some(_)) => Outcome {
-                                        position,
-                                        ..outcome
-                                    },
-                                    _ => outcome,
-                                }
+                            .map(|mut outcome| {
+                                // A forward's target may report its own position; otherwise
+                                // (and for this entity's reply) the command's.
+                                outcome.position = outcome.position.or(position);
+                                outcome
                             });
                             let _ = tx.send(outcome);
                         });

@@ -1,16 +1,16 @@
 //! A subscription's member of its consumer group: every processor of the service is one, so the
 //! partitions of the source are spread over them. Each partition's events run one after the
-//! other, in order (so an entity's events arrive in order); partitions run side by side. An
+//! other, in order (so an entity's events arrive in order); partitions run side by side, each
+//! in its lane (`statehouse_kafka::group`: a stuck partition holds back only itself). An
 //! event is done — and the group moves past it — when its command finished, forwards and side
 //! effects included; a failed command is retried with backoff until it goes through (a poison
 //! event holds its partition back and says why, every time). A reply that is a failure counts
 //! as done, as the reference proxy has it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use statehouse_kafka::group::GroupConsumer;
+use statehouse_kafka::group::{GroupConsumer, Item, Lane};
 use statehouse_kafka::reader::Message;
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use tokio::sync::mpsc;
@@ -25,8 +25,6 @@ use crate::eventing::plan::{Source, Subscription};
 use crate::user_function::UserFunction;
 use crate::{Error, action, metrics as m};
 
-/// Events of one partition waiting for their turn.
-const QUEUE: usize = 256;
 /// How long one event's command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,18 +36,13 @@ pub(crate) async fn run(
     sub: Arc<Subscription>,
     shutdown: CancellationToken,
 ) {
-    let (topic, group) = match &sub.source {
-        Source::EventLog(_) => (
-            env.service_topics.journal(),
-            env.service_topics
-                .subscription_group(&sub.consumer_group, &sub.source.label()),
-        ),
-        Source::Topic(topic) => (
-            topic.clone(),
-            env.service_topics
-                .subscription_group(&sub.consumer_group, &sub.source.label()),
-        ),
+    let topic = match &sub.source {
+        Source::EventLog(_) => env.service_topics.journal(),
+        Source::Topic(topic) => topic.clone(),
     };
+    let group = env
+        .service_topics
+        .subscription_group(&sub.consumer_group, &sub.source.label());
     let consumer = loop {
         match GroupConsumer::subscribe(&env.kafka, &group, &[topic.as_str()]) {
             Ok(consumer) => break Arc::new(consumer),
@@ -75,20 +68,14 @@ pub(crate) async fn run(
         consumer: Arc::clone(&consumer),
         shutdown: shutdown.clone(),
     };
-    let mut partitions: HashMap<i32, mpsc::Sender<Message>> = HashMap::new();
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            message = consumer.next() => message,
-        };
-        let queue = partitions.entry(message.partition).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(worker.clone().partition(topic.clone(), rx));
-            tx
-        });
-        if queue.send(message).await.is_err() {
-            break;
-        }
+    let mut tasks = Vec::new();
+    consumer
+        .dispatch(&topic, &shutdown, |lane| {
+            tasks.push(tokio::spawn(worker.clone().partition(topic.clone(), lane)));
+        })
+        .await;
+    for task in tasks {
+        let _ = task.await;
     }
     consumer.commit();
 }
@@ -103,9 +90,18 @@ struct Worker {
 }
 
 impl Worker {
-    /// One partition's events, in order.
-    async fn partition(self, topic: String, mut rx: mpsc::Receiver<Message>) {
-        while let Some(message) = rx.recv().await {
+    /// One partition's events, in order, until the dispatcher or the processor stops.
+    async fn partition(self, topic: String, mut lane: Lane) {
+        loop {
+            let item = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                item = lane.recv() => item,
+            };
+            let message = match item {
+                Some(Item::Record(message)) => message,
+                Some(Item::End { .. }) => continue,
+                None => return,
+            };
             let mut backoff = Duration::from_millis(200);
             loop {
                 match self.handle(&message).await {

@@ -191,14 +191,10 @@ pub(crate) fn payload_of(
             }
             Ok((ce_type.to_string(), data.clone()))
         }
-        "application/json" => Ok((
-            format!("{JSON_TYPE_URL_PREFIX}{ce_type}"),
-            wrap_field_one(data),
-        )),
-        json if json.starts_with("application/") && json.ends_with("+json") => {
-            if json == "application/cloudevents+json" {
-                return Err("structured CloudEvents (application/cloudevents+json) are not supported: send them in binary mode (ce_* headers)".into());
-            }
+        "application/cloudevents+json" => Err("structured CloudEvents (application/cloudevents+json) are not supported: send them in binary mode (ce_* headers)".into()),
+        json if json == "application/json"
+            || (json.starts_with("application/") && json.ends_with("+json")) =>
+        {
             Ok((
                 format!("{JSON_TYPE_URL_PREFIX}{ce_type}"),
                 wrap_field_one(data),

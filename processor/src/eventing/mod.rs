@@ -2,8 +2,10 @@
 //! and replies published to a topic.
 //!
 //! * [`plan`] — what the `(cloudstate.eventing)` options ask for, validated.
-//! * [`event`] — an event as a command: the CloudEvent metadata, the payload, the
-//!   deterministic idempotency key.
+//! * [`event`] — a journal event or a topic record as a command: the CloudEvent metadata, the
+//!   payload (by content type for topics), the deterministic idempotency key.
+//! * [`output`] — a reply as a record of the method's `out` topic (a CloudEvent in Kafka's
+//!   binary mode): entities add it to their command's writes, actions publish it.
 //! * [`consumer`] — a subscription's consumer-group member: events in partition order, each a
 //!   command run to its end (forwards and side effects included) before the group moves past
 //!   it.

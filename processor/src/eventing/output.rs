@@ -46,13 +46,13 @@ pub(crate) struct Origin {
     pub(crate) id: String,
     /// `ce-subject` unless the reply sets one (the entity id of an entity's command).
     pub(crate) subject: Option<String>,
-    /// The record key: the entity id, or empty (spread by Kafka).
-    pub(crate) key: Bytes,
+    /// The record key: the entity id, or none (spread by Kafka's partitioner).
+    pub(crate) key: Option<Bytes>,
 }
 
 /// The output record of `reply` (`None`: nothing to publish — forwards, failures and replies
 /// without a message publish nothing).
-pub(crate) fn record(origin: &Origin, reply: &Reply) -> Option<Output> {
+pub(crate) fn record(origin: Origin, reply: &Reply) -> Option<Output> {
     let Reply::Message {
         payload,
         type_url,
@@ -78,14 +78,14 @@ pub(crate) fn record(origin: &Origin, reply: &Reply) -> Option<Output> {
             (name.to_string(), "application/protobuf", payload.clone())
         };
     let mut headers: Vec<(&'static str, Bytes)> = vec![
-        (ID, Bytes::from(origin.id.clone())),
-        (SOURCE, Bytes::from(origin.source.clone())),
+        (ID, Bytes::from(origin.id)),
+        (SOURCE, Bytes::from(origin.source)),
         (SPECVERSION, Bytes::from_static(b"1.0")),
         (TYPE, Bytes::from(ce_type)),
         (CONTENT_TYPE, Bytes::from_static(content_type.as_bytes())),
     ];
-    if let Some(subject) = &origin.subject {
-        headers.push((SUBJECT, Bytes::from(subject.clone())));
+    if let Some(subject) = origin.subject {
+        headers.push((SUBJECT, Bytes::from(subject)));
     }
     for entry in metadata.iter().flat_map(|m| &m.entries) {
         let Some(cs::metadata_entry::Value::StringValue(value)) = &entry.value else {
@@ -109,8 +109,8 @@ pub(crate) fn record(origin: &Origin, reply: &Reply) -> Option<Output> {
         }
     }
     Some(Output {
-        topic: Arc::clone(&origin.topic),
-        key: origin.key.clone(),
+        topic: origin.topic,
+        key: origin.key,
         value: data,
         headers,
     })
@@ -175,7 +175,7 @@ mod tests {
             source: "shop.Cart".into(),
             id: "cmd-1".into(),
             subject: Some("cart-7".into()),
-            key: Bytes::from_static(b"cart-7"),
+            key: Some(Bytes::from_static(b"cart-7")),
         }
     }
 
@@ -202,7 +202,7 @@ mod tests {
             Bytes::from_static(b"\x0a\x03abc"),
             vec![],
         );
-        let out = record(&origin(), &reply).expect("published");
+        let out = record(origin(), &reply).expect("published");
         assert_eq!(&out.value[..], b"\x0a\x03abc");
         assert_eq!(header(&out, ID), Some(&b"cmd-1"[..]));
         assert_eq!(header(&out, SOURCE), Some(&b"shop.Cart"[..]));
@@ -213,23 +213,20 @@ mod tests {
             Some(&b"application/protobuf"[..])
         );
         assert_eq!(header(&out, SUBJECT), Some(&b"cart-7"[..]));
-        assert_eq!(&out.key[..], b"cart-7");
+        assert_eq!(out.key.as_deref(), Some(&b"cart-7"[..]));
     }
 
     #[test]
     fn json_and_primitives_are_unwrapped() {
         let json = wrap_field_one(br#"{"a":1}"#);
-        let out = record(
-            &origin(),
-            &message("json.cloudstate.io/Thing", json, vec![]),
-        )
-        .expect("published");
+        let out = record(origin(), &message("json.cloudstate.io/Thing", json, vec![]))
+            .expect("published");
         assert_eq!(&out.value[..], br#"{"a":1}"#);
         assert_eq!(header(&out, TYPE), Some(&b"Thing"[..]));
         assert_eq!(header(&out, CONTENT_TYPE), Some(&b"application/json"[..]));
         let text = wrap_field_one(b"hello");
         let out =
-            record(&origin(), &message("p.cloudstate.io/string", text, vec![])).expect("published");
+            record(origin(), &message("p.cloudstate.io/string", text, vec![])).expect("published");
         assert_eq!(&out.value[..], b"hello");
         assert_eq!(
             header(&out, CONTENT_TYPE),
@@ -250,7 +247,7 @@ mod tests {
                 ("x-other", "ignored"),
             ],
         );
-        let out = record(&origin(), &reply).expect("published");
+        let out = record(origin(), &reply).expect("published");
         assert_eq!(header(&out, ID), Some(&b"in-42"[..]));
         assert_eq!(
             header(&out, CONTENT_TYPE),
@@ -262,8 +259,8 @@ mod tests {
 
     #[test]
     fn nothing_is_published_for_failures_and_empty_replies() {
-        assert_eq!(record(&origin(), &Reply::Empty), None);
-        assert_eq!(record(&origin(), &Reply::failure("no")), None);
+        assert_eq!(record(origin(), &Reply::Empty), None);
+        assert_eq!(record(origin(), &Reply::failure("no")), None);
     }
 
     #[test]

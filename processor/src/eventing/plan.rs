@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use statehouse_runtime::method_index::{MethodIndex, MethodInfo};
+use statehouse_runtime::method_index::{EntityKind, MethodIndex, MethodInfo};
 use statehouse_schemas::cloudstate::{event_destination, event_source};
 
 /// The input type of a method that takes events of any type.
@@ -73,12 +73,12 @@ impl Subscription {
     }
 }
 
-/// What the options ask for: the consumers, and the methods with an `out` topic.
+/// What the options ask for: the consumers, and the topics methods publish to.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub(crate) subscriptions: Vec<Subscription>,
-    /// Method path → its output topic.
-    pub(crate) outputs: BTreeMap<String, String>,
+    /// The `out` topics.
+    pub(crate) outputs: BTreeSet<String>,
 }
 
 impl Plan {
@@ -88,7 +88,7 @@ impl Plan {
             Source::Topic(topic) => Some(topic.clone()),
             Source::EventLog(_) => None,
         });
-        let all: BTreeSet<String> = inputs.chain(self.outputs.values().cloned()).collect();
+        let all: BTreeSet<String> = inputs.chain(self.outputs.iter().cloned()).collect();
         all.into_iter().collect()
     }
 }
@@ -119,11 +119,24 @@ pub(crate) fn plan(index: &MethodIndex, journals: &BTreeSet<String>) -> Result<P
                     "Endpoint [{full_name}] has the same input topic as output topic [{topic}], this is not allowed."
                 ));
             }
-            plan.outputs.insert(method.path.clone(), topic.clone());
+            plan.outputs.insert(topic.clone());
         }
         let Some(source) = &eventing.r#in else {
             continue;
         };
+        // An event is one message: the subscriber takes it unary, or (an action) answers it
+        // with a stream.
+        let is_action = method.entity.kind() == Some(EntityKind::Action);
+        if method.client_streaming || (method.server_streaming && !is_action) {
+            return Err(format!(
+                "Eventing consumer [{full_name}] streams its input{}: a subscriber takes one event per call (a unary method, or a server-streaming action method).",
+                if method.client_streaming {
+                    ""
+                } else {
+                    " from an entity"
+                }
+            ));
+        }
         let source_kind = match &source.source {
             None => {
                 return Err(format!(

@@ -70,7 +70,7 @@ impl Kind for EventSourced {
     type In = EventSourcedStreamIn;
     type Out = EventSourcedStreamOut;
     type Loaded = Loaded;
-    crate::journaled_kind!();
+    crate::kinds::journaled::journaled_kind!();
 
     const TERMINATED: &'static str = "Unexpected entity termination";
 

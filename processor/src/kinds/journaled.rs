@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use statehouse_core::ids::journal_key;
 use statehouse_schemas::cloudstate as cs;
 use tracing::warn;
 
@@ -66,8 +67,8 @@ pub(crate) struct InFlight {
     pub(crate) id: i64,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) traceparent: Option<String>,
-    /// The method's eventing output topic and its service, if it has one.
-    pub(crate) out: Option<(Arc<str>, String)>,
+    /// The method's eventing output topic, if it has one.
+    pub(crate) out: Option<Arc<str>>,
 }
 
 impl InFlight {
@@ -76,7 +77,7 @@ impl InFlight {
             id,
             idempotency_key: command.idempotency_key.clone(),
             traceparent: command.traceparent.clone(),
-            out: output::topic_of(command).map(|t| (t, command.method.service.clone())),
+            out: output::topic_of(command),
         }
     }
 }
@@ -85,7 +86,7 @@ impl InFlight {
 /// commits in the same transaction as the entity's records, or not at all. Its `ce-id` is the
 /// command's idempotency key, else the key of the last record written, else a new command id.
 fn add_output(entity: &EntityRef, in_flight: &InFlight, step: &mut Step, stamp: &Stamp<'_>) {
-    let (Some((topic, service)), Step::Done { writes, then, .. }) = (&in_flight.out, step) else {
+    let (Some(topic), Step::Done { writes, then, .. }) = (&in_flight.out, step) else {
         return;
     };
     let Then::Reply(reply) = then else {
@@ -93,17 +94,17 @@ fn add_output(entity: &EntityRef, in_flight: &InFlight, step: &mut Step, stamp: 
     };
     let id = match (&in_flight.idempotency_key, writes.last()) {
         (Some(key), _) => key.clone(),
-        (None, Some(last)) => format!("{}#{}", last.entity_key(), last.seq()),
+        (None, Some(last)) => journal_key(&entity.key, last.seq() as u64),
         (None, None) => stamp.command_id(),
     };
     let origin = output::Origin {
         topic: Arc::clone(topic),
-        source: service.clone(),
+        source: entity.info.service_name.clone(),
         id,
         subject: Some(entity.id.clone()),
-        key: Bytes::from(entity.id.clone()),
+        key: Some(Bytes::from(entity.id.clone())),
     };
-    if let Some(record) = output::record(&origin, reply) {
+    if let Some(record) = output::record(origin, reply) {
         writes.push(Written::Output(record));
     }
 }
@@ -222,7 +223,7 @@ impl Serial {
 }
 
 /// What a one-at-a-time kind says of its own protocol; the rest of its [`Kind`] comes from
-/// [`journaled_kind!`](crate::journaled_kind).
+/// [`journaled_kind!`].
 pub(crate) trait Journaled: Kind<Ctx = Journal, Write = Vec<Written>> {
     fn serial(&mut self) -> &mut Serial;
 
@@ -280,7 +281,6 @@ pub(crate) fn written<K: Journaled>(
 
 /// The [`Kind`] items every one-at-a-time kind shares (a [`Journaled`] kind's context, writes,
 /// inputs, mailbox gate, commands, messages and write outcomes).
-#[macro_export]
 macro_rules! journaled_kind {
     () => {
         type Ctx = $crate::journal::Journal;
@@ -342,3 +342,4 @@ macro_rules! journaled_kind {
         }
     };
 }
+pub(crate) use journaled_kind;

@@ -58,7 +58,7 @@ impl Kind for Value {
     type In = ValueEntityStreamIn;
     type Out = ValueEntityStreamOut;
     type Loaded = Loaded;
-    crate::journaled_kind!();
+    crate::kinds::journaled::journaled_kind!();
 
     const TERMINATED: &'static str = "Unexpected Value entity termination";
 

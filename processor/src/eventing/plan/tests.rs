@@ -51,6 +51,10 @@ struct Method {
     output_type: String,
     #[prost(message, optional, tag = "4")]
     options: Option<Options>,
+    #[prost(bool, tag = "5")]
+    client_streaming: bool,
+    #[prost(bool, tag = "6")]
+    server_streaming: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,7 +132,8 @@ fn topic(input: Option<&str>, output: Option<&str>) -> Eventing {
 }
 
 /// An index of `t.Events` (event-sourced, persistence id `things`) and the action `t.Sub`
-/// with `methods`: (name, input type, eventing option).
+/// with `methods`: (name, input type, eventing option); a name starting with `StreamedIn` /
+/// `StreamedOut` streams from the client / to it.
 fn index(methods: &[(&str, &str, Option<Eventing>)]) -> MethodIndex {
     let file = File {
         name: "t.proto".into(),
@@ -143,6 +148,8 @@ fn index(methods: &[(&str, &str, Option<Eventing>)]) -> MethodIndex {
                     input_type: ".t.A".into(),
                     output_type: ".t.R".into(),
                     options: None,
+                    client_streaming: false,
+                    server_streaming: false,
                 }],
             },
             Service {
@@ -156,6 +163,8 @@ fn index(methods: &[(&str, &str, Option<Eventing>)]) -> MethodIndex {
                         options: eventing.as_ref().map(|e| Options {
                             eventing: e.encode_to_vec(),
                         }),
+                        client_streaming: name.starts_with("StreamedIn"),
+                        server_streaming: name.starts_with("StreamedOut"),
                     })
                     .collect(),
             },
@@ -260,9 +269,19 @@ fn invalid_combinations_are_refused_with_the_reference_texts() {
         &journals(),
     )
     .unwrap();
-    assert_eq!(
-        plan.outputs.get("/t.Sub/Pipe").map(String::as_str),
-        Some("out")
-    );
+    assert!(plan.outputs.contains("out"), "{plan:?}");
+    assert_eq!(plan.topics(), ["in", "out"]);
     assert_eq!(plan.subscriptions[0].source, Source::Topic("in".into()));
+    // An event is one message: a client-streaming subscriber is refused, a server-streaming
+    // action is fine.
+    assert_eq!(
+        err(&[("StreamedInA", ".t.A", Some(log("things", "")))]),
+        "Eventing consumer [t.Sub.StreamedInA] streams its input: a subscriber takes one event per call (a unary method, or a server-streaming action method)."
+    );
+    let streamed = super::plan(
+        &index(&[("StreamedOutA", ".t.A", Some(log("things", "")))]),
+        &journals(),
+    )
+    .unwrap();
+    assert_eq!(streamed.subscriptions.len(), 1);
 }
