@@ -150,8 +150,14 @@ fn load(cli: &Cli, role: Role) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(
+    options: &statehouse_runtime::config::RuntimeOptions,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if options.worker_threads > 0 {
+        builder.worker_threads(options.worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -177,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli, Role::Admin)?;
             let _telemetry = statehouse_runtime::telemetry::init(&config.telemetry, "admin")
                 .map_err(anyhow::Error::msg)?;
-            runtime()?.block_on(admin(command, &config))
+            runtime(&config.runtime)?.block_on(admin(command, &config))
         }
     }
 }
@@ -192,7 +198,7 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
     let _telemetry =
         statehouse_runtime::telemetry::init(&config.telemetry, name).map_err(anyhow::Error::msg)?;
     tracing::info!(role = name, config = %config.masked_toml(), "starting");
-    runtime()?.block_on(async move {
+    runtime(&config.runtime)?.block_on(async move {
         let shutdown = statehouse_runtime::shutdown::on_signals();
         match role {
             Role::Processor => statehouse_processor::run(config, shutdown)

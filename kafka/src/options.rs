@@ -45,6 +45,13 @@ pub struct WriterOptions {
     /// appends that arrive while the previous transaction commits. A few ms trade latency for
     /// larger transactions.
     pub linger_ms: u64,
+    /// The linger while the writer is busy, ms: when the previous transaction carried the
+    /// appends of more than one caller (commands arrive concurrently), the next one waits this
+    /// long for company (at least `linger-ms`). A lone caller never waits for it, so the
+    /// latency at low load stays that of `linger-ms`; under load, transactions grow and Kafka's
+    /// fixed cost per transaction is shared by more commands (`docs/benchmarks.md`). 0 turns it
+    /// off.
+    pub busy_linger_ms: u64,
     /// Most records in one transaction.
     pub max_records: usize,
     /// Most payload bytes (keys + values + headers) in one transaction.
@@ -74,6 +81,7 @@ impl Default for WriterOptions {
     fn default() -> Self {
         Self {
             linger_ms: 0,
+            busy_linger_ms: 1,
             max_records: 2_000,
             max_bytes: 4 * 1024 * 1024,
             queue_capacity: 8_192,
@@ -155,10 +163,10 @@ impl Options {
                 "kafka.writer.max-records, max-bytes and queue-capacity must be positive".into(),
             );
         }
-        if w.linger_ms > 1_000 {
+        if w.linger_ms > 1_000 || w.busy_linger_ms > 1_000 {
             return bad(format!(
-                "kafka.writer.linger-ms {} is above 1000; it delays every reply",
-                w.linger_ms
+                "kafka.writer.linger-ms {} or busy-linger-ms {} is above 1000; it delays every reply",
+                w.linger_ms, w.busy_linger_ms
             ));
         }
         for key in self.librdkafka.keys() {

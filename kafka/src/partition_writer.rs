@@ -7,10 +7,13 @@
 //! never commit again. Callers [`Handle::append`] groups of records (the events of one command,
 //! which may go to the journal and the values topic of the same partition, and records of
 //! other topics placed by their key — eventing outputs — that must commit with them); the
-//! writer gathers
-//! the appends of many callers into one transaction — bounded by a linger, a record count and a
-//! byte count — and answers every caller only after that transaction committed. While one
-//! transaction commits, the next batch fills (pipelining).
+//! writer gathers the appends of many callers into one transaction — bounded by a linger, a
+//! record count and a byte count — and answers every caller only after that transaction
+//! committed. While one transaction commits, the next batch fills (pipelining). The linger
+//! adapts: a writer whose last transaction served one caller starts the next at once
+//! (`linger-ms`, 0 by default: low latency at low load); one whose last transaction served
+//! several waits `busy-linger-ms` for company, so that under load Kafka's fixed cost per
+//! transaction is shared by more commands.
 //!
 //! Failure handling, per librdkafka's transactional API and its missing KIP-890:
 //! * abortable error → the transaction is aborted, its callers get [`Error::Aborted`]; the
@@ -397,7 +400,10 @@ impl<M: Send + Sync + 'static> Writer<M> {
 
     async fn run(mut self) {
         let limits = self.options.writer.clone();
-        let linger = Duration::from_millis(limits.linger_ms);
+        let idle_linger = Duration::from_millis(limits.linger_ms);
+        let busy_linger = Duration::from_millis(limits.busy_linger_ms.max(limits.linger_ms));
+        // Whether the last transaction carried more than one caller's appends.
+        let mut busy = false;
         let mut pending: Vec<Append<M>> = Vec::new();
         let (mut pending_records, mut pending_bytes) = (0usize, 0usize);
         let mut first_at: Option<Instant> = None;
@@ -406,6 +412,7 @@ impl<M: Send + Sync + 'static> Writer<M> {
         let mut input_done = false;
 
         loop {
+            let linger = if busy { busy_linger } else { idle_linger };
             let room = pending_records < limits.max_records && pending_bytes < limits.max_bytes;
             let linger_at = first_at.map(|t| tokio::time::Instant::from_std(t + linger));
             tokio::select! {
@@ -437,6 +444,7 @@ impl<M: Send + Sync + 'static> Writer<M> {
                 first_at.is_some_and(|t| t.elapsed() >= linger) || !room || closing || input_done;
             if inflight.is_none() && !pending.is_empty() && due {
                 let batch = std::mem::take(&mut pending);
+                busy = batch.len() > 1;
                 pending_records = 0;
                 pending_bytes = 0;
                 first_at = None;
@@ -597,11 +605,9 @@ async fn commit<M>(
     timeout: Duration,
 ) -> (Vec<Append<M>>, Outcome) {
     let started = Instant::now();
-    let p = Arc::clone(&producer);
-    if let Err(e) = tokio::task::spawn_blocking(move || p.begin_transaction())
-        .await
-        .expect("begin task panicked")
-    {
+    // Beginning is local to the producer (no request goes out before the first record), so it
+    // runs here rather than costing a hand-off to a blocking thread.
+    if let Err(e) = producer.begin_transaction() {
         let outcome = classify(&producer, e, timeout).await;
         return (batch, outcome);
     }
@@ -651,22 +657,37 @@ async fn commit<M>(
         }
         offsets.push(these);
     }
-    // A delivery report resolves its future a moment before librdkafka forgets the message;
-    // wait (bounded) until nothing is in flight so that the flush inside the commit is free.
-    let settle = Instant::now();
-    while producer.in_flight_count() > 0 && settle.elapsed() < Duration::from_millis(50) {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
     let p = Arc::clone(&producer);
-    let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
-        .await
-        .expect("commit task panicked");
+    let committed = tokio::task::spawn_blocking(move || {
+        settle_in_flight(&p);
+        p.commit_transaction(timeout)
+    })
+    .await
+    .expect("commit task panicked");
     if let Err(e) = committed {
         let outcome = classify(&producer, e, timeout).await;
         return (batch, outcome);
     }
     metrics::histogram!(m::WRITER_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
     (batch, Outcome::Committed(offsets))
+}
+
+/// A delivery report resolves its future a moment before librdkafka forgets the message; wait
+/// (bounded) until nothing is in flight, so that the flush inside the commit is free. Usually a
+/// few microseconds: yield first, then sleep in short slices — on the blocking thread that
+/// commits next, not with the async timer (whose 1 ms ticks would add a millisecond to every
+/// transaction).
+fn settle_in_flight(producer: &FutureProducer) {
+    let started = Instant::now();
+    let mut spins = 0u32;
+    while producer.in_flight_count() > 0 && started.elapsed() < Duration::from_millis(50) {
+        if spins < 64 {
+            spins += 1;
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
 }
 
 /// Turn a transactional error into an outcome, aborting where the API asks for it.

@@ -9,6 +9,9 @@
 //! * [`Variant::Memory`]: a mutex-guarded map, for tests of the load generator.
 //!
 //! The cart is stored as one row per entity: the encoded `Cart` message and a version.
+//! Statements run at `LOCAL_QUORUM`, the compare-and-set at `LOCAL_SERIAL`; which Paxos
+//! implementation serves it (`paxos_variant` v1 or v2) is the node's setting, which
+//! `cargo xtask bench` sets to v2 and reports.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,8 +22,8 @@ use prost::Message;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use statehouse_schemas::shoppingcart::shopping_cart_server::{ShoppingCart, ShoppingCartServer};
 use statehouse_schemas::shoppingcart::{
@@ -113,8 +116,11 @@ impl Baseline {
                     "keyspace {:?} must be letters, digits and _",
                     options.keyspace
                 );
+                // Reads and writes at LOCAL_QUORUM; the compare-and-set's Paxos rounds at
+                // LOCAL_SERIAL (one data centre: linearizable, without cross-DC round trips).
                 let profile = ExecutionProfile::builder()
                     .consistency(Consistency::LocalQuorum)
+                    .serial_consistency(Some(SerialConsistency::LocalSerial))
                     .request_timeout(Some(Duration::from_secs(10)))
                     .build();
                 let session = SessionBuilder::new()

@@ -7,6 +7,14 @@
 //! (up to `max-records`/`max-bytes`), like the writer with `linger-ms = 0`. As in the writer,
 //! every delivery is awaited and the producer's in-flight count drained before
 //! `commit_transaction`, whose internal flush otherwise polls in 100 ms slices.
+//!
+//! The natural batch depends on how fast commits are, so comparing Statehouse with the floor
+//! mixes two effects: per-record cost and batching. [`batch_sweep`] separates them: with
+//! `batch_records = k` every transaction holds exactly k records (enough clients keep k queued),
+//! and [`at_batch`] interpolates the floor at Statehouse's own records per transaction.
+//!
+//! The floor's record values are as large as Statehouse's journal records;
+//! [`journal_record_sizes`] reads a journal topic back to measure them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +47,10 @@ pub struct Options {
     pub value_bytes: usize,
     pub max_records: usize,
     pub max_bytes: usize,
+    /// Exactly this many records per transaction (the writer waits for them), instead of
+    /// whatever queued while the previous transaction committed.
+    #[serde(default)]
+    pub batch_records: Option<usize>,
     pub progress: bool,
 }
 
@@ -60,6 +72,11 @@ pub struct Outcome {
     pub failed_transactions: u64,
     pub loader_cpu_s: f64,
     pub loader_peak_rss_kib: u64,
+    /// The fixed batch size of a [`batch_sweep`] point.
+    #[serde(default)]
+    pub fixed_batch: Option<usize>,
+    #[serde(default)]
+    pub clients: usize,
 }
 
 /// Options and outcome.
@@ -67,6 +84,123 @@ pub struct Outcome {
 pub struct Result {
     pub options: Options,
     pub outcome: Outcome,
+    /// One point per fixed batch size (see [`batch_sweep`]).
+    #[serde(default)]
+    pub batch_sweep: Vec<Outcome>,
+}
+
+/// The records of a journal topic, measured.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RecordSizes {
+    pub records: u64,
+    pub mean_value_bytes: f64,
+    pub mean_key_bytes: f64,
+    /// Key, value, header keys and values.
+    pub mean_record_bytes: f64,
+}
+
+/// Read up to `max` committed records of every partition of `topic` from the start (no
+/// consumer group) and average their sizes; `None` if the topic holds none.
+pub async fn journal_record_sizes(
+    bootstrap_servers: &str,
+    topic: &str,
+    max: u64,
+) -> anyhow::Result<Option<RecordSizes>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let kafka = statehouse_kafka::Options {
+        bootstrap_servers: bootstrap_servers.to_string(),
+        ..statehouse_kafka::Options::default()
+    };
+    let consumer: StreamConsumer = kafka
+        .consumer_config(&format!("statehouse-loadtest-sizes-{topic}"))
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, i32::try_from(p)?, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let (mut n, mut values, mut keys, mut all) = (0u64, 0usize, 0usize, 0usize);
+    // Until `max` records, or until nothing more arrives for a second.
+    while n < max {
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            break;
+        };
+        let message = message?;
+        let (key, value) = (
+            message.key().map_or(0, <[u8]>::len),
+            message.payload().map_or(0, <[u8]>::len),
+        );
+        let headers: usize = message.headers().map_or(0, |h| {
+            h.iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
+        n += 1;
+        values += value;
+        keys += key;
+        all += key + value + headers;
+    }
+    Ok((n > 0).then(|| RecordSizes {
+        records: n,
+        mean_value_bytes: values as f64 / n as f64,
+        mean_key_bytes: keys as f64 / n as f64,
+        mean_record_bytes: all as f64 / n as f64,
+    }))
+}
+
+/// Clients for transactions of exactly `k` records: two full batches queued per partition, so
+/// the next batch is ready when a commit ends (and never fewer than `clients`).
+pub fn clients_for_batch(k: usize, partitions: u32, clients: usize) -> usize {
+    (2 * k * partitions.max(1) as usize).max(clients)
+}
+
+/// Run the floor at exactly `k` records per transaction, for each `k` (closed loop, each point
+/// `duration_s` after a 1 s warm-up), on `o`'s topic.
+pub async fn batch_sweep(
+    o: &Options,
+    ks: &[usize],
+    duration_s: f64,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut points = Vec::new();
+    for &k in ks {
+        let point = Options {
+            batch_records: Some(k.max(1)),
+            clients: clients_for_batch(k, o.partitions, o.clients),
+            warmup_s: 1.0,
+            duration_s,
+            ..o.clone()
+        };
+        points.push(run(&point).await?.outcome);
+    }
+    Ok(points)
+}
+
+/// Records/s of the floor at `batch` records per transaction, linearly interpolated between the
+/// two sweep points around it (`points`: batch size, records/s). Outside the swept range it is
+/// the nearest end point, and the flag says so.
+pub fn at_batch(points: &[(f64, f64)], batch: f64) -> Option<(f64, bool)> {
+    let mut p: Vec<(f64, f64)> = points.iter().copied().filter(|(b, _)| *b > 0.0).collect();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (*p.first()?, *p.last()?);
+    if batch <= first.0 {
+        return Some((first.1, batch < first.0));
+    }
+    if batch >= last.0 {
+        return Some((last.1, batch > last.0));
+    }
+    let i = p.partition_point(|(b, _)| *b <= batch);
+    let ((b0, r0), (b1, r1)) = (p[i - 1], p[i]);
+    Some((r0 + (r1 - r0) * (batch - b0) / (b1 - b0), false))
 }
 
 struct Command {
@@ -121,8 +255,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         + EVENT_TYPE.len();
     let totals = Arc::new(Mutex::new(Totals::default()));
     let commits = Arc::new(Mutex::new(histogram()));
-    let mut senders = Vec::new();
-    let mut writers = Vec::new();
+    let mut producers = Vec::new();
     for p in 0..o.partitions {
         let producer: FutureProducer = kafka
             .transactional_producer_config(&format!("{}.p{p}", o.topic))
@@ -131,24 +264,33 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         let pr = Arc::clone(&producer);
         tokio::task::spawn_blocking(move || pr.init_transactions(Duration::from_secs(30)))
             .await??;
-        let (tx, rx) = mpsc::channel::<Command>(o.max_records.max(1) * 2);
+        producers.push(producer);
+    }
+    // The clock starts once every producer is ready.
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(o.warmup_s);
+    let end = measure_from + Duration::from_secs_f64(o.duration_s);
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for (p, producer) in producers.into_iter().enumerate() {
+        let queue = o.max_records.max(o.batch_records.unwrap_or(1)).max(1) * 2;
+        let (tx, rx) = mpsc::channel::<Command>(queue);
         senders.push(tx);
         writers.push(tokio::spawn(writer(
             producer,
             o.topic.clone(),
-            p as i32,
+            i32::try_from(p)?,
             rx,
             value.clone(),
             o.max_records.max(1),
             o.max_bytes.max(1),
+            o.batch_records,
+            end,
             Arc::clone(&totals),
             Arc::clone(&commits),
         )));
     }
 
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(o.warmup_s);
-    let end = measure_from + Duration::from_secs_f64(o.duration_s);
     let latencies = Arc::new(Mutex::new(histogram()));
     let measured = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients: Vec<_> = (0..o.clients.max(1))
@@ -189,6 +331,11 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
             break (t.transactions, t.records);
         }
     };
+    tokio::time::sleep_until(end.into()).await;
+    let end_totals = {
+        let t = totals.lock().expect("lock");
+        (t.transactions, t.records)
+    };
     for c in clients {
         let _ = c.await;
     }
@@ -197,8 +344,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         let _ = w.await;
     }
     let t = totals.lock().expect("lock");
-    let transactions = t.transactions - warm_totals.0;
-    let records = t.records - warm_totals.1;
+    let transactions = end_totals.0 - warm_totals.0;
+    let records = end_totals.1 - warm_totals.1;
     let measured = measured.load(std::sync::atomic::Ordering::Relaxed);
     let (loader_cpu_s, loader_peak_rss_kib) = crate::self_usage();
     let outcome = Outcome {
@@ -213,6 +360,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         failed_transactions: t.failed,
         loader_cpu_s,
         loader_peak_rss_kib,
+        fixed_batch: o.batch_records,
+        clients: o.clients,
     };
     if o.progress {
         eprintln!(
@@ -223,6 +372,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
     Ok(Result {
         options: o.clone(),
         outcome,
+        batch_sweep: Vec::new(),
     })
 }
 
@@ -235,20 +385,38 @@ async fn writer(
     value: Vec<u8>,
     max_records: usize,
     max_bytes: usize,
+    fixed: Option<usize>,
+    end: Instant,
     totals: Arc<Mutex<Totals>>,
     commits: Arc<Mutex<Histogram<u64>>>,
 ) {
     while let Some(first) = rx.recv().await {
-        // The batch is what queued while the previous transaction committed.
         let mut bytes = first.key.len() * 2 + value.len();
         let mut batch = vec![first];
-        while batch.len() < max_records && bytes < max_bytes {
-            match rx.try_recv() {
-                Ok(c) => {
-                    bytes += c.key.len() * 2 + value.len();
-                    batch.push(c);
+        match fixed {
+            // Exactly k records; after the end a partial batch lets the last clients finish.
+            Some(k) => {
+                while batch.len() < k {
+                    tokio::select! {
+                        c = rx.recv() => match c {
+                            Some(c) => batch.push(c),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(end.into()) => break,
+                    }
                 }
-                Err(_) => break,
+            }
+            // The batch is what queued while the previous transaction committed.
+            None => {
+                while batch.len() < max_records && bytes < max_bytes {
+                    match rx.try_recv() {
+                        Ok(c) => {
+                            bytes += c.key.len() * 2 + value.len();
+                            batch.push(c);
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let started = Instant::now();
@@ -258,10 +426,12 @@ async fn writer(
             if ok {
                 t.transactions += 1;
                 t.records += batch.len() as u64;
-                commits
-                    .lock()
-                    .expect("lock")
-                    .saturating_record((started.elapsed().as_micros() as u64).max(1));
+                if started < end {
+                    commits
+                        .lock()
+                        .expect("lock")
+                        .saturating_record((started.elapsed().as_micros() as u64).max(1));
+                }
             } else {
                 t.failed += 1;
             }

@@ -11,16 +11,21 @@
 //! * [`baseline`]: the stateless gRPC service doing read → modify → write on Cassandra per
 //!   request (plain writes or lightweight transactions), or in memory for tests.
 //! * [`floor`]: raw Kafka transactional produce batched like the partition writer.
-//! * [`report`]: JSON, Markdown and the latency-vs-throughput SVG.
+//! * [`lifecycle`]: activating many entities, and the takeover time after a processor kill.
+//! * [`usage`]: CPU of every process and the processor's records per transaction, per step.
+//! * [`report`]: JSON, Markdown and the latency-vs-throughput SVG; [`report::Rounds`] combines
+//!   several rounds of one bench into medians and spreads.
 
 pub mod baseline;
 pub mod driver;
 pub mod floor;
 pub mod keys;
 pub mod kinds;
+pub mod lifecycle;
 pub mod report;
 pub mod scenario;
 pub mod sweep;
+pub mod usage;
 
 /// A small, fast, seedable pseudo-random generator (SplitMix64): load generation needs
 /// reproducible streams, not cryptography.
@@ -53,17 +58,7 @@ impl Rng {
 
 /// CPU seconds (user + system) and peak RSS (KiB) of this process, from `/proc/self`.
 pub fn self_usage() -> (f64, u64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which is in parentheses and may hold spaces).
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0);
+    let cpu = usage::cpu_seconds("self").unwrap_or(0.0);
     let hwm = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

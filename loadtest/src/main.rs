@@ -5,7 +5,11 @@
 //!   Markdown (+ SVG).
 //! * `baseline-server`: the stateless read → modify → write service on Cassandra.
 //! * `floor`: raw Kafka transactional produce, batched like the partition writer.
-//! * `report`: combine the results of one bench run (what `cargo xtask bench` calls).
+//! * `report`: combine the results of one bench round (what `cargo xtask bench` calls).
+//! * `rounds`: combine the rounds of one bench into medians and spreads.
+//! * `record-sizes`: the mean size of a journal topic's records (the floor's record size).
+//! * `activate`, `takeover`: entity lifecycle measurements (memory per entity, recovery,
+//!   takeover after a kill), for `cargo xtask bench memory`.
 //! * `latency`: one client, sequential `AddItem` and `GetCart` (`--api kinds`: a value-entity
 //!   update and a unary action of the Go TCK user function).
 
@@ -16,9 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use statehouse_loadtest::driver::Target;
 use statehouse_loadtest::keys::Distribution;
-use statehouse_loadtest::report::{self, Bench, Machine, ProcessStat};
-use statehouse_loadtest::{baseline, floor, sweep};
+use statehouse_loadtest::report::{self, Bench, Machine, ProcessStat, Rounds};
+use statehouse_loadtest::scenario::Op;
+use statehouse_loadtest::usage::Probe;
+use statehouse_loadtest::{baseline, floor, lifecycle, sweep};
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart};
 
@@ -42,7 +49,7 @@ enum KeyDist {
 enum Command {
     /// Closed-loop maximum, then an open-loop sweep of rates, then the correctness check.
     Sweep {
-        /// `es-counter` or `shopping-cart`.
+        /// `es-counter`, `shopping-cart` or `cart-large`.
         #[arg(long, default_value = "es-counter")]
         scenario: String,
         /// The gRPC endpoint serving the shopping-cart API (gateway or baseline).
@@ -102,6 +109,15 @@ enum Command {
         /// Entity ids are `<run-id>-<k>`; default: unique per invocation.
         #[arg(long)]
         run_id: Option<String>,
+        /// Only the closed loop (no open-loop steps, mix or check): an unmeasured warm-up load.
+        #[arg(long)]
+        closed_only: bool,
+        /// Processes whose CPU is sampled around each step: `name=pid,name=pid`.
+        #[arg(long, default_value = "")]
+        pids: String,
+        /// The processor's `/metrics` URL (records and transactions per step).
+        #[arg(long)]
+        metrics_url: Option<String>,
         /// Write the JSON here (and Markdown next to it, `.md`).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -137,15 +153,77 @@ enum Command {
         warmup_s: f64,
         #[arg(long, default_value_t = 10.0)]
         duration_s: f64,
-        /// Bytes of each record's value.
-        #[arg(long, default_value_t = 100)]
-        value_bytes: usize,
+        /// Bytes of each record's value: Statehouse's journal record (the Avro `EventRecord` of
+        /// an es-counter `AddItem`) is 264 B; see docs/benchmarks.md.
+        #[arg(long, alias = "value-bytes", default_value_t = 264)]
+        record_bytes: usize,
+        /// Exactly this many records per transaction.
+        #[arg(long)]
+        batch_records: Option<usize>,
+        /// Then also run at each of these fixed batch sizes (e.g. 1,2,4,8,16,32).
+        #[arg(long, value_delimiter = ',')]
+        batch_sweep: Vec<usize>,
+        /// Seconds of each batch-sweep point (after a 1 s warm-up).
+        #[arg(long, default_value_t = 4.0)]
+        batch_sweep_s: f64,
         #[arg(long, default_value_t = 2000)]
         max_records: usize,
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_bytes: usize,
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Measure the records of a journal topic (what the floor's records should weigh): prints
+    /// `key=value` figures (records, value_bytes, key_bytes, record_bytes; means).
+    RecordSizes {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap_servers: String,
+        /// E.g. `<topic-prefix>shopping-cart.journal`.
+        #[arg(long)]
+        topic: String,
+        /// Records to read at most.
+        #[arg(long, default_value_t = 2000)]
+        max: u64,
+    },
+    /// Send one command to each entity `<run-id>-<k>`, k in from..to, retried until answered;
+    /// prints `key=value` figures (entities, ok, failed, retries, seconds, per_second).
+    Activate {
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        target: String,
+        #[arg(long)]
+        run_id: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// `add` (AddItem: an event, the entity's state grows) or `get` (GetCart).
+        #[arg(long, default_value = "add")]
+        op: String,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Attempts per entity (100 ms apart).
+        #[arg(long, default_value_t = 50)]
+        attempts: u32,
+    },
+    /// Kill a processor (`kill -9`) and measure until every entity `<run-id>-<k>`, k < entities,
+    /// answers a command again; prints `key=value` figures (max_ms is the takeover time).
+    Takeover {
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        target: String,
+        #[arg(long)]
+        run_id: String,
+        /// Entities, enough to cover every partition.
+        #[arg(long, default_value_t = 64)]
+        entities: u64,
+        #[arg(long)]
+        kill_pid: u32,
+        /// Pause between a client's attempts.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
     },
     /// Combine one bench run's results into JSON, Markdown and SVG; print the targets table.
     Report {
@@ -167,6 +245,23 @@ enum Command {
         /// `key=value` settings to print (repeatable).
         #[arg(long = "setting")]
         settings: Vec<String>,
+        /// Output stem: writes `<out>.json`, `<out>.md` and `<out>.svg`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Combine the rounds of one bench (each a `report` JSON) into medians and spreads.
+    Rounds {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        timestamp: String,
+        /// One round's report JSON (repeatable, in round order).
+        #[arg(long = "round")]
+        rounds: Vec<PathBuf>,
+        /// That round's SVG to show, for the round with the median Statehouse maximum
+        /// (repeatable, same order as `--round`).
+        #[arg(long = "round-svg")]
+        round_svgs: Vec<PathBuf>,
         /// Output stem: writes `<out>.json`, `<out>.md` and `<out>.svg`.
         #[arg(long)]
         out: PathBuf,
@@ -219,6 +314,9 @@ async fn main() -> anyhow::Result<()> {
             no_progress,
             seed,
             run_id,
+            closed_only,
+            pids,
+            metrics_url,
             out,
         } => {
             let options = sweep::Options {
@@ -247,6 +345,11 @@ async fn main() -> anyhow::Result<()> {
                 progress: !no_progress,
                 seed,
                 run_id: run_id.unwrap_or_else(unique_run_id),
+                closed_only,
+                probe: Probe {
+                    pids: Probe::parse_pids(&pids)?,
+                    metrics_url,
+                },
             };
             let result = sweep::run(&options).await?;
             let md = format!(
@@ -302,7 +405,10 @@ async fn main() -> anyhow::Result<()> {
             entities,
             warmup_s,
             duration_s,
-            value_bytes,
+            record_bytes,
+            batch_records,
+            batch_sweep,
+            batch_sweep_s,
             max_records,
             max_bytes,
             out,
@@ -315,12 +421,14 @@ async fn main() -> anyhow::Result<()> {
                 entities,
                 warmup_s,
                 duration_s,
-                value_bytes,
+                value_bytes: record_bytes,
                 max_records,
                 max_bytes,
+                batch_records,
                 progress: true,
             };
-            let result = floor::run(&options).await?;
+            let mut result = floor::run(&options).await?;
+            result.batch_sweep = floor::batch_sweep(&options, &batch_sweep, batch_sweep_s).await?;
             println!("{}", serde_json::to_string_pretty(&result.outcome)?);
             if let Some(out) = out {
                 write_json(&out, &result)?;
@@ -346,6 +454,118 @@ async fn main() -> anyhow::Result<()> {
             &settings,
             &out,
         ),
+        Command::Activate {
+            target,
+            run_id,
+            from,
+            to,
+            op,
+            concurrency,
+            connections,
+            attempts,
+        } => {
+            let op = match op.as_str() {
+                "add" => Op::AddOther,
+                "get" => Op::Get,
+                other => anyhow::bail!("unknown --op {other:?}: add or get"),
+            };
+            let target = Target::connect(&target, connections).await?;
+            let a =
+                lifecycle::activate(&target, &run_id, (from, to), op, concurrency, attempts).await;
+            println!(
+                "entities={} ok={} failed={} retries={} seconds={:.3} per_second={:.1}",
+                a.entities,
+                a.ok,
+                a.failed,
+                a.retries,
+                a.seconds,
+                a.per_second()
+            );
+            anyhow::ensure!(a.failed == 0, "{} entities never answered", a.failed);
+            Ok(())
+        }
+        Command::Takeover {
+            target,
+            run_id,
+            entities,
+            kill_pid,
+            interval_ms,
+            timeout_s,
+        } => {
+            let target = Target::connect(&target, 4).await?;
+            let kill = || {
+                let status = std::process::Command::new("kill")
+                    .args(["-9", &kill_pid.to_string()])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill -9 {kill_pid} failed");
+                Ok(())
+            };
+            let t = lifecycle::takeover(
+                &target,
+                &run_id,
+                entities,
+                kill,
+                Duration::from_millis(interval_ms),
+                Duration::from_secs(timeout_s),
+            )
+            .await?;
+            println!(
+                "entities={} interrupted={} max_ms={:.1} unanswered={}",
+                t.entities, t.interrupted, t.max_ms, t.unanswered
+            );
+            Ok(())
+        }
+        Command::RecordSizes {
+            bootstrap_servers,
+            topic,
+            max,
+        } => {
+            let sizes = floor::journal_record_sizes(&bootstrap_servers, &topic, max)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no records in {topic}"))?;
+            println!(
+                "records={} value_bytes={:.1} key_bytes={:.1} record_bytes={:.1}",
+                sizes.records,
+                sizes.mean_value_bytes,
+                sizes.mean_key_bytes,
+                sizes.mean_record_bytes
+            );
+            Ok(())
+        }
+        Command::Rounds {
+            scenario,
+            timestamp,
+            rounds,
+            round_svgs,
+            out,
+        } => {
+            let benches: Vec<Bench> = rounds
+                .iter()
+                .map(|p| read_json(p))
+                .collect::<Result<_, _>>()?;
+            let combined = Rounds::new(scenario, timestamp, benches);
+            let svg_path = out.with_extension("svg");
+            let svg = round_svgs
+                .get(combined.median_round())
+                .and_then(|p| std::fs::read(p).ok());
+            if let Some(svg) = &svg {
+                std::fs::write(&svg_path, svg)?;
+            }
+            let svg_name = svg.and_then(|_| {
+                svg_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            });
+            let md = combined.markdown(svg_name.as_deref());
+            std::fs::write(out.with_extension("md"), &md)?;
+            write_json(&out.with_extension("json"), &combined)?;
+            println!("{md}");
+            anyhow::ensure!(
+                combined.valid,
+                "the run is invalid: a correctness check failed (see the rounds' notes)"
+            );
+            Ok(())
+        }
         Command::Latency {
             target,
             calls,
@@ -403,7 +623,8 @@ fn report_cmd(
         targets
             .iter()
             .find(|t| t.options.target == phase)
-            .map_or(0, |t| t.summary.commands_sent)
+            // The harness measures the phase's CPU around the fill too.
+            .map_or(0, |t| t.summary.commands_sent + t.fill_commands)
     };
     let per_1000 = |cpu: f64, commands: u64| {
         if commands == 0 {

@@ -1,10 +1,15 @@
 //! Reports: the combined bench report (JSON + Markdown), per-sweep Markdown, and the
 //! latency-vs-throughput SVG (written by hand: a few polylines need no plotting library).
+//!
+//! One round on a shared machine can be disturbed (a GC pause, another job), and the peer that
+//! runs first pays for cold caches; so a bench runs several rounds in rotated order and
+//! [`Rounds`] reports each ratio's median over the rounds with its spread (min–max).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::driver::Phase;
+use crate::usage::{LOAD_GENERATOR, StepUsage};
 use crate::{floor, sweep};
 
 /// CPU and memory of one process during one phase (measured by the bench harness from
@@ -57,6 +62,7 @@ impl Machine {
 
 /// The headline ratios.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Ratios {
     /// Statehouse ÷ baseline, maximum open-loop throughput with p99 ≤ the SLO.
     pub vs_plain_at_slo: Option<f64>,
@@ -69,6 +75,265 @@ pub struct Ratios {
     pub half_p50_ms: Option<f64>,
     pub half_p99_ms: Option<f64>,
     pub get_cart_p50_ms: Option<f64>,
+    /// Statehouse's records per transaction in its closed loop (the processor's counters).
+    pub statehouse_records_per_transaction: Option<f64>,
+    /// The floor's records/s at that batch size (interpolated in the floor's batch sweep).
+    pub floor_at_statehouse_batch: Option<f64>,
+    /// Statehouse closed-loop maximum ÷ the floor at the same records per transaction.
+    pub vs_floor_same_batch: Option<f64>,
+    /// Server CPU per command in the closed loop (every process but the load generator).
+    pub statehouse_cpu_ms_per_command: Option<f64>,
+    pub lwt_cpu_ms_per_command: Option<f64>,
+    /// Statehouse ÷ LWT server CPU per command in the closed loop.
+    pub cpu_per_command_vs_lwt: Option<f64>,
+    /// The floor's mean records per transaction in its natural-batch closed loop (same clients
+    /// and partitions), and Statehouse's ÷ it.
+    pub floor_records_per_transaction: Option<f64>,
+    pub batch_vs_floor: Option<f64>,
+    /// The share of the processor's CPU spent in the kernel (closed loop).
+    pub processor_kernel_share: Option<f64>,
+    /// The LWT baseline's p99 at 50% of its own maximum, and Statehouse's ÷ it.
+    pub lwt_half_p99_ms: Option<f64>,
+    pub half_p99_vs_lwt: Option<f64>,
+    /// The LWT baseline's GetCart p50 under the mix (a plain read of its row), and
+    /// Statehouse's ÷ it.
+    pub lwt_get_cart_p50_ms: Option<f64>,
+    pub get_cart_vs_lwt: Option<f64>,
+    /// The closed-loop maxima (commands/s) and the floor's records/s the ratios come from.
+    pub statehouse_closed: Option<f64>,
+    pub plain_closed: Option<f64>,
+    pub lwt_closed: Option<f64>,
+    pub floor_records_per_s: Option<f64>,
+}
+
+impl Ratios {
+    /// Every figure with its name, in report order (the rows of [`Rounds`]).
+    pub fn named(&self) -> Vec<(&'static str, Option<f64>)> {
+        let mut r = self.clone();
+        r.fields_mut().into_iter().map(|(n, v)| (n, *v)).collect()
+    }
+
+    /// Every figure with its name, to be set.
+    pub fn fields_mut(&mut self) -> Vec<(&'static str, &mut Option<f64>)> {
+        vec![
+            (
+                "Statehouse ÷ baseline-plain, max at p99 ≤ SLO",
+                &mut self.vs_plain_at_slo,
+            ),
+            (
+                "Statehouse ÷ baseline-lwt, max at p99 ≤ SLO",
+                &mut self.vs_lwt_at_slo,
+            ),
+            (
+                "Statehouse ÷ baseline-plain, closed-loop max",
+                &mut self.vs_plain_closed,
+            ),
+            (
+                "Statehouse ÷ baseline-lwt, closed-loop max",
+                &mut self.vs_lwt_closed,
+            ),
+            (
+                "Statehouse ÷ Kafka floor (natural batch)",
+                &mut self.vs_floor,
+            ),
+            (
+                "Statehouse ÷ Kafka floor at Statehouse's batch size",
+                &mut self.vs_floor_same_batch,
+            ),
+            (
+                "Statehouse records per transaction (closed loop)",
+                &mut self.statehouse_records_per_transaction,
+            ),
+            (
+                "floor records/s at that batch size",
+                &mut self.floor_at_statehouse_batch,
+            ),
+            (
+                "Kafka floor records per transaction (natural batch)",
+                &mut self.floor_records_per_transaction,
+            ),
+            (
+                "Statehouse ÷ floor, records per transaction",
+                &mut self.batch_vs_floor,
+            ),
+            (
+                "processor kernel share of its CPU (closed loop)",
+                &mut self.processor_kernel_share,
+            ),
+            (
+                "Statehouse server CPU ms per command (closed loop)",
+                &mut self.statehouse_cpu_ms_per_command,
+            ),
+            (
+                "LWT server CPU ms per command (closed loop)",
+                &mut self.lwt_cpu_ms_per_command,
+            ),
+            (
+                "Statehouse ÷ LWT CPU per command (closed loop)",
+                &mut self.cpu_per_command_vs_lwt,
+            ),
+            (
+                "Statehouse closed-loop max (commands/s)",
+                &mut self.statehouse_closed,
+            ),
+            (
+                "baseline-plain closed-loop max (commands/s)",
+                &mut self.plain_closed,
+            ),
+            (
+                "baseline-lwt closed-loop max (commands/s)",
+                &mut self.lwt_closed,
+            ),
+            (
+                "Kafka floor, natural batch (records/s)",
+                &mut self.floor_records_per_s,
+            ),
+            ("Statehouse p50 at 50% of max (ms)", &mut self.half_p50_ms),
+            ("Statehouse p99 at 50% of max (ms)", &mut self.half_p99_ms),
+            ("LWT p99 at 50% of its max (ms)", &mut self.lwt_half_p99_ms),
+            (
+                "Statehouse ÷ LWT, p99 at 50% of each max",
+                &mut self.half_p99_vs_lwt,
+            ),
+            ("Statehouse GetCart p50 (ms)", &mut self.get_cart_p50_ms),
+            ("LWT GetCart p50 (ms)", &mut self.lwt_get_cart_p50_ms),
+            ("Statehouse ÷ LWT, GetCart p50", &mut self.get_cart_vs_lwt),
+        ]
+    }
+}
+
+/// What a run measured, for the targets that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `es-counter` or `shopping-cart`, uniform keys.
+    Uniform,
+    /// Hot keys (Zipf).
+    Zipf,
+    /// `cart-large`.
+    CartLarge,
+}
+
+impl Workload {
+    pub fn of(scenario: &str, settings: &BTreeMap<String, String>) -> Self {
+        if scenario == "cart-large" {
+            Workload::CartLarge
+        } else if settings.get("keys").is_some_and(|k| k.starts_with("zipf")) {
+            Workload::Zipf
+        } else {
+            Workload::Uniform
+        }
+    }
+}
+
+impl Ratios {
+    /// The targets of performance round 2 (issue 12) that this workload measures, checked
+    /// against these figures.
+    pub fn checks(&self, workload: Workload) -> Vec<Check> {
+        let r = self;
+        let f2 = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+        let at_least = |figure: &str, value: Option<f64>, bound: f64| Check {
+            figure: figure.into(),
+            value: f2(value),
+            target: format!("≥ {bound}"),
+            met: value.is_some_and(|v| v >= bound),
+        };
+        let at_most = |figure: &str, value: Option<f64>, bound: f64| Check {
+            figure: figure.into(),
+            value: f2(value),
+            target: format!("≤ {bound}"),
+            met: value.is_some_and(|v| v <= bound),
+        };
+        let mut checks = match workload {
+            Workload::Uniform => vec![at_least(
+                "closed-loop max, Statehouse ÷ LWT baseline",
+                r.vs_lwt_closed,
+                1.5,
+            )],
+            Workload::Zipf => vec![at_least(
+                "Zipf 1.1 closed-loop max, Statehouse ÷ LWT baseline",
+                r.vs_lwt_closed,
+                3.0,
+            )],
+            Workload::CartLarge => vec![
+                at_least(
+                    "cart-large closed-loop max, Statehouse ÷ LWT baseline",
+                    r.vs_lwt_closed,
+                    3.0,
+                ),
+                at_least(
+                    "cart-large closed-loop max, Statehouse ÷ plain baseline",
+                    r.vs_plain_closed,
+                    1.0,
+                ),
+            ],
+        };
+        checks.extend([
+            at_least(
+                "max ÷ Kafka floor (same record size, clients, partitions)",
+                r.vs_floor,
+                0.6,
+            ),
+            at_least(
+                "records per transaction ÷ the floor's at the same clients",
+                r.batch_vs_floor,
+                0.8,
+            ),
+            at_most(
+                "total CPU per command (all processes), Statehouse ÷ LWT",
+                r.cpu_per_command_vs_lwt,
+                0.7,
+            ),
+            at_most(
+                "processor kernel share of its CPU",
+                r.processor_kernel_share,
+                0.35,
+            ),
+            at_most(
+                "p99 at 50% of max, Statehouse ÷ LWT at its own 50%",
+                r.half_p99_vs_lwt,
+                0.5,
+            ),
+            at_most(
+                "GetCart p50 under the mix, Statehouse ÷ baseline read",
+                r.get_cart_vs_lwt,
+                0.6,
+            ),
+        ]);
+        checks
+    }
+}
+
+/// The median of some values and their range.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// How many values (rounds that measured the figure).
+    pub n: usize,
+}
+
+impl Spread {
+    /// `None` for no values; the median of an even count is the mean of the middle two.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
 }
 
 /// One target of the issue and whether it was met.
@@ -113,7 +378,13 @@ impl Bench {
         let sh = target(&self.targets, "statehouse").map(|t| t.summary.clone());
         let plain = target(&self.targets, "baseline-plain").map(|t| t.summary.clone());
         let lwt = target(&self.targets, "baseline-lwt").map(|t| t.summary.clone());
-        let mut r = Ratios::default();
+        let mut r = Ratios {
+            statehouse_closed: sh.as_ref().map(|s| s.closed_max_throughput),
+            plain_closed: plain.as_ref().map(|s| s.closed_max_throughput),
+            lwt_closed: lwt.as_ref().map(|s| s.closed_max_throughput),
+            floor_records_per_s: self.floor.as_ref().map(|f| f.outcome.records_per_s),
+            ..Ratios::default()
+        };
         if let Some(sh) = &sh {
             if let Some(p) = &plain {
                 r.vs_plain_at_slo = div(sh.max_throughput_at_slo, p.max_throughput_at_slo);
@@ -129,44 +400,52 @@ impl Bench {
             r.half_p50_ms = Some(sh.half_p50_ms);
             r.half_p99_ms = Some(sh.half_p99_ms);
             r.get_cart_p50_ms = sh.get_cart_p50_ms;
+            if let Some(l) = &lwt {
+                r.lwt_half_p99_ms = Some(l.half_p99_ms);
+                r.half_p99_vs_lwt = div(sh.half_p99_ms, l.half_p99_ms);
+                r.lwt_get_cart_p50_ms = l.get_cart_p50_ms;
+                r.get_cart_vs_lwt = sh
+                    .get_cart_p50_ms
+                    .zip(l.get_cart_p50_ms)
+                    .and_then(|(a, b)| div(a, b));
+            }
         }
-        let f2 = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
-        let mut checks = Vec::new();
-        let baseline_best = [r.vs_plain_at_slo, r.vs_lwt_at_slo]
-            .into_iter()
-            .flatten()
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
-        checks.push(Check {
-            figure: "max throughput at equal p99, Statehouse ÷ baseline (worst of plain, LWT)"
-                .into(),
-            value: f2(baseline_best),
-            target: "≥ 5×".into(),
-            met: baseline_best.is_some_and(|v| v >= 5.0),
-        });
-        checks.push(Check {
-            figure: "Statehouse ÷ Kafka transactional floor (max throughput)".into(),
-            value: f2(r.vs_floor),
-            target: "≥ 0.7".into(),
-            met: r.vs_floor.is_some_and(|v| v >= 0.7),
-        });
-        checks.push(Check {
-            figure: "latency at 50% of max, p50".into(),
-            value: format!("{} ms", f2(r.half_p50_ms)),
-            target: "≤ 3 ms".into(),
-            met: r.half_p50_ms.is_some_and(|v| v <= 3.0),
-        });
-        checks.push(Check {
-            figure: "latency at 50% of max, p99".into(),
-            value: format!("{} ms", f2(r.half_p99_ms)),
-            target: "≤ 15 ms".into(),
-            met: r.half_p99_ms.is_some_and(|v| v <= 15.0),
-        });
-        checks.push(Check {
-            figure: "GetCart on an active entity, p50".into(),
-            value: format!("{} ms", f2(r.get_cart_p50_ms)),
-            target: "≤ 1 ms".into(),
-            met: r.get_cart_p50_ms.is_some_and(|v| v <= 1.0),
-        });
+        let closed = |name: &str| target(&self.targets, name).and_then(sweep::Result::closed_usage);
+        if let Some(u) = closed("statehouse") {
+            r.statehouse_records_per_transaction = u.records_per_transaction();
+            r.statehouse_cpu_ms_per_command = u.server_cpu_ms_per_command();
+            r.processor_kernel_share = u.kernel_share("processor");
+        }
+        r.floor_records_per_transaction = self.floor.as_ref().map(|f| f.outcome.mean_batch_records);
+        r.batch_vs_floor = r
+            .statehouse_records_per_transaction
+            .zip(r.floor_records_per_transaction)
+            .and_then(|(a, b)| div(a, b));
+        r.lwt_cpu_ms_per_command =
+            closed("baseline-lwt").and_then(StepUsage::server_cpu_ms_per_command);
+        r.cpu_per_command_vs_lwt = r
+            .statehouse_cpu_ms_per_command
+            .zip(r.lwt_cpu_ms_per_command)
+            .and_then(|(a, b)| div(a, b));
+        if let (Some(f), Some(batch)) = (&self.floor, r.statehouse_records_per_transaction) {
+            let points: Vec<(f64, f64)> = f
+                .batch_sweep
+                .iter()
+                .filter_map(|p| Some((p.fixed_batch? as f64, p.records_per_s)))
+                .collect();
+            if let Some((at, outside)) = floor::at_batch(&points, batch) {
+                r.floor_at_statehouse_batch = Some(at);
+                if outside {
+                    self.notes.push(format!(
+                        "Statehouse's {batch:.1} records per transaction is outside the floor's batch sweep; the nearest point was used"
+                    ));
+                }
+                if let Some(sh) = &sh {
+                    r.vs_floor_same_batch = div(sh.closed_max_throughput, at);
+                }
+            }
+        }
+        let checks = r.checks(Workload::of(&self.scenario, &self.settings));
         self.ratios = r;
         self.checks = checks;
         self.valid = true;
@@ -235,6 +514,22 @@ impl Bench {
             f2(r.vs_lwt_closed),
             f2(r.vs_floor)
         );
+        if let Some(v) = r.vs_floor_same_batch {
+            let _ = writeln!(
+                md,
+                "| Statehouse ÷ Kafka floor at Statehouse's batch ({:.2} records per transaction: floor {:.0} records/s) | — | {v:.2}× |",
+                r.statehouse_records_per_transaction.unwrap_or(0.0),
+                r.floor_at_statehouse_batch.unwrap_or(0.0)
+            );
+        }
+        if let Some(v) = r.cpu_per_command_vs_lwt {
+            let _ = writeln!(
+                md,
+                "| Statehouse ÷ baseline-lwt, server CPU per command (closed loop: {:.3} vs {:.3} ms) | — | {v:.2}× |",
+                r.statehouse_cpu_ms_per_command.unwrap_or(0.0),
+                r.lwt_cpu_ms_per_command.unwrap_or(0.0)
+            );
+        }
         let _ = writeln!(md, "\n## Per target\n");
         md.push_str(&summary_table(&self.targets));
         if let Some(f) = &self.floor {
@@ -255,7 +550,9 @@ impl Bench {
                 o.commit_latency.p99_ms,
                 o.failed_transactions
             );
+            md.push_str(&floor_sweep_table(f));
         }
+        md.push_str(&usage_tables(&self.targets));
         if !self.processes.is_empty() {
             let _ = writeln!(
                 md,
@@ -303,6 +600,260 @@ impl Bench {
         }
         md
     }
+}
+
+/// Several rounds of one bench, the peers in a rotated order each round.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Rounds {
+    pub scenario: String,
+    pub timestamp: String,
+    pub rounds: Vec<Bench>,
+    /// Per figure of [`Ratios::named`] that some round measured: median and spread.
+    pub spreads: Vec<(String, Spread)>,
+    /// The medians, as ratios (what the targets are checked against).
+    pub medians: Ratios,
+    pub checks: Vec<Check>,
+    /// False when any round is invalid.
+    pub valid: bool,
+}
+
+impl Rounds {
+    /// Combine finished rounds.
+    pub fn new(scenario: String, timestamp: String, rounds: Vec<Bench>) -> Self {
+        let mut medians = Ratios::default();
+        let mut spreads = Vec::new();
+        for (i, (name, slot)) in medians.fields_mut().into_iter().enumerate() {
+            let values: Vec<f64> = rounds
+                .iter()
+                .filter_map(|b| b.ratios.named()[i].1)
+                .collect();
+            if let Some(spread) = Spread::of(&values) {
+                *slot = Some(spread.median);
+                spreads.push((name.to_string(), spread));
+            }
+        }
+        let workload = Workload::of(
+            &scenario,
+            rounds.first().map_or(&BTreeMap::new(), |b| &b.settings),
+        );
+        Self {
+            checks: medians.checks(workload),
+            scenario,
+            timestamp,
+            valid: rounds.iter().all(|b| b.valid),
+            rounds,
+            spreads,
+            medians,
+        }
+    }
+
+    /// The round whose Statehouse closed-loop maximum is the median (lower middle), the one
+    /// whose plot stands for the run; 0 without Statehouse.
+    pub fn median_round(&self) -> usize {
+        let mut by: Vec<(usize, f64)> = self
+            .rounds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                Some((
+                    i,
+                    target(&b.targets, "statehouse")?
+                        .summary
+                        .closed_max_throughput,
+                ))
+            })
+            .collect();
+        by.sort_by(|a, b| a.1.total_cmp(&b.1));
+        by.get(by.len().saturating_sub(1) / 2)
+            .map_or(0, |(i, _)| *i)
+    }
+
+    /// The Markdown report: targets and ratios over the rounds, then every round in full.
+    pub fn markdown(&self, svg_name: Option<&str>) -> String {
+        let mut md = String::new();
+        let n = self.rounds.len();
+        let _ = writeln!(
+            md,
+            "# Benchmark `{}` — {} ({n} round{})\n",
+            self.scenario,
+            self.timestamp,
+            if n == 1 { "" } else { "s" }
+        );
+        if !self.valid {
+            let _ = writeln!(
+                md,
+                "**This run is INVALID** (a correctness check failed in some round).\n"
+            );
+        }
+        if let Some(first) = self.rounds.first() {
+            let m = &first.machine;
+            let _ = writeln!(
+                md,
+                "Machine: {} cores ({}), {:.1} GiB, Linux {}. Everything (Kafka, Cassandra, Statehouse, baselines, load generator) shares these cores.\n\nSettings:\n",
+                m.cores, m.cpu, m.memory_gib, m.kernel
+            );
+            for (k, v) in first.settings.iter().filter(|(k, _)| *k != PEER_ORDER) {
+                let _ = writeln!(md, "* {k}: {v}");
+            }
+        }
+        let _ = writeln!(md, "\nOrder of the peers:\n");
+        for (i, b) in self.rounds.iter().enumerate() {
+            let order = b.settings.get(PEER_ORDER).map_or("—", String::as_str);
+            let _ = writeln!(md, "* round {}: {order}", i + 1);
+        }
+        let _ = writeln!(
+            md,
+            "\n## Targets (median over the rounds)\n\n| figure | value | target | met |\n|---|---|---|---|"
+        );
+        for c in &self.checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                c.figure,
+                c.value,
+                c.target,
+                if c.met { "yes" } else { "**no**" }
+            );
+        }
+        let rounds_header: String = (1..=n).map(|i| format!(" round {i} |")).collect();
+        let _ = writeln!(
+            md,
+            "\n## Ratios over the rounds\n\n| figure | median | min – max |{rounds_header}\n|---|---|---|{}",
+            "---|".repeat(n)
+        );
+        for (name, spread) in &self.spreads {
+            let per_round: String = self
+                .rounds
+                .iter()
+                .map(|b| {
+                    let v = b.ratios.named().into_iter().find(|(k, _)| k == name);
+                    format!(
+                        " {} |",
+                        v.and_then(|(_, v)| v).map_or("—".into(), fmt_figure)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {name} | **{}** | {} – {} |{per_round}",
+                fmt_figure(spread.median),
+                fmt_figure(spread.min),
+                fmt_figure(spread.max)
+            );
+        }
+        if let Some(svg) = svg_name {
+            let _ = writeln!(
+                md,
+                "\n![latency vs throughput, round {}]({svg})",
+                self.median_round() + 1
+            );
+        }
+        for (i, b) in self.rounds.iter().enumerate() {
+            let _ = writeln!(md, "\n# Round {}\n", i + 1);
+            for line in b.markdown(None).lines().skip(1) {
+                // One heading level down, under the round's.
+                if line.starts_with('#') {
+                    let _ = writeln!(md, "#{line}");
+                } else {
+                    let _ = writeln!(md, "{line}");
+                }
+            }
+        }
+        md
+    }
+}
+
+/// The setting that records the order in which a round ran the peers.
+pub const PEER_ORDER: &str = "peer order";
+
+fn fmt_figure(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The floor at fixed records per transaction.
+pub fn floor_sweep_table(f: &floor::Result) -> String {
+    if f.batch_sweep.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nAt a fixed batch size (every transaction exactly k records, closed loop):\n\n| records per transaction | clients | records/s | transactions | commit p50 | commit p99 | record p50 | record p99 |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for p in &f.batch_sweep {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            p.fixed_batch.unwrap_or(0),
+            p.clients,
+            p.records_per_s,
+            p.transactions,
+            p.commit_latency.p50_ms,
+            p.commit_latency.p99_ms,
+            p.command_latency.p50_ms,
+            p.command_latency.p99_ms
+        );
+    }
+    md
+}
+
+/// Per target, one row per step: commands, records per transaction and CPU per command of
+/// each process (milliseconds), sampled around the step.
+pub fn usage_tables(targets: &[sweep::Result]) -> String {
+    let mut md = String::new();
+    for t in targets.iter().filter(|t| !t.usage.is_empty()) {
+        let processes: Vec<&String> = {
+            let mut p: Vec<&String> = t
+                .usage
+                .iter()
+                .flat_map(|u| u.cpu_s.keys())
+                .filter(|n| *n != LOAD_GENERATOR)
+                .collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        let _ = writeln!(
+            md,
+            "\n## CPU per step: {} (ms of CPU per command, warm-up included)\n",
+            t.options.target
+        );
+        let _ = writeln!(
+            md,
+            "| step | commands | records / transaction | {} | **servers** | {LOAD_GENERATOR} |",
+            processes
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(
+            md,
+            "|---|---|---|{}---|---|",
+            "---|".repeat(processes.len())
+        );
+        let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+        for u in &t.usage {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | **{}** | {} |",
+                u.label,
+                u.commands,
+                u.records_per_transaction()
+                    .map_or("—".to_string(), |v| format!("{v:.2}")),
+                processes
+                    .iter()
+                    .map(|p| ms(u.cpu_ms_per_command(p)))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                ms(u.server_cpu_ms_per_command()),
+                ms(u.cpu_ms_per_command(LOAD_GENERATOR))
+            );
+        }
+    }
+    md
 }
 
 /// One row per target: the headline figures of each sweep.

@@ -7,6 +7,10 @@
 //! counter and each command is one small event. (No separate counter entity is needed: the event
 //! and the command path are the same as a dedicated event-sourced counter's.)
 //!
+//! `cart-large` measures large state: every cart is first filled ([`Scenario::fill_items`])
+//! with 20 line items of ~100-byte product ids (~2 KB of state), then the load is half
+//! increments, half `GetCart` of the whole cart. The fill is not measured.
+//!
 //! To add a scenario, implement [`Scenario`] and register it in [`by_name`].
 //!
 //! [`driver`]: crate::driver
@@ -52,6 +56,10 @@ impl Op {
 pub trait Scenario: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> &'static str;
     fn next_op(&self, rng: &mut Rng) -> Op;
+    /// Line items ([`fill_product`]) added to every entity before the measured load.
+    fn fill_items(&self) -> u32 {
+        0
+    }
 }
 
 /// Every command is an increment of the entity's counter.
@@ -86,16 +94,103 @@ impl Scenario for ShoppingCart {
     }
 }
 
+/// Large carts: 20 items of ~100-byte product ids filled first, then 50% increments and 50%
+/// `GetCart` (which returns the whole ~2 KB cart).
+#[derive(Debug)]
+pub struct CartLarge;
+
+impl Scenario for CartLarge {
+    fn name(&self) -> &'static str {
+        "cart-large"
+    }
+    fn next_op(&self, rng: &mut Rng) -> Op {
+        if rng.below(2) == 0 {
+            Op::Increment
+        } else {
+            Op::Get
+        }
+    }
+    fn fill_items(&self) -> u32 {
+        20
+    }
+}
+
+/// Bytes of a filled line item's product id.
+pub const FILL_PRODUCT_BYTES: usize = 100;
+
+/// The product id of filled line item `i`: unique per item, [`FILL_PRODUCT_BYTES`] long.
+pub fn fill_product(i: u32) -> String {
+    let head = format!("fill-{i:03}-");
+    format!(
+        "{head}{}",
+        "x".repeat(FILL_PRODUCT_BYTES.saturating_sub(head.len()))
+    )
+}
+
 /// The registered scenarios.
-pub const NAMES: &[&str] = &["es-counter", "shopping-cart"];
+pub const NAMES: &[&str] = &["es-counter", "shopping-cart", "cart-large"];
 
 /// A scenario by name.
 pub fn by_name(name: &str) -> Option<Box<dyn Scenario>> {
     match name {
         "es-counter" => Some(Box::new(EsCounter)),
         "shopping-cart" => Some(Box::new(ShoppingCart)),
+        "cart-large" => Some(Box::new(CartLarge)),
         _ => None,
     }
+}
+
+/// Add `items` filled line items to each of the `n` entities of run `run`, `concurrency`
+/// commands at a time (item by item across all entities, so concurrent commands go to
+/// different entities). A failed command is retried (its outcome unknown, it may add the item
+/// twice: the size stays about the same). Returns the commands sent.
+pub async fn fill(
+    channel: impl Fn(u64) -> Channel,
+    run: &str,
+    n: u64,
+    items: u32,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
+    use futures::StreamExt;
+    let sent = AtomicU64::new(0);
+    let pairs = (0..items).flat_map(|i| (0..n).map(move |k| (i, k)));
+    let results: Vec<Result<(), tonic::Status>> = futures::stream::iter(pairs)
+        .map(|(i, k)| {
+            let mut client = ShoppingCartClient::new(channel(k));
+            let (entity, product, sent) = (entity_id(run, k), fill_product(i), &sent);
+            async move {
+                let mut last = Ok(());
+                for attempt in 0..5 {
+                    if attempt > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    last = client
+                        .add_item(AddLineItem {
+                            user_id: entity.clone(),
+                            product_id: product.clone(),
+                            name: "filler".into(),
+                            quantity: 1,
+                        })
+                        .await
+                        .map(drop);
+                    if last.is_ok() {
+                        break;
+                    }
+                }
+                last
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "filling: {failed} line items could not be added: {:?}",
+        results.into_iter().find_map(Result::err)
+    );
+    Ok(sent.load(Ordering::Relaxed))
 }
 
 /// The entity id of key index `k` in run `run`.

@@ -1,6 +1,6 @@
 //! A whole measurement of one target: the closed-loop maximum with C clients, an open-loop
 //! sweep of rates (fractions of that maximum), an optional read/write mix at one rate, and the
-//! correctness check.
+//! correctness check. Around each step it samples what the step cost ([`crate::usage`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::driver::{self, Mode, Phase, Spec, Target, Workload};
 use crate::keys::{Distribution, Keys};
 use crate::scenario::{self, Acks, Verification};
+use crate::usage::{Probe, StepUsage};
 
 /// Settings of a sweep.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -41,6 +42,12 @@ pub struct Options {
     pub progress: bool,
     pub seed: u64,
     pub run_id: String,
+    /// Only the closed loop: no open-loop steps, no mix, no check (a warm-up load).
+    #[serde(default)]
+    pub closed_only: bool,
+    /// Processes whose CPU is sampled around each step, and the processor's `/metrics`.
+    #[serde(default)]
+    pub probe: Probe,
 }
 
 /// The headline figures of a sweep.
@@ -72,6 +79,21 @@ pub struct Result {
     pub verification: Option<Verification>,
     pub loader_cpu_s: f64,
     pub loader_peak_rss_kib: u64,
+    /// What each step cost, in the order closed loop, open-loop steps, mix.
+    #[serde(default)]
+    pub usage: Vec<StepUsage>,
+    /// Commands of the unmeasured fill (`cart-large`), and its seconds.
+    #[serde(default)]
+    pub fill_commands: u64,
+    #[serde(default)]
+    pub fill_s: f64,
+}
+
+impl Result {
+    /// The usage of the closed loop (the first step).
+    pub fn closed_usage(&self) -> Option<&StepUsage> {
+        self.usage.first()
+    }
 }
 
 fn secs(s: f64) -> Duration {
@@ -111,15 +133,49 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         progress: o.progress,
     };
 
-    let closed = driver::run(
-        &target,
-        &workload,
-        &spec(
-            format!("{} closed C={}", o.target, o.clients),
-            Mode::Closed { clients: o.clients },
-            o.warmup_s.max(2.0),
-            o.closed_s,
-            o.seed,
+    // Large state first (unmeasured; a warm-up load does without).
+    let items = workload.scenario.fill_items();
+    let (mut fill_commands, mut fill_s) = (0, 0.0);
+    if items > 0 && !o.closed_only {
+        let started = std::time::Instant::now();
+        if o.progress {
+            eprintln!(
+                "{}: filling {} entities with {items} line items each …",
+                o.target, o.entities
+            );
+        }
+        fill_commands = scenario::fill(
+            |k| target.channel(k),
+            &o.run_id,
+            keys.len(),
+            items,
+            o.clients.max(1) * 4,
+        )
+        .await?;
+        fill_s = started.elapsed().as_secs_f64();
+        if o.progress {
+            eprintln!(
+                "{}: filled in {fill_s:.1} s ({:.0} commands/s)",
+                o.target,
+                fill_commands as f64 / fill_s.max(1e-9)
+            );
+        }
+    }
+    let mut usage = Vec::new();
+    let closed = measured(
+        &o.probe,
+        &sent,
+        &mut usage,
+        driver::run(
+            &target,
+            &workload,
+            &spec(
+                format!("{} closed C={}", o.target, o.clients),
+                Mode::Closed { clients: o.clients },
+                o.warmup_s.max(2.0),
+                o.closed_s,
+                o.seed,
+            ),
         ),
     )
     .await?;
@@ -129,27 +185,33 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
     } else {
         o.rates.iter().map(|r| (*r, None)).collect()
     };
+    let rates = if o.closed_only { Vec::new() } else { rates };
     let mut steps = Vec::new();
     for (i, (rate, _)) in rates.iter().enumerate() {
-        let phase = driver::run(
-            &target,
-            &workload,
-            &spec(
-                format!("{} open {:.0}/s", o.target, rate),
-                Mode::Open {
-                    rate: *rate,
-                    poisson: o.poisson,
-                },
-                o.warmup_s,
-                o.step_s,
-                o.seed.wrapping_add(i as u64 + 1),
+        let phase = measured(
+            &o.probe,
+            &sent,
+            &mut usage,
+            driver::run(
+                &target,
+                &workload,
+                &spec(
+                    format!("{} open {:.0}/s", o.target, rate),
+                    Mode::Open {
+                        rate: *rate,
+                        poisson: o.poisson,
+                    },
+                    o.warmup_s,
+                    o.step_s,
+                    o.seed.wrapping_add(i as u64 + 1),
+                ),
             ),
         )
         .await?;
         steps.push(phase);
     }
     let mix = match &o.mix_scenario {
-        Some(name) => {
+        Some(name) if !o.closed_only => {
             let mix_scenario: Arc<dyn scenario::Scenario> = scenario::by_name(name)
                 .ok_or_else(|| anyhow::anyhow!("unknown mix scenario {name:?}"))?
                 .into();
@@ -159,26 +221,31 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
             };
             let rate = (o.mix_fraction * max).max(1.0);
             Some(
-                driver::run(
-                    &target,
-                    &w,
-                    &spec(
-                        format!("{} {name} {rate:.0}/s", o.target),
-                        Mode::Open {
-                            rate,
-                            poisson: o.poisson,
-                        },
-                        o.warmup_s,
-                        o.step_s,
-                        o.seed.wrapping_add(1000),
+                measured(
+                    &o.probe,
+                    &sent,
+                    &mut usage,
+                    driver::run(
+                        &target,
+                        &w,
+                        &spec(
+                            format!("{} {name} {rate:.0}/s", o.target),
+                            Mode::Open {
+                                rate,
+                                poisson: o.poisson,
+                            },
+                            o.warmup_s,
+                            o.step_s,
+                            o.seed.wrapping_add(1000),
+                        ),
                     ),
                 )
                 .await?,
             )
         }
-        None => None,
+        _ => None,
     };
-    let verification = if o.verify {
+    let verification = if o.verify && !o.closed_only {
         Some(scenario::verify(target.channel(0), &o.run_id, &acks).await)
     } else {
         None
@@ -201,7 +268,28 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         verification,
         loader_cpu_s,
         loader_peak_rss_kib,
+        usage,
+        fill_commands,
+        fill_s,
     })
+}
+
+/// Run one step, sampling `probe` and the commands sent around it into `usage`.
+async fn measured(
+    probe: &Probe,
+    sent: &AtomicU64,
+    usage: &mut Vec<StepUsage>,
+    step: impl Future<Output = anyhow::Result<Phase>>,
+) -> anyhow::Result<Phase> {
+    let (before, sent_before) = (probe.sample().await, sent.load(Ordering::Relaxed));
+    let phase = step.await?;
+    let after = probe.sample().await;
+    usage.push(before.until(
+        &after,
+        &phase.label,
+        sent.load(Ordering::Relaxed) - sent_before,
+    ));
+    Ok(phase)
 }
 
 fn summarize(

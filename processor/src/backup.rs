@@ -1,6 +1,6 @@
 //! The asynchronous backup of one partition to Cassandra: committed records leave the
 //! in-memory tail in commit order, in batches — journal events become journal rows (and
-//! snapshot rows), value-entity records the entity's `entity_values` row (only the newest of a
+//! snapshot rows, only the newest of a batch per entity), value-entity records the entity's `entity_values` row (only the newest of a
 //! batch per entity) — and each topic's checkpoint advances only after every record before it
 //! is durable in Cassandra. Never on the command path: when Cassandra is down, commands keep
 //! succeeding and the tail grows until it is back.
@@ -85,7 +85,9 @@ impl Backup {
     async fn write(&self, batch: &[Entry]) -> Result<(), Error> {
         let service = self.service.as_str();
         let mut rows = Vec::new();
-        let mut snapshots = Vec::new();
+        // The newest snapshot per entity in this batch: an older one would never be read
+        // (activation takes the newest, and every event after any snapshot is kept).
+        let mut snapshots: HashMap<String, SnapshotRow> = HashMap::new();
         // The newest record per value entity in this batch (older ones would be overwritten).
         let mut values: HashMap<String, ValueRow> = HashMap::new();
         let mut next: HashMap<Topic, i64> = HashMap::new();
@@ -99,15 +101,22 @@ impl Backup {
             match &**record {
                 Written::Event(event) => {
                     let key = record.entity_key();
-                    if let Some(s) = &event.snapshot {
-                        snapshots.push(SnapshotRow {
-                            service: service.to_string(),
-                            entity_id: key.clone(),
-                            seq: event.seq,
-                            type_url: s.type_url.clone(),
-                            snapshot: s.payload.clone(),
-                            timestamp_ms: event.timestamp_ms,
-                        });
+                    if let Some(s) = &event.snapshot
+                        && snapshots
+                            .get(&key)
+                            .is_none_or(|older| older.seq < event.seq)
+                    {
+                        snapshots.insert(
+                            key.clone(),
+                            SnapshotRow {
+                                service: service.to_string(),
+                                entity_id: key.clone(),
+                                seq: event.seq,
+                                type_url: s.type_url.clone(),
+                                snapshot: s.payload.clone(),
+                                timestamp_ms: event.timestamp_ms,
+                            },
+                        );
                     }
                     rows.push(JournalRow {
                         service: service.to_string(),
@@ -143,7 +152,7 @@ impl Backup {
         if !rows.is_empty() {
             self.store.write_journal(&rows).await?;
         }
-        for snapshot in &snapshots {
+        for snapshot in snapshots.values() {
             self.store.write_snapshot(snapshot).await?;
         }
         for row in values.values() {

@@ -28,6 +28,10 @@ pub enum Error {
     /// The events could not be committed; nothing the command did is durable.
     #[error("the command's events were not committed: {0}")]
     NotCommitted(#[from] statehouse_kafka::Error),
+    /// An earlier command of the same entity was not committed, and this one ran on its state:
+    /// nothing this one did is durable either.
+    #[error("an earlier command of the entity was not committed, so this one was not: {0}")]
+    EarlierNotCommitted(String),
     #[error("the backup store is unavailable: {0}")]
     Store(#[from] statehouse_store::Error),
     #[error("user function: {0}")]
@@ -88,9 +92,10 @@ impl From<Error> for tonic::Status {
             Error::EntityFailure(_) => Status::unknown(message),
             // Not committed (aborted, fenced, outcome unknown): retry with the same idempotency
             // key; never OK.
-            Error::NotCommitted(_) | Error::Store(_) | Error::ShuttingDown => {
-                Status::unavailable(message)
-            }
+            Error::NotCommitted(_)
+            | Error::EarlierNotCommitted(_)
+            | Error::Store(_)
+            | Error::ShuttingDown => Status::unavailable(message),
             Error::UserFunction(_) => Status::unavailable(message),
             Error::UserFunctionCall(status) => Status::new(status.code(), status.message()),
             Error::Journal(_) => Status::internal(message),

@@ -56,6 +56,17 @@ pub struct Config {
     pub gateway: GatewayOptions,
     pub processor: ProcessorOptions,
     pub projector: ProjectorOptions,
+    pub runtime: RuntimeOptions,
+}
+
+/// `[runtime]`: the async runtime every role runs on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RuntimeOptions {
+    /// Worker threads; 0 = one per CPU core. Kafka's client threads and the blocking pool
+    /// come on top; on a machine shared with Kafka, Cassandra and the user function, fewer
+    /// workers mean fewer cross-thread wake-ups per command (`docs/benchmarks.md`).
+    pub worker_threads: usize,
 }
 
 /// `[telemetry]`: logs and traces.

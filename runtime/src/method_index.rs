@@ -301,24 +301,40 @@ impl MethodInfo {
     ///
     /// Fails if the request does not decode as the input type, or if an entity method's key
     /// is empty.
+    ///
+    /// Only the key fields are read: the request's top level is scanned on the wire and every
+    /// other field is skipped undecoded (the rest of the request is the user function's to
+    /// decode). Anything the scan does not take at face value — a malformed or truncated
+    /// request, a group, a key field with an unexpected wire type — goes through a full decode,
+    /// which gives the precise error.
     pub fn entity_id(&self, request: &[u8]) -> Result<String, Error> {
         if self.key_fields.is_empty() {
             return Ok(String::new());
         }
-        let message = DynamicMessage::decode(self.input.clone(), request).map_err(|source| {
-            Error::MalformedRequest {
-                message: self.input.full_name().to_string(),
-                source,
+        let values = match scan_key_values(&self.key_fields, request) {
+            Some(values) => values,
+            None => {
+                let message =
+                    DynamicMessage::decode(self.input.clone(), request).map_err(|source| {
+                        Error::MalformedRequest {
+                            message: self.input.full_name().to_string(),
+                            source,
+                        }
+                    })?;
+                self.key_fields
+                    .iter()
+                    .map(|field| message.get_field(field).into_owned())
+                    .collect()
             }
-        })?;
+        };
         let mut id = String::new();
         let mut all_empty = true;
-        for (i, field) in self.key_fields.iter().enumerate() {
+        for (i, (field, value)) in self.key_fields.iter().zip(&values).enumerate() {
             if i > 0 {
                 id.push('-');
             }
             let before = id.len();
-            push_key_value(&mut id, field, &message.get_field(field))?;
+            push_key_value(&mut id, field, value)?;
             all_empty &= id.len() == before;
         }
         if all_empty {
@@ -339,6 +355,62 @@ impl MethodInfo {
     pub fn is_unary(&self) -> bool {
         !self.client_streaming && !self.server_streaming
     }
+}
+
+/// The values of the key fields of an encoded request, read from its top-level fields on the
+/// wire (the last occurrence wins; an absent field has its default); `None` when the request is
+/// not plainly well-formed at the top level or a key field's wire type does not fit its type.
+fn scan_key_values(fields: &[FieldDescriptor], request: &[u8]) -> Option<Vec<Value>> {
+    let mut found: Vec<Option<Value>> = vec![None; fields.len()];
+    let complete = wire::each_field(request, |number, raw| {
+        let Some(i) = fields.iter().position(|f| f.number() == number) else {
+            return true;
+        };
+        match key_value(&fields[i], raw) {
+            Some(value) => {
+                found[i] = Some(value);
+                true
+            }
+            None => false,
+        }
+    });
+    complete.then(|| {
+        found
+            .into_iter()
+            .zip(fields)
+            .map(|(value, field)| value.unwrap_or_else(|| Value::default_value_for_field(field)))
+            .collect()
+    })
+}
+
+/// A key field's value from its wire encoding, as a full decode would give it.
+fn key_value(field: &FieldDescriptor, raw: wire::Field<'_>) -> Option<Value> {
+    use wire::Field;
+    if field.is_list() || field.is_map() {
+        return None;
+    }
+    Some(match (field.kind(), raw) {
+        (Kind::Int32, Field::Varint(v)) => Value::I32(v as i32),
+        (Kind::Int64, Field::Varint(v)) => Value::I64(v as i64),
+        (Kind::Uint32, Field::Varint(v)) => Value::U32(v as u32),
+        (Kind::Uint64, Field::Varint(v)) => Value::U64(v),
+        (Kind::Sint32, Field::Varint(v)) => {
+            let v = v as u32;
+            Value::I32((v >> 1) as i32 ^ -((v & 1) as i32))
+        }
+        (Kind::Sint64, Field::Varint(v)) => Value::I64((v >> 1) as i64 ^ -((v & 1) as i64)),
+        (Kind::Bool, Field::Varint(v)) => Value::Bool(v != 0),
+        (Kind::Enum(_), Field::Varint(v)) => Value::EnumNumber(v as i32),
+        (Kind::Fixed64, Field::Fixed64(b)) => Value::U64(u64::from_le_bytes(b)),
+        (Kind::Sfixed64, Field::Fixed64(b)) => Value::I64(i64::from_le_bytes(b)),
+        (Kind::Double, Field::Fixed64(b)) => Value::F64(f64::from_le_bytes(b)),
+        (Kind::Fixed32, Field::Fixed32(b)) => Value::U32(u32::from_le_bytes(b)),
+        (Kind::Sfixed32, Field::Fixed32(b)) => Value::I32(i32::from_le_bytes(b)),
+        (Kind::Float, Field::Fixed32(b)) => Value::F32(f32::from_le_bytes(b)),
+        (Kind::String, Field::Bytes(b)) => Value::String(std::str::from_utf8(b).ok()?.to_owned()),
+        (Kind::Bytes, Field::Bytes(b)) => Value::Bytes(Bytes::copy_from_slice(b)),
+        _ => return None,
+    })
 }
 
 fn push_key_value(out: &mut String, field: &FieldDescriptor, value: &Value) -> Result<(), Error> {
@@ -793,13 +865,14 @@ fn check_acyclic(files: &[FileEntry], by_name: &HashMap<String, usize>) -> Resul
     Ok(())
 }
 
-/// Just enough of the protobuf wire format to find options by number.
+/// Just enough of the protobuf wire format to find options and key fields by number.
 mod wire {
     /// One field of an encoded message.
-    enum Field<'a> {
+    pub(super) enum Field<'a> {
         Varint(u64),
+        Fixed64([u8; 8]),
         Bytes(&'a [u8]),
-        Other,
+        Fixed32([u8; 4]),
     }
 
     fn varint(buf: &mut &[u8]) -> Option<u64> {
@@ -815,35 +888,59 @@ mod wire {
         None
     }
 
+    /// The next field of `buf` (not empty); `None` if it is malformed or a group.
+    fn field<'a>(buf: &mut &'a [u8]) -> Option<(u32, Field<'a>)> {
+        let key = varint(buf)?;
+        let number = u32::try_from(key >> 3).ok()?;
+        let field = match key & 7 {
+            0 => Field::Varint(varint(buf)?),
+            1 => {
+                let (value, rest) = buf.split_first_chunk::<8>()?;
+                *buf = rest;
+                Field::Fixed64(*value)
+            }
+            2 => {
+                let len = usize::try_from(varint(buf)?).ok()?;
+                let (value, rest) = (buf.get(..len)?, buf.get(len..)?);
+                *buf = rest;
+                Field::Bytes(value)
+            }
+            5 => {
+                let (value, rest) = buf.split_first_chunk::<4>()?;
+                *buf = rest;
+                Field::Fixed32(*value)
+            }
+            // Groups never occur in options Statehouse reads (a request with one takes the
+            // full decode).
+            _ => return None,
+        };
+        Some((number, field))
+    }
+
     /// The fields of `buf`, stopping at the first malformed one.
     fn fields(mut buf: &[u8]) -> impl Iterator<Item = (u32, Field<'_>)> {
         std::iter::from_fn(move || {
             if buf.is_empty() {
                 return None;
             }
-            let key = varint(&mut buf)?;
-            let number = u32::try_from(key >> 3).ok()?;
-            let field = match key & 7 {
-                0 => Field::Varint(varint(&mut buf)?),
-                1 => {
-                    buf = buf.get(8..)?;
-                    Field::Other
-                }
-                2 => {
-                    let len = usize::try_from(varint(&mut buf)?).ok()?;
-                    let (value, rest) = (buf.get(..len)?, buf.get(len..)?);
-                    buf = rest;
-                    Field::Bytes(value)
-                }
-                5 => {
-                    buf = buf.get(4..)?;
-                    Field::Other
-                }
-                // Groups never occur in options Statehouse reads.
-                _ => return None,
-            };
-            Some((number, field))
+            field(&mut buf)
         })
+    }
+
+    /// Hand every field of `buf` to `f` until it returns false; true when `buf` is well-formed
+    /// (no field number 0, no group, nothing truncated) and `f` took every field.
+    pub(super) fn each_field(mut buf: &[u8], mut f: impl FnMut(u32, Field<'_>) -> bool) -> bool {
+        while !buf.is_empty() {
+            match field(&mut buf) {
+                Some((number, value)) if number > 0 => {
+                    if !f(number, value) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The value of bool field `number` (the last occurrence wins, as in protobuf).

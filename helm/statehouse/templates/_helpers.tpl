@@ -287,6 +287,7 @@ request-timeout-ms = {{ include "statehouse.tomlInt" $k.requestTimeoutMs }}
 
 [kafka.writer]
 linger-ms = {{ include "statehouse.tomlInt" $k.writer.lingerMs }}
+busy-linger-ms = {{ include "statehouse.tomlInt" $k.writer.busyLingerMs }}
 max-records = {{ include "statehouse.tomlInt" $k.writer.maxRecords }}
 max-bytes = {{ include "statehouse.tomlInt" $k.writer.maxBytes }}
 queue-capacity = {{ include "statehouse.tomlInt" $k.writer.queueCapacity }}
@@ -316,6 +317,9 @@ log-filter = {{ include "statehouse.tomlStr" $t.logFilter }}
 {{- if $t.otlpEndpoint }}
 otlp-endpoint = {{ include "statehouse.tomlStr" $t.otlpEndpoint }}
 {{- end }}
+
+[runtime]
+worker-threads = {{ include "statehouse.tomlInt" .Values.config.runtime.workerThreads }}
 {{- end -}}
 
 {{- define "statehouse.listen" -}}

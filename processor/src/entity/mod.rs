@@ -235,6 +235,14 @@ pub(crate) trait Kind: Sized + Send + 'static {
     /// Whether another command may go to the user function now.
     fn accepts(&self) -> bool;
 
+    /// Whether `command` (the next in the mailbox) may go now; if not, it waits at the head of
+    /// the mailbox until it may (a retry behind the uncommitted original of its idempotency
+    /// key).
+    fn admits(&self, command: &Command) -> bool {
+        let _ = command;
+        true
+    }
+
     /// The stream message of command `id` (`streamed`: the caller takes a stream).
     fn command(
         &mut self,
@@ -482,14 +490,65 @@ impl<K: Kind> Home<K> {
     }
 }
 
-/// An open stream with the user function, and the kind's machine for it. The call itself runs
-/// in its own task: some SDKs (Go) send their response headers only with the first reply, so
-/// awaiting the call before sending anything would deadlock.
+/// An open stream with the user function, and the kind's machine for it.
 struct Session<K: Kind> {
     machine: K,
     tx: mpsc::Sender<K::In>,
-    rx: mpsc::Receiver<Result<K::Out, tonic::Status>>,
+    answers: Answers<K::Out>,
     last_command_id: i64,
+}
+
+/// The user function's side of a session's stream, read by the entity task itself (no relay
+/// task between the stream and the entity: one hand-off less per answer).
+///
+/// The call is opened in a task of its own: some SDKs (Go) send their response headers only
+/// with the first reply, so awaiting the call before sending anything would deadlock. Once
+/// the headers came, the task hands the stream over.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per session, which spends its life in the large variant"
+)]
+enum Answers<Out> {
+    Opening(oneshot::Receiver<Result<tonic::Streaming<Out>, tonic::Status>>),
+    Open(tonic::Streaming<Out>),
+    Ended,
+}
+
+impl<Out> Answers<Out> {
+    /// The next answer; `None` once the stream ended. Cancel safe: a dropped call loses nothing.
+    async fn next(&mut self) -> Option<Result<Out, tonic::Status>> {
+        loop {
+            match self {
+                Answers::Opening(opened) => match opened.await {
+                    Ok(Ok(stream)) => *self = Answers::Open(stream),
+                    Ok(Err(status)) => {
+                        *self = Answers::Ended;
+                        return Some(Err(status));
+                    }
+                    Err(_) => {
+                        *self = Answers::Ended;
+                        return None;
+                    }
+                },
+                Answers::Open(stream) => {
+                    let next = stream.message().await.transpose();
+                    if !matches!(next, Some(Ok(_))) {
+                        *self = Answers::Ended;
+                    }
+                    return next;
+                }
+                Answers::Ended => return None,
+            }
+        }
+    }
+
+    /// Read the rest of a half-closed stream (bounded), so the user function's side completes.
+    async fn drain(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.next().await {}
+        })
+        .await;
+    }
 }
 
 /// A call in flight.
@@ -554,9 +613,23 @@ async fn run<K: Kind>(
         refuse: None,
     };
     let mut passivated = false;
+    // A command taken from the mailbox that the machine does not admit yet.
+    let mut held: Option<Envelope> = None;
     loop {
         let accepts = this.session.as_ref().is_none_or(|s| s.machine.accepts());
-        let idle_now = this.calls.is_empty()
+        if accepts
+            && let Some((command, _)) = &held
+            && this
+                .session
+                .as_ref()
+                .is_none_or(|s| s.machine.admits(command))
+        {
+            let (command, caller) = held.take().expect("checked");
+            this.on_command(command, caller).await;
+            continue;
+        }
+        let idle_now = held.is_none()
+            && this.calls.is_empty()
             && this.writes.is_empty()
             && this
                 .session
@@ -580,8 +653,14 @@ async fn run<K: Kind>(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 this.on_deadline();
             }
-            envelope = rx.recv(), if accepts && !home.stop.is_cancelled() => match envelope {
-                Some((command, caller)) => this.on_command(command, caller).await,
+            envelope = rx.recv(), if accepts && held.is_none() && !home.stop.is_cancelled() => match envelope {
+                Some((command, caller)) => {
+                    if this.session.as_ref().is_none_or(|s| s.machine.admits(&command)) {
+                        this.on_command(command, caller).await;
+                    } else {
+                        held = Some((command, caller));
+                    }
+                }
                 None => break,
             },
             _ = tokio::time::sleep(idle), if idle_now => {
@@ -597,6 +676,9 @@ async fn run<K: Kind>(
         home.forget(&this.entity.key, instance);
     }
     // Commands that arrived after the decision to stop go back to their router to retry.
+    if let Some((_, caller)) = held {
+        caller.fail(home.not_serving());
+    }
     rx.close();
     while let Ok((_, caller)) = rx.try_recv() {
         caller.fail(home.not_serving());
@@ -615,7 +697,7 @@ async fn next_message<K: Kind>(
     session: &mut Option<Session<K>>,
 ) -> Option<Result<K::Out, tonic::Status>> {
     match session {
-        Some(session) => session.rx.recv().await,
+        Some(session) => session.answers.next().await,
         None => std::future::pending().await,
     }
 }
@@ -701,7 +783,11 @@ impl<K: Kind> Entity<K> {
                 deadline,
             },
         );
-        if session.tx.send(message).await.is_err() {
+        // Never wait here: the entity task also reads the answers, and a user function blocked
+        // on writing them would stop reading these. A full stream (MAILBOX messages the user
+        // function has not read) means it stopped keeping up: start over.
+        if session.tx.try_send(message).is_err() {
+            warn!(entity = %self.entity.key, "the user function does not read its entity stream");
             self.crash(K::TERMINATED.to_string(), None);
         }
     }
@@ -856,7 +942,7 @@ impl<K: Kind> Entity<K> {
                     if let Some(session) = self.session.take() {
                         // Half-close; the user function ends its side.
                         drop(session.tx);
-                        tokio::spawn(drain(session.rx));
+                        tokio::spawn(session.answers.drain());
                     }
                     return;
                 }
@@ -973,31 +1059,14 @@ impl<K: Kind> Entity<K> {
             self.window.remember(key, reply);
         }
         let (tx, requests) = mpsc::channel(MAILBOX);
-        let (answers, rx) = mpsc::channel(MAILBOX);
+        let (opened, answers) = oneshot::channel();
         let uf = self.home.env.uf.clone();
         tokio::spawn(async move {
-            let mut stream = match K::open(&uf, ReceiverStream::new(requests)).await {
-                Ok(stream) => stream,
-                Err(status) => {
-                    warn!(address = %uf.address(), %status, "opening an entity stream failed");
-                    let _ = answers.send(Err(status)).await;
-                    return;
-                }
-            };
-            loop {
-                match stream.message().await {
-                    Ok(Some(message)) => {
-                        if answers.send(Ok(message)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = answers.send(Err(status)).await;
-                        break;
-                    }
-                }
+            let result = K::open(&uf, ReceiverStream::new(requests)).await;
+            if let Err(status) = &result {
+                warn!(address = %uf.address(), %status, "opening an entity stream failed");
             }
+            let _ = opened.send(result);
         });
         let replayed = start.messages.len().saturating_sub(1);
         for message in start.messages {
@@ -1011,7 +1080,7 @@ impl<K: Kind> Entity<K> {
         self.session = Some(Session {
             machine,
             tx,
-            rx,
+            answers: Answers::Opening(answers),
             last_command_id: 0,
         });
         metrics::counter!(m::ACTIVATIONS).increment(1);
@@ -1021,12 +1090,9 @@ impl<K: Kind> Entity<K> {
 
     /// Half-close the stream and wait (bounded) for the user function to close it too.
     async fn close_session(&mut self) {
-        if let Some(mut session) = self.session.take() {
+        if let Some(session) = self.session.take() {
             drop(session.tx);
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Some(Ok(_)) = session.rx.recv().await {}
-            })
-            .await;
+            session.answers.drain().await;
         }
     }
 }
@@ -1040,14 +1106,6 @@ fn fail(target: Target, error: Error) {
             let _ = relay.try_send(Relayed::Fail(error));
         }
     }
-}
-
-/// Read a half-closed stream to its end (bounded), so the user function's side completes.
-async fn drain<T>(mut rx: mpsc::Receiver<T>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while rx.recv().await.is_some() {}
-    })
-    .await;
 }
 
 /// The relay task of a streamed call: runs each element's side effects and forward in order,

@@ -31,7 +31,7 @@ use crate::Error;
 use crate::command::{Reply, Then};
 use crate::entity::{EntityRef, Kind, Stamp, Start, Window};
 use crate::journal::Journal;
-use crate::kinds::journaled::{InFlight, Journaled, Serial, Step};
+use crate::kinds::journaled::{InFlight, Journaled, Pipeline, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -41,11 +41,10 @@ const IDEMPOTENCY_LOOKBACK: i64 = 200;
 /// The machine of one event-sourced stream.
 #[derive(Debug)]
 pub(crate) struct EventSourced {
-    /// The last committed event.
+    /// The last event written: committed, or in the pipeline (a failed write drops the
+    /// stream, and the next one starts from what was committed).
     last_seq: i64,
-    /// Events of the answer waiting for their commit.
-    pending: i64,
-    serial: Serial,
+    pipeline: Pipeline,
 }
 
 /// An entity's history as activation found it.
@@ -146,8 +145,7 @@ impl Kind for EventSourced {
         (
             EventSourced {
                 last_seq: loaded.last_seq,
-                pending: 0,
-                serial: Serial::default(),
+                pipeline: Pipeline::default(),
             },
             Start {
                 messages,
@@ -158,8 +156,8 @@ impl Kind for EventSourced {
 }
 
 impl Journaled for EventSourced {
-    fn serial(&mut self) -> &mut Serial {
-        &mut self.serial
+    fn pipeline(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
     }
 
     fn wrap(command: cs::Command) -> EventSourcedStreamIn {
@@ -253,16 +251,12 @@ impl Journaled for EventSourced {
                 }));
             }
         }
-        self.pending = n as i64;
+        self.last_seq += n as i64;
         Step::Done {
             writes,
             then,
             side_effects: reply.side_effects,
         }
-    }
-
-    fn committed(&mut self) {
-        self.last_seq += std::mem::take(&mut self.pending);
     }
 
     fn unsolicited(entity: &EntityRef, out: &EventSourcedStreamOut) -> String {

@@ -1,20 +1,24 @@
-//! What event-sourced and value entities share: one command at a time, its records committed in
-//! the partition's next transaction ([`Journal`]) before the caller gets its answer.
+//! What event-sourced and value entities share: their records committed in the partition's
+//! transactions ([`Journal`]) before the caller gets its answer, answers released in command
+//! order, several commands of one entity in flight between the user function and the commit.
 //!
 //! Each of the two kinds turns the user function's answer to the command in flight into a
-//! [`Step`]; [`Serial`] turns the step into the mailbox's actions and keeps the command in
-//! flight until its writes committed:
+//! [`Step`]; [`Pipeline`] turns the step into the mailbox's actions and holds the answer until
+//! its writes (and every write before them) committed:
 //!
 //! ```text
-//! command ──▶ in flight ──answer──▶ Step::Done (no writes) ──▶ Answer, End
+//! command ──▶ in flight ──answer──▶ Step::Done (no writes) ──▶ Answer, End (after the writes before it)
 //!                          │        Step::Done (writes) ─────▶ Write ──committed──▶ Answer (remembered), End
-//!                          │                                         └─failed────▶ Fail, Drop
-//!                          │        Step::Restart ───────────▶ Answer, Drop
+//!                          │                                         └─failed────▶ Fail (and every later one), Drop
+//!                          │        Step::Restart ───────────▶ Answer, Drop (after the writes before it)
 //!                          └──────▶ Step::Crash ─────────────▶ Crash
 //! ```
 //!
-//! A failed write drops the stream: the user function already applied the change, so its state
-//! is ahead of what is stored; the next command starts from the stored state.
+//! The user function gets one command at a time (the protocol matches answers by command id,
+//! and the reference proxy sends the next command only after the answer); the next goes as
+//! soon as it answered, not after the commit. A failed write drops the stream: the user
+//! function already applied the change (and those after it), so its state is ahead of what is
+//! stored; the next command starts from the stored state.
 
 use std::sync::Arc;
 
@@ -109,25 +113,80 @@ fn add_output(entity: &EntityRef, in_flight: &InFlight, step: &mut Step, stamp: 
     }
 }
 
-/// An answer waiting for its writes to commit.
+/// Answers that may wait for their commit, per entity: beyond it the entity takes no new
+/// command until a group committed.
+pub(crate) const PIPELINE: usize = 64;
+
+/// An answer waiting for the writes before it (and its own) to commit.
 #[derive(Debug)]
-struct Committing {
+struct Waiting {
     id: i64,
     then: Then,
     side_effects: Vec<cs::SideEffect>,
+    /// The command's idempotency key: a retry with it waits until this answer is released.
+    key: Option<String>,
+    /// Whether the answer wrote records (its reply is remembered once they committed).
+    wrote: bool,
+    /// A failure with `restart`: the stream is dropped once this answer went out.
+    restart: bool,
 }
 
-/// The command in flight of a one-at-a-time kind, and its answer while the writes commit.
+/// The commands of one entity between the user function and their commit.
+///
+/// The user function gets the next command as soon as it answered the previous one; the
+/// answer's writes do not wait for the commit of the ones before. Answers are released in
+/// command order, each once every write up to its own committed:
+///
+/// ```text
+///             ┌──────────── writing (one append in the partition writer) ─────────────┐
+/// answers ──▶ │ waiting answers of the group in flight, in command order              │ ──committed──▶ Answer…, End…
+///             └───────────────────────────────────────────────────────────────────────┘
+///             ┌──────────── queued (the next append) ─────────────────────────────────┐
+///             │ answers that came while a group was in flight, and their writes       │ ──▶ the next group
+///             └───────────────────────────────────────────────────────────────────────┘
+/// ```
+///
+/// One append per entity is in the writer at a time, so an entity's records reach the log in
+/// order and never with a gap: the commands answered while a group commits go together in the
+/// next append (several commands of a hot entity share one transaction). A read (an answer
+/// without writes) waits behind uncommitted writes, since the user function answered it from
+/// their state. When a group fails, nothing after it is committed either: its commands and
+/// every later one fail, and the stream is dropped (the next command starts from the stored
+/// state). With nothing waiting, an answer without writes goes out at once and one with
+/// writes is appended at once — the one-command-at-a-time behaviour.
 #[derive(Debug, Default)]
-pub(crate) struct Serial {
+pub(crate) struct Pipeline {
     in_flight: Option<InFlight>,
-    committing: Option<Committing>,
+    /// The group whose append is in the writer, and its token.
+    writing: Vec<Waiting>,
+    writing_token: u64,
+    /// The answers of the next group, and its writes.
+    queued: Vec<Waiting>,
+    queued_writes: Vec<Written>,
+    /// A restart is waiting: no new command until it went out.
+    restarting: bool,
+    groups: u64,
 }
 
-impl Serial {
+impl Pipeline {
     /// Whether the next command may go to the user function.
     pub(crate) fn accepts(&self) -> bool {
-        self.in_flight.is_none() && self.committing.is_none()
+        self.in_flight.is_none()
+            && !self.restarting
+            && self.writing.len() + self.queued.len() < PIPELINE
+    }
+
+    /// Whether `command` may go to the user function now: not while an earlier command with its
+    /// idempotency key waits for its commit (the retry then gets that command's stored reply).
+    pub(crate) fn admits(&self, command: &Command) -> bool {
+        let Some(key) = command.idempotency_key.as_deref() else {
+            return true;
+        };
+        !self
+            .writing
+            .iter()
+            .chain(&self.queued)
+            .any(|w| w.key.as_deref() == Some(key))
     }
 
     pub(crate) fn begin(&mut self, id: i64, command: &Command) {
@@ -139,6 +198,10 @@ impl Serial {
         self.in_flight.take()
     }
 
+    fn idle(&self) -> bool {
+        self.writing.is_empty() && self.queued.is_empty()
+    }
+
     /// The mailbox's actions for the answer to `in_flight`.
     pub(crate) fn step<K: Kind<Write = Vec<Written>>>(
         &mut self,
@@ -146,86 +209,153 @@ impl Serial {
         step: Step,
     ) -> Vec<Action<K>> {
         let id = in_flight.id;
-        match step {
-            Step::Crash { text, report } => vec![Action::Crash { text, report }],
-            Step::Restart(reply) => vec![
-                Action::Answer {
+        let (writes, waiting) = match step {
+            Step::Crash { text, report } => return vec![Action::Crash { text, report }],
+            Step::Restart(reply) => (
+                Vec::new(),
+                Waiting {
                     id,
-                    then: Some(Then::Reply(reply)),
+                    then: Then::Reply(reply),
                     side_effects: Vec::new(),
-                    remember: false,
-                    position: None,
+                    key: None,
+                    wrote: false,
+                    restart: true,
                 },
-                Action::Drop,
-            ],
-            Step::Done {
-                writes,
-                then,
-                side_effects,
-            } if writes.is_empty() => vec![
-                Action::Answer {
-                    id,
-                    then: Some(then),
-                    side_effects,
-                    remember: false,
-                    position: None,
-                },
-                Action::End { id },
-            ],
+            ),
             Step::Done {
                 writes,
                 then,
                 side_effects,
             } => {
-                self.committing = Some(Committing {
-                    id,
-                    then,
-                    side_effects,
-                });
-                vec![Action::Write {
-                    token: id as u64,
-                    write: writes,
-                }]
+                let wrote = !writes.is_empty();
+                (
+                    writes,
+                    Waiting {
+                        id,
+                        then,
+                        side_effects,
+                        key: in_flight.idempotency_key,
+                        wrote,
+                        restart: false,
+                    },
+                )
             }
+        };
+        if self.idle() {
+            if writes.is_empty() {
+                // Nothing uncommitted before it: answer now.
+                let mut actions = Vec::new();
+                release(waiting, None, &mut actions);
+                return actions;
+            }
+            self.writing.push(waiting);
+            return vec![self.start_group(writes)];
+        }
+        self.restarting |= waiting.restart;
+        self.queued.push(waiting);
+        self.queued_writes.extend(writes);
+        Vec::new()
+    }
+
+    fn start_group<K: Kind<Write = Vec<Written>>>(&mut self, writes: Vec<Written>) -> Action<K> {
+        self.groups += 1;
+        self.writing_token = self.groups;
+        Action::Write {
+            token: self.writing_token,
+            write: writes,
         }
     }
 
-    /// The writes of the answer finished: `true` with the actions if they committed.
-    pub(crate) fn written<K: Kind>(
+    /// The append `token` finished: the answers it releases, and the next group's append.
+    pub(crate) fn written<K: Kind<Write = Vec<Written>>>(
         &mut self,
+        token: u64,
         result: Result<Option<Position>, Error>,
-    ) -> (bool, Vec<Action<K>>) {
-        let Some(Committing {
-            id,
-            then,
-            side_effects,
-        }) = self.committing.take()
-        else {
-            return (false, Vec::new());
-        };
-        match result {
-            Ok(position) => (
-                true,
-                vec![
-                    Action::Answer {
-                        id,
-                        then: Some(then),
-                        side_effects,
-                        remember: true,
-                        position,
-                    },
-                    Action::End { id },
-                ],
-            ),
-            Err(error) => (false, vec![Action::Fail { id, error }, Action::Drop]),
+    ) -> Vec<Action<K>> {
+        if token != self.writing_token || self.writing.is_empty() {
+            return Vec::new();
         }
+        let mut actions = Vec::new();
+        match result {
+            Ok(position) => {
+                for waiting in std::mem::take(&mut self.writing) {
+                    if release(waiting, position, &mut actions) {
+                        return actions;
+                    }
+                }
+                let queued = std::mem::take(&mut self.queued);
+                let writes = std::mem::take(&mut self.queued_writes);
+                if writes.is_empty() {
+                    // Only answers without writes (or a restart) were waiting: they go now.
+                    for waiting in queued {
+                        if release(waiting, None, &mut actions) {
+                            return actions;
+                        }
+                    }
+                } else {
+                    self.writing = queued;
+                    actions.push(self.start_group(writes));
+                }
+            }
+            Err(error) => {
+                // Nothing after the failed group may commit: its commands and the later ones
+                // fail, and the stream goes (the user function's state is ahead of the log).
+                let reason = error.to_string();
+                let mut first = Some(error);
+                for waiting in std::mem::take(&mut self.writing)
+                    .into_iter()
+                    .chain(std::mem::take(&mut self.queued))
+                {
+                    let error = first
+                        .take()
+                        .unwrap_or_else(|| Error::EarlierNotCommitted(reason.clone()));
+                    actions.push(Action::Fail {
+                        id: waiting.id,
+                        error,
+                    });
+                }
+                self.queued_writes.clear();
+                actions.push(Action::Drop);
+            }
+        }
+        actions
     }
 }
 
-/// What a one-at-a-time kind says of its own protocol; the rest of its [`Kind`] comes from
+/// Answer `waiting` (its writes committed at `position`); true when it restarts the stream
+/// (nothing may follow it).
+fn release<K: Kind>(
+    waiting: Waiting,
+    position: Option<Position>,
+    actions: &mut Vec<Action<K>>,
+) -> bool {
+    let Waiting {
+        id,
+        then,
+        side_effects,
+        wrote,
+        restart,
+        ..
+    } = waiting;
+    actions.push(Action::Answer {
+        id,
+        then: Some(then),
+        side_effects,
+        remember: wrote,
+        position: if wrote { position } else { None },
+    });
+    if restart {
+        actions.push(Action::Drop);
+    } else {
+        actions.push(Action::End { id });
+    }
+    restart
+}
+
+/// What a journaled kind says of its own protocol; the rest of its [`Kind`] comes from
 /// [`journaled_kind!`].
 pub(crate) trait Journaled: Kind<Ctx = Journal, Write = Vec<Written>> {
-    fn serial(&mut self) -> &mut Serial;
+    fn pipeline(&mut self) -> &mut Pipeline;
 
     /// The stream message of command `command` (the protocol's `Command`).
     fn wrap(command: cs::Command) -> Self::In;
@@ -240,21 +370,18 @@ pub(crate) trait Journaled: Kind<Ctx = Journal, Write = Vec<Written>> {
         stamp: &Stamp<'_>,
     ) -> Step;
 
-    /// The writes of the last answer committed.
-    fn committed(&mut self);
-
     /// What the user function sent while no command was in flight, for `reportError`.
     fn unsolicited(entity: &EntityRef, out: &Self::Out) -> String;
 }
 
-/// [`Kind::message`] of a one-at-a-time kind.
+/// [`Kind::message`] of a journaled kind.
 pub(crate) fn message<K: Journaled>(
     machine: &mut K,
     entity: &EntityRef,
     out: K::Out,
     turn: &Turn<'_>,
 ) -> Vec<Action<K>> {
-    let Some(in_flight) = machine.serial().take() else {
+    let Some(in_flight) = machine.pipeline().take() else {
         let report = K::unsolicited(entity, &out);
         warn!(entity = %entity.key, report, "message from the user function while no command was in flight");
         return vec![Action::Crash {
@@ -264,22 +391,10 @@ pub(crate) fn message<K: Journaled>(
     };
     let mut step = machine.answer(entity, &in_flight, out, turn.window, turn.stamp);
     add_output(entity, &in_flight, &mut step, turn.stamp);
-    machine.serial().step(in_flight, step)
+    machine.pipeline().step(in_flight, step)
 }
 
-/// [`Kind::written`] of a one-at-a-time kind.
-pub(crate) fn written<K: Journaled>(
-    machine: &mut K,
-    result: Result<Option<Position>, Error>,
-) -> Vec<Action<K>> {
-    let (committed, actions) = machine.serial().written(result);
-    if committed {
-        machine.committed();
-    }
-    actions
-}
-
-/// The [`Kind`] items every one-at-a-time kind shares (a [`Journaled`] kind's context, writes,
+/// The [`Kind`] items every journaled kind shares (a [`Journaled`] kind's context, writes,
 /// inputs, mailbox gate, commands, messages and write outcomes).
 macro_rules! journaled_kind {
     () => {
@@ -307,7 +422,11 @@ macro_rules! journaled_kind {
         }
 
         fn accepts(&self) -> bool {
-            self.serial.accepts()
+            self.pipeline.accepts()
+        }
+
+        fn admits(&self, command: &$crate::command::Command) -> bool {
+            self.pipeline.admits(command)
         }
 
         fn command(
@@ -317,7 +436,7 @@ macro_rules! journaled_kind {
             command: &$crate::command::Command,
             _streamed: bool,
         ) -> Self::In {
-            self.serial.begin(id, command);
+            self.pipeline.begin(id, command);
             <Self as $crate::kinds::journaled::Journaled>::wrap($crate::entity::protocol_command(
                 entity, id, command, false,
             ))
@@ -335,10 +454,10 @@ macro_rules! journaled_kind {
         fn written(
             &mut self,
             _entity: &$crate::entity::EntityRef,
-            _token: u64,
+            token: u64,
             result: Result<Option<$crate::command::Position>, $crate::Error>,
         ) -> Vec<$crate::entity::Action<Self>> {
-            $crate::kinds::journaled::written(self, result)
+            self.pipeline.written(token, result)
         }
     };
 }

@@ -29,7 +29,7 @@ use crate::Error;
 use crate::command::{Reply, Then};
 use crate::entity::{EntityRef, Kind, Stamp, Start, Window};
 use crate::journal::Journal;
-use crate::kinds::journaled::{InFlight, Journaled, Serial, Step};
+use crate::kinds::journaled::{InFlight, Journaled, Pipeline, Step};
 use crate::records::Written;
 use crate::user_function::UserFunction;
 
@@ -39,11 +39,13 @@ pub(crate) const RECENT: usize = 16;
 /// The machine of one value-entity stream.
 #[derive(Debug)]
 pub(crate) struct Value {
-    /// The version of the stored state (0: never written).
+    /// The version of the last state written: committed, or in the pipeline (a failed write
+    /// drops the stream, and the next one starts from what was committed). 0: never written.
     seq: i64,
-    /// A write of the last answer waits for its commit.
-    pending: bool,
-    serial: Serial,
+    /// Replies of keyed commands written but maybe not committed yet, newest last: a later
+    /// record of the pipeline carries them too (the topic keeps only the latest record).
+    unconfirmed: std::collections::VecDeque<RecentReply>,
+    pipeline: Pipeline,
 }
 
 /// The stored state of an entity, as activation found it.
@@ -115,8 +117,8 @@ impl Kind for Value {
         (
             Value {
                 seq: loaded.seq,
-                pending: false,
-                serial: Serial::default(),
+                unconfirmed: std::collections::VecDeque::new(),
+                pipeline: Pipeline::default(),
             },
             Start {
                 messages: vec![init],
@@ -127,8 +129,8 @@ impl Kind for Value {
 }
 
 impl Journaled for Value {
-    fn serial(&mut self) -> &mut Serial {
-        &mut self.serial
+    fn pipeline(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
     }
 
     fn wrap(command: cs::Command) -> ValueEntityStreamIn {
@@ -213,8 +215,9 @@ impl Journaled for Value {
         let writes = match write {
             None => Vec::new(),
             Some(state) => {
-                let recent = recent_with(window, command, &then);
-                let seq = self.seq + 1;
+                let recent = recent_with(window, &mut self.unconfirmed, command, &then);
+                self.seq += 1;
+                let seq = self.seq;
                 let written = match state {
                     Some(value) => Written::Value(ValueRecord {
                         service: stamp.service.to_string(),
@@ -246,17 +249,10 @@ impl Journaled for Value {
                 vec![written]
             }
         };
-        self.pending = !writes.is_empty();
         Step::Done {
             writes,
             then,
             side_effects: reply.side_effects,
-        }
-    }
-
-    fn committed(&mut self) {
-        if std::mem::take(&mut self.pending) {
-            self.seq += 1;
         }
     }
 
@@ -281,42 +277,51 @@ fn crash(text: &str, report: Option<String>) -> Step {
     Step::crash(text, report)
 }
 
-/// The recent replies a new record carries: the window's newest, then this command's if it
-/// has a key and its answer is a reply (a forward's reply is not known here).
-fn recent_with(window: &Window, command: &InFlight, then: &Then) -> Vec<RecentReply> {
-    let own = match (&command.idempotency_key, then) {
-        (Some(key), Then::Reply(reply)) if window.get(key).is_none() => Some(RecentReply {
+/// The recent replies a new record carries, oldest first: the window's newest (committed),
+/// then those of earlier commands still in the pipeline, then this command's if it has a key and
+/// its answer is a reply (a forward's reply is not known here).
+fn recent_with(
+    window: &Window,
+    unconfirmed: &mut std::collections::VecDeque<RecentReply>,
+    command: &InFlight,
+    then: &Then,
+) -> Vec<RecentReply> {
+    if let (Some(key), Then::Reply(reply)) = (&command.idempotency_key, then)
+        && window.get(key).is_none()
+    {
+        unconfirmed.push_back(RecentReply {
             idempotency_key: key.clone(),
-            reply: match reply {
-                Reply::Message {
-                    payload, type_url, ..
-                } => Some(avro::Reply {
-                    type_url: type_url.clone(),
-                    payload: payload.clone(),
-                }),
-                _ => None,
-            },
-        }),
-        _ => None,
-    };
-    let keep = RECENT - usize::from(own.is_some());
+            reply: stored(reply),
+        });
+    }
+    // Those the window holds by now committed; at most RECENT are carried.
+    unconfirmed.retain(|r| window.get(&r.idempotency_key).is_none());
+    while unconfirmed.len() > RECENT {
+        unconfirmed.pop_front();
+    }
+    let keep = RECENT - unconfirmed.len();
     let mut recent: Vec<RecentReply> = window
         .recent(keep)
         .map(|(key, reply)| RecentReply {
             idempotency_key: key.to_string(),
-            reply: match reply {
-                Reply::Message {
-                    payload, type_url, ..
-                } => Some(avro::Reply {
-                    type_url: type_url.clone(),
-                    payload: payload.clone(),
-                }),
-                _ => None,
-            },
+            reply: stored(reply),
         })
         .collect();
-    recent.extend(own);
+    recent.extend(unconfirmed.iter().cloned());
     recent
+}
+
+/// A reply as a record carries it (none: no message).
+fn stored(reply: &Reply) -> Option<avro::Reply> {
+    match reply {
+        Reply::Message {
+            payload, type_url, ..
+        } => Some(avro::Reply {
+            type_url: type_url.clone(),
+            payload: payload.clone(),
+        }),
+        _ => None,
+    }
 }
 
 fn reply_of_recent(reply: Option<avro::Reply>) -> Reply {

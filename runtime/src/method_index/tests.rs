@@ -471,3 +471,144 @@ fn dependencies_resolve_in_any_order_and_missing_or_cyclic_ones_are_named() {
         "the descriptor set has an import cycle: a.proto -> b.proto -> c.proto -> a.proto"
     );
 }
+
+const SCALARS: &str = r#"
+syntax = "proto3";
+package shop;
+import "cloudstate/entity_key.proto";
+import "google/protobuf/empty.proto";
+message Nested { string text = 1; }
+message Keys {
+  int32 a = 1 [(cloudstate.entity_key) = true];
+  int64 b = 2 [(cloudstate.entity_key) = true];
+  uint32 c = 3 [(cloudstate.entity_key) = true];
+  uint64 d = 4 [(cloudstate.entity_key) = true];
+  sint32 e = 5 [(cloudstate.entity_key) = true];
+  sint64 f = 6 [(cloudstate.entity_key) = true];
+  bool g = 7 [(cloudstate.entity_key) = true];
+  fixed32 h = 8 [(cloudstate.entity_key) = true];
+  fixed64 i = 9 [(cloudstate.entity_key) = true];
+  sfixed32 j = 10 [(cloudstate.entity_key) = true];
+  sfixed64 k = 11 [(cloudstate.entity_key) = true];
+  float l = 12 [(cloudstate.entity_key) = true];
+  double m = 13 [(cloudstate.entity_key) = true];
+  string n = 14 [(cloudstate.entity_key) = true];
+  bytes o = 15 [(cloudstate.entity_key) = true];
+  Nested other = 16;
+  repeated string more = 17;
+}
+service Scalars { rpc Put(Keys) returns (google.protobuf.Empty); }
+"#;
+
+/// The id a full decode gives (the way `entity_id` worked before it scanned the wire).
+fn decoded_id(method: &MethodInfo, request: &[u8]) -> Result<String, Error> {
+    let message = DynamicMessage::decode(method.input.clone(), request).map_err(|source| {
+        Error::MalformedRequest {
+            message: method.input.full_name().to_string(),
+            source,
+        }
+    })?;
+    let mut id = String::new();
+    for (i, field) in method.key_fields.iter().enumerate() {
+        if i > 0 {
+            id.push('-');
+        }
+        push_key_value(&mut id, field, &message.get_field(field))?;
+    }
+    Ok(id)
+}
+
+#[test]
+fn scanning_the_key_fields_gives_what_a_full_decode_gives() {
+    use prost::encoding::{self, WireType};
+    let set = compile(
+        &[("shop/scalars.proto", SCALARS)],
+        &["shop/scalars.proto"],
+        false,
+    );
+    let index = MethodIndex::build(
+        &set,
+        &[entity(protocol::VALUE_ENTITY, "shop.Scalars")],
+        ALL_TYPES,
+    )
+    .unwrap();
+    let put = index.method("/shop.Scalars/Put").unwrap();
+    assert_eq!(put.key_fields.len(), 15);
+
+    let full = |sign: i64, text: &str| {
+        let mut b = Vec::new();
+        encoding::int32::encode(1, &(sign as i32 * 7), &mut b);
+        encoding::int64::encode(2, &(sign << 40), &mut b);
+        encoding::uint32::encode(3, &u32::MAX, &mut b);
+        encoding::uint64::encode(4, &u64::MAX, &mut b);
+        encoding::sint32::encode(5, &(sign as i32 * 3), &mut b);
+        encoding::sint64::encode(6, &(sign * 5), &mut b);
+        encoding::bool::encode(7, &true, &mut b);
+        encoding::fixed32::encode(8, &9, &mut b);
+        encoding::fixed64::encode(9, &10, &mut b);
+        encoding::sfixed32::encode(10, &(sign as i32 * 11), &mut b);
+        encoding::sfixed64::encode(11, &(sign * 12), &mut b);
+        encoding::float::encode(12, &(sign as f32 * 1.5), &mut b);
+        encoding::double::encode(13, &(sign as f64 * 2.25), &mut b);
+        encoding::string::encode(14, &text.to_string(), &mut b);
+        encoding::bytes::encode(15, &b"raw".to_vec(), &mut b);
+        encoding::string::encode(17, &"x".to_string(), &mut b);
+        b
+    };
+    let mut nested_first = Vec::new();
+    encoding::message::encode(16, &AddLineItem::default(), &mut nested_first);
+    nested_first.extend(full(1, "tail"));
+    let mut repeated = full(1, "first");
+    // The last occurrence of a scalar wins.
+    encoding::string::encode(14, &"second".to_string(), &mut repeated);
+    encoding::int32::encode(1, &-1, &mut repeated);
+    // A bool encoded as a large varint, an unknown field of each wire type.
+    let mut odd = full(-1, "ünïcode");
+    encoding::uint64::encode(7, &300, &mut odd);
+    encoding::encode_key(99, WireType::ThirtyTwoBit, &mut odd);
+    odd.extend([1, 2, 3, 4]);
+    encoding::encode_key(98, WireType::SixtyFourBit, &mut odd);
+    odd.extend([0; 8]);
+    encoding::bytes::encode(97, &vec![0xff; 3], &mut odd);
+
+    for request in [
+        full(1, "a"),
+        full(-1, "b"),
+        nested_first,
+        repeated,
+        odd,
+        Vec::new(),
+    ] {
+        let expected = decoded_id(put, &request).unwrap();
+        assert!(
+            scan_key_values(&put.key_fields, &request).is_some(),
+            "scanned without a full decode"
+        );
+        assert_eq!(put.entity_id(&request).unwrap(), expected);
+    }
+
+    // What the scan does not take goes through the full decode: the same errors as before.
+    let mut wrong_wire = Vec::new();
+    encoding::string::encode(1, &"not an int".to_string(), &mut wrong_wire);
+    let mut bad_utf8 = Vec::new();
+    encoding::bytes::encode(14, &vec![0xff, 0xfe], &mut bad_utf8);
+    let mut group = full(1, "g");
+    encoding::encode_key(50, WireType::StartGroup, &mut group);
+    encoding::encode_key(50, WireType::EndGroup, &mut group);
+    let truncated = full(1, "t")[..20].to_vec();
+    for request in [
+        wrong_wire,
+        bad_utf8,
+        group,
+        truncated,
+        vec![0x00, 0x01],
+        vec![0xff; 11],
+    ] {
+        assert!(scan_key_values(&put.key_fields, &request).is_none());
+        assert_eq!(
+            put.entity_id(&request).map_err(|e| e.to_string()),
+            decoded_id(put, &request).map_err(|e| e.to_string()),
+            "{request:?}"
+        );
+    }
+}

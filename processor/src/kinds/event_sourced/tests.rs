@@ -223,9 +223,8 @@ fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
     assert_eq!(events[1].command_id.as_deref(), Some("cmd-1"));
     assert_eq!(events[1].writer, w);
     assert_eq!(events[1].traceparent.as_deref(), Some("00-trace-span-01"));
-    // Not committed yet: the next answer would reuse 6.. if the writes failed.
-    assert_eq!(machine.last_seq, 5);
-    machine.committed();
+    // The next answer continues after them even before they committed (a failed write drops
+    // the stream, and with it this machine).
     assert_eq!(machine.last_seq, 7);
 
     // A reply without events writes nothing, and committing it changes nothing.
@@ -244,7 +243,6 @@ fn events_are_persisted_with_the_next_sequence_numbers_then_committed() {
             side_effects: Vec::new()
         }
     );
-    machine.committed();
     assert_eq!(machine.last_seq, 7);
 }
 
@@ -470,4 +468,178 @@ fn the_answer_carries_the_commit_position_of_the_events() {
         _ => None,
     });
     assert_eq!(answered, Some(Some(position)));
+}
+
+/// What the mailbox is asked to do, in short: `A<id>` answer (`+`: remembered), `E<id>` end,
+/// `F<id>` fail, `W<token>:<records>` write, `D` drop, `C` crash.
+fn short(actions: &[crate::entity::Action<EventSourced>]) -> Vec<String> {
+    use crate::entity::Action;
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Answer { id, remember, .. } => {
+                format!("A{id}{}", if *remember { "+" } else { "" })
+            }
+            Action::End { id } => format!("E{id}"),
+            Action::Fail { id, .. } => format!("F{id}"),
+            Action::Write { token, write } => format!("W{token}:{}", write.len()),
+            Action::Drop => "D".into(),
+            Action::Crash { .. } => "C".into(),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
+/// Send command `id` (with `key`) and feed the machine the user function's answer `out`.
+fn run(
+    machine: &mut EventSourced,
+    e: &EntityRef,
+    id: i64,
+    key: Option<&str>,
+    out: EventSourcedStreamOut,
+) -> Vec<String> {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let cmd = command(&m, "u1", key);
+    assert!(machine.accepts(), "command {id} may go");
+    assert!(machine.admits(&cmd));
+    machine.command(e, id, &cmd, false);
+    assert!(
+        !machine.accepts(),
+        "one command at a time at the user function"
+    );
+    let w = writer();
+    let window = Window::default();
+    let stamp = stamp(&w);
+    let turn = crate::entity::Turn {
+        window: &window,
+        stamp: &stamp,
+    };
+    short(&machine.message(e, out, &turn))
+}
+
+#[test]
+fn commands_run_ahead_of_their_commit_and_are_answered_in_order() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    // Nothing waits: the first answer's events are appended at once.
+    assert_eq!(
+        run(&mut machine, &e, 1, Some("k1"), reply(1, None, 1)),
+        ["W1:1"]
+    );
+    // While they commit, the next commands run; their answers wait, their writes gather.
+    assert_eq!(
+        run(&mut machine, &e, 2, Some("k2"), reply(2, None, 2)),
+        Vec::<String>::new()
+    );
+    // A read waits behind the uncommitted writes it was answered from.
+    assert_eq!(
+        run(&mut machine, &e, 3, None, reply(3, None, 0)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        run(&mut machine, &e, 4, None, reply(4, None, 1)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        machine.last_seq, 4,
+        "sequence numbers continue across the pipeline"
+    );
+    // A retry of an idempotency key still in the pipeline waits for its reply.
+    assert!(!machine.admits(&command(&m, "u1", Some("k2"))));
+    assert!(machine.admits(&command(&m, "u1", Some("k9"))));
+    // The first group committed: its answer goes, the next group is one append.
+    assert_eq!(
+        short(&machine.written(&e, 1, Ok(None))),
+        ["A1+", "E1", "W2:3"]
+    );
+    // A stale token changes nothing.
+    assert!(machine.written(&e, 1, Ok(None)).is_empty());
+    let position = crate::command::Position {
+        partition: 0,
+        offset: 9,
+    };
+    let actions = machine.written(&e, 2, Ok(Some(position)));
+    assert_eq!(short(&actions), ["A2+", "E2", "A3", "E3", "A4+", "E4"]);
+    let positions: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            crate::entity::Action::Answer { position, .. } => Some(*position),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(positions, [Some(position), None, Some(position)]);
+    assert!(machine.admits(&command(&m, "u1", Some("k2"))));
+    // Idle again: a read is answered at once.
+    assert_eq!(
+        run(&mut machine, &e, 5, None, reply(5, None, 0)),
+        ["A5", "E5"]
+    );
+}
+
+#[test]
+fn a_failed_group_fails_every_later_command_and_drops_the_stream() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    assert_eq!(run(&mut machine, &e, 1, None, reply(1, None, 1)), ["W1:1"]);
+    assert!(run(&mut machine, &e, 2, None, reply(2, None, 1)).is_empty());
+    assert!(run(&mut machine, &e, 3, None, reply(3, None, 0)).is_empty());
+    let failed = Error::EntityFailure("aborted".into());
+    let actions = machine.written(&e, 1, Err(failed));
+    assert_eq!(short(&actions), ["F1", "F2", "F3", "D"]);
+    let errors: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            crate::entity::Action::Fail { error, .. } => Some(error.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors[0], "aborted");
+    assert!(
+        errors[1].contains("earlier command") && errors[1].contains("aborted"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        tonic::Status::from(Error::EarlierNotCommitted("x".into())).code(),
+        tonic::Code::Unavailable,
+        "retryable"
+    );
+}
+
+#[test]
+fn a_restart_waits_for_the_writes_before_it_and_stops_the_pipeline() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    assert_eq!(run(&mut machine, &e, 1, None, reply(1, None, 1)), ["W1:1"]);
+    let restart = client_action::Action::Failure(cs::Failure {
+        command_id: 2,
+        description: "boom".into(),
+        restart: true,
+    });
+    assert!(run(&mut machine, &e, 2, None, reply(2, Some(restart), 0)).is_empty());
+    assert!(!machine.accepts(), "nothing runs after a restart");
+    assert_eq!(
+        short(&machine.written(&e, 1, Ok(None))),
+        ["A1+", "E1", "A2", "D"]
+    );
+}
+
+#[test]
+fn the_pipeline_is_bounded() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    let mut id = 0;
+    while machine.accepts() {
+        id += 1;
+        run(&mut machine, &e, id, None, reply(id, None, 1));
+    }
+    assert_eq!(id as usize, crate::kinds::journaled::PIPELINE);
+    assert_eq!(
+        short(&machine.written(&e, 1, Ok(None))),
+        ["A1+", "E1", &format!("W2:{}", id - 1)]
+    );
+    assert!(machine.accepts());
 }

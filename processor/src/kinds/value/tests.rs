@@ -132,7 +132,6 @@ fn updates_and_deletes_are_written_with_the_next_version() {
         (1, &b"one"[..], "ve")
     );
     assert_eq!(v.type_url, "type.googleapis.com/x.Persisted");
-    machine.committed();
     assert_eq!(machine.seq, 1);
 
     // A read writes nothing and keeps the version.
@@ -147,7 +146,6 @@ fn updates_and_deletes_are_written_with_the_next_version() {
         matches!(&step, Step::Done { writes, .. } if writes.is_empty()),
         "{step:?}"
     );
-    machine.committed();
     assert_eq!(machine.seq, 1);
 
     // A delete is a deletion record (a tombstone on the topic); the stream stays.
@@ -166,7 +164,6 @@ fn updates_and_deletes_are_written_with_the_next_version() {
         panic!("{writes:?}")
     };
     assert_eq!(d.seq, 2);
-    machine.committed();
     assert_eq!(machine.seq, 2, "the version continues after a delete");
 }
 
@@ -297,27 +294,40 @@ fn records_carry_the_recent_idempotent_replies_bounded() {
         Bytes::from_static(b"n")
     );
     assert_eq!(v.recent[0].idempotency_key, format!("old{}", 6));
-    // A command without a key carries the window on unchanged (nothing is forgotten by a
-    // write without a key).
+    // A command without a key carries the same replies on (nothing is forgotten by a write
+    // without a key), including those of commands not committed yet: the topic keeps only the
+    // latest record.
     let plain = command(&m, "u1", None);
-    let step = machine.answer(
-        &e,
-        &InFlight::of(2, &plain),
-        reply(2, message(b"p"), update(b"p")),
-        &window,
-        &stamp(&w),
-    );
-    let Step::Done { writes, .. } = step else {
-        panic!("{step:?}")
+    let mut next = |id: i64, window: &Window| {
+        let step = machine.answer(
+            &e,
+            &InFlight::of(id, &plain),
+            reply(id, message(b"p"), update(b"p")),
+            window,
+            &stamp(&w),
+        );
+        let Step::Done { mut writes, .. } = step else {
+            panic!("{step:?}")
+        };
+        let Some(Written::Value(v)) = writes.pop() else {
+            panic!("{writes:?}")
+        };
+        v.recent
+            .into_iter()
+            .map(|r| r.idempotency_key)
+            .collect::<Vec<_>>()
     };
-    let [Written::Value(v)] = &writes[..] else {
-        panic!("{writes:?}")
-    };
-    assert_eq!(v.recent.len(), RECENT);
+    let expected: Vec<String> = (6..RECENT + 5)
+        .map(|i| format!("old{i}"))
+        .chain(["new".to_string()])
+        .collect();
     assert_eq!(
-        v.recent.last().unwrap().idempotency_key,
-        format!("old{}", RECENT + 4)
+        next(2, &window),
+        expected,
+        "\"new\" is still in the pipeline"
     );
+    window.remember("new".into(), Reply::Empty);
+    assert_eq!(next(3, &window), expected, "\"new\" committed");
 }
 
 #[test]
