@@ -303,6 +303,18 @@ impl Ratios {
     }
 }
 
+/// The targets table under the heading `title`.
+fn write_checks(md: &mut String, title: &str, checks: &[Check]) {
+    let _ = writeln!(
+        md,
+        "\n## {title}\n\n| figure | value | target | met |\n|---|---|---|---|"
+    );
+    for c in checks {
+        let met = if c.met { "yes" } else { "**no**" };
+        let _ = writeln!(md, "| {} | {} | {} | {met} |", c.figure, c.value, c.target);
+    }
+}
+
 /// The median of some values and their range.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spread {
@@ -489,20 +501,7 @@ impl Bench {
         for (k, v) in &self.settings {
             let _ = writeln!(md, "* {k}: {v}");
         }
-        let _ = writeln!(
-            md,
-            "\n## Targets\n\n| figure | value | target | met |\n|---|---|---|---|"
-        );
-        for c in &self.checks {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                c.figure,
-                c.value,
-                c.target,
-                if c.met { "yes" } else { "**no**" }
-            );
-        }
+        write_checks(&mut md, "Targets", &self.checks);
         let r = &self.ratios;
         let f2 = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}×"));
         let _ = writeln!(
@@ -701,20 +700,7 @@ impl Rounds {
             let order = b.settings.get(PEER_ORDER).map_or("—", String::as_str);
             let _ = writeln!(md, "* round {}: {order}", i + 1);
         }
-        let _ = writeln!(
-            md,
-            "\n## Targets (median over the rounds)\n\n| figure | value | target | met |\n|---|---|---|---|"
-        );
-        for c in &self.checks {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                c.figure,
-                c.value,
-                c.target,
-                if c.met { "yes" } else { "**no**" }
-            );
-        }
+        write_checks(&mut md, "Targets (median over the rounds)", &self.checks);
         let rounds_header: String = (1..=n).map(|i| format!(" round {i} |")).collect();
         let _ = writeln!(
             md,

@@ -871,8 +871,9 @@ impl Bench<'_> {
         let target = format!("http://127.0.0.1:{}", stack.gw_port);
         let run_id = format!("mem{}", self.ts);
         let activate = |from: u64, to: u64, op: &str| -> Result<String> {
-            let out = Command::new(&self.loadtest)
-                .args([
+            let text = loadtest_output(
+                &self.loadtest,
+                &[
                     "activate",
                     "--target",
                     &target,
@@ -884,16 +885,8 @@ impl Bench<'_> {
                     &to.to_string(),
                     "--op",
                     op,
-                ])
-                .output()
-                .context("running statehouse-loadtest activate")?;
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !out.status.success() {
-                bail!(
-                    "activate {from}..{to} failed: {text} {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+                ],
+            )?;
             println!("    {op} {from}..{to}: {text}");
             Ok(text)
         };
@@ -976,8 +969,9 @@ impl Bench<'_> {
         stack.wait_ready(work, second)?;
         // Let the group rebalance so that both own partitions.
         std::thread::sleep(Duration::from_secs(15));
-        let out = Command::new(&self.loadtest)
-            .args([
+        let text = loadtest_output(
+            &self.loadtest,
+            &[
                 "takeover",
                 "--target",
                 &target,
@@ -987,16 +981,8 @@ impl Bench<'_> {
                 &a.more.takeover_entities.to_string(),
                 "--kill-pid",
                 &processor(&stack).to_string(),
-            ])
-            .output()
-            .context("running statehouse-loadtest takeover")?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            bail!(
-                "takeover failed: {text} {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+            ],
+        )?;
         println!("    {text}");
         writeln_str(
             &mut report,
@@ -1024,6 +1010,23 @@ fn writeln_str(s: &mut String, line: &str) {
 fn kv(text: &str, key: &str) -> Option<f64> {
     text.split_whitespace()
         .find_map(|p| p.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Run `statehouse-loadtest <args>` to its end: its standard output (one `key=value` line).
+fn loadtest_output(loadtest: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(loadtest)
+        .args(args)
+        .output()
+        .with_context(|| format!("running statehouse-loadtest {}", args[0]))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        bail!(
+            "statehouse-loadtest {} failed: {text} {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(text)
 }
 
 /// `kill -9` the child `name`, reap it and forget it (the running ones are still checked).
