@@ -725,7 +725,9 @@ impl<K: Kind> Entity<K> {
             return;
         }
         if self.session.is_none()
-            && let Err(e) = self.activate().await
+            // Boxed: loading (Cassandra reads) is a large future, and held inline it would make
+            // every entity task that large for its whole life.
+            && let Err(e) = Box::pin(self.activate()).await
         {
             warn!(entity = %self.entity.key, error = %e, "activation failed");
             caller.fail(e);
