@@ -274,6 +274,11 @@ mod tests {
         assert!(o.validate().is_err(), "min ISR above RF must fail");
 
         let mut o = Options::default();
+        o.writer.busy_linger_ms = 1_001;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("busy-linger-ms 1001"), "{err}");
+
+        let mut o = Options::default();
         o.librdkafka
             .insert("security.protocol".into(), "SASL_SSL".into());
         o.validate().unwrap();

@@ -161,24 +161,24 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
             );
         }
     }
-    let mut usage = Vec::new();
-    let closed = measured(
-        &o.probe,
-        &sent,
-        &mut usage,
-        driver::run(
-            &target,
+    let mut steps_run = Steps {
+        probe: &o.probe,
+        sent: &sent,
+        target: &target,
+        usage: Vec::new(),
+    };
+    let closed = steps_run
+        .run(
             &workload,
-            &spec(
+            spec(
                 format!("{} closed C={}", o.target, o.clients),
                 Mode::Closed { clients: o.clients },
                 o.warmup_s.max(2.0),
                 o.closed_s,
                 o.seed,
             ),
-        ),
-    )
-    .await?;
+        )
+        .await?;
     let max = closed.throughput.max(1.0);
     let rates: Vec<(f64, Option<f64>)> = if o.rates.is_empty() {
         o.fractions.iter().map(|f| (f * max, Some(*f))).collect()
@@ -188,14 +188,10 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
     let rates = if o.closed_only { Vec::new() } else { rates };
     let mut steps = Vec::new();
     for (i, (rate, _)) in rates.iter().enumerate() {
-        let phase = measured(
-            &o.probe,
-            &sent,
-            &mut usage,
-            driver::run(
-                &target,
+        let phase = steps_run
+            .run(
                 &workload,
-                &spec(
+                spec(
                     format!("{} open {:.0}/s", o.target, rate),
                     Mode::Open {
                         rate: *rate,
@@ -205,9 +201,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
                     o.step_s,
                     o.seed.wrapping_add(i as u64 + 1),
                 ),
-            ),
-        )
-        .await?;
+            )
+            .await?;
         steps.push(phase);
     }
     let mix = match &o.mix_scenario {
@@ -221,14 +216,10 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
             };
             let rate = (o.mix_fraction * max).max(1.0);
             Some(
-                measured(
-                    &o.probe,
-                    &sent,
-                    &mut usage,
-                    driver::run(
-                        &target,
+                steps_run
+                    .run(
                         &w,
-                        &spec(
+                        spec(
                             format!("{} {name} {rate:.0}/s", o.target),
                             Mode::Open {
                                 rate,
@@ -238,9 +229,8 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
                             o.step_s,
                             o.seed.wrapping_add(1000),
                         ),
-                    ),
-                )
-                .await?,
+                    )
+                    .await?,
             )
         }
         _ => None,
@@ -268,28 +258,32 @@ pub async fn run(o: &Options) -> anyhow::Result<Result> {
         verification,
         loader_cpu_s,
         loader_peak_rss_kib,
-        usage,
+        usage: steps_run.usage,
         fill_commands,
         fill_s,
     })
 }
 
-/// Run one step, sampling `probe` and the commands sent around it into `usage`.
-async fn measured(
-    probe: &Probe,
-    sent: &AtomicU64,
-    usage: &mut Vec<StepUsage>,
-    step: impl Future<Output = anyhow::Result<Phase>>,
-) -> anyhow::Result<Phase> {
-    let (before, sent_before) = (probe.sample().await, sent.load(Ordering::Relaxed));
-    let phase = step.await?;
-    let after = probe.sample().await;
-    usage.push(before.until(
-        &after,
-        &phase.label,
-        sent.load(Ordering::Relaxed) - sent_before,
-    ));
-    Ok(phase)
+/// Runs the sweep's steps against one target, sampling what each cost around it.
+struct Steps<'a> {
+    probe: &'a Probe,
+    sent: &'a AtomicU64,
+    target: &'a Target,
+    usage: Vec<StepUsage>,
+}
+
+impl Steps<'_> {
+    async fn run(&mut self, workload: &Workload, spec: Spec) -> anyhow::Result<Phase> {
+        let (before, sent_before) = (self.probe.sample().await, self.sent.load(Ordering::Relaxed));
+        let phase = driver::run(self.target, workload, &spec).await?;
+        let after = self.probe.sample().await;
+        self.usage.push(before.until(
+            &after,
+            &phase.label,
+            self.sent.load(Ordering::Relaxed) - sent_before,
+        ));
+        Ok(phase)
+    }
 }
 
 fn summarize(

@@ -11,22 +11,46 @@ use statehouse_loadtest::report::{self, Bench, Machine, Rounds, Spread};
 use statehouse_loadtest::sweep;
 use statehouse_loadtest::usage::{self, LOAD_GENERATOR, Probe, StepUsage};
 
+/// The in-memory variant of the baseline server, serving in this process on a free port.
+struct MemoryServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl MemoryServer {
+    async fn start() -> Self {
+        let server = Baseline::connect(&BaselineOptions {
+            variant: Variant::Memory,
+            contact_point: String::new(),
+            keyspace: String::new(),
+            max_attempts: 1,
+        })
+        .await
+        .expect("memory baseline");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_sweep_against_an_in_memory_target_reports_and_verifies() {
-    let server = Baseline::connect(&BaselineOptions {
-        variant: Variant::Memory,
-        contact_point: String::new(),
-        keyspace: String::new(),
-        max_attempts: 1,
-    })
-    .await
-    .expect("memory baseline");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = MemoryServer::start().await;
+    let addr = server.addr;
 
     let options = sweep::Options {
         target: "memory".into(),
@@ -228,8 +252,7 @@ async fn a_short_sweep_against_an_in_memory_target_reports_and_verifies() {
     let back: Rounds = serde_json::from_str(&serde_json::to_string(&rounds).unwrap()).unwrap();
     assert_eq!(back.rounds.len(), 3);
 
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[test]
@@ -351,20 +374,8 @@ async fn cart_large_fills_every_cart_before_the_load_and_still_verifies() {
         statehouse_loadtest::scenario::fill_product(7).len(),
         statehouse_loadtest::scenario::FILL_PRODUCT_BYTES
     );
-    let server = Baseline::connect(&BaselineOptions {
-        variant: Variant::Memory,
-        contact_point: String::new(),
-        keyspace: String::new(),
-        max_attempts: 1,
-    })
-    .await
-    .expect("memory baseline");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = MemoryServer::start().await;
+    let addr = server.addr;
     let result = sweep::run(&sweep::Options {
         target: "memory".into(),
         uri: format!("http://{addr}"),
@@ -414,8 +425,7 @@ async fn cart_large_fills_every_cart_before_the_load_and_still_verifies() {
         .count();
     assert_eq!(filled, 20, "{cart:?}");
 
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,20 +434,8 @@ async fn activation_and_takeover_answer_every_entity() {
     use statehouse_loadtest::lifecycle;
     use statehouse_loadtest::scenario::Op;
 
-    let server = Baseline::connect(&BaselineOptions {
-        variant: Variant::Memory,
-        contact_point: String::new(),
-        keyspace: String::new(),
-        max_attempts: 1,
-    })
-    .await
-    .expect("memory baseline");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = MemoryServer::start().await;
+    let addr = server.addr;
     let target = Target::connect(&format!("http://{addr}"), 2).await.unwrap();
 
     let a = lifecycle::activate(&target, "life", (10, 110), Op::AddOther, 16, 3).await;
@@ -463,8 +461,7 @@ async fn activation_and_takeover_answer_every_entity() {
     assert!(killed);
     assert_eq!((t.entities, t.unanswered), (20, 0));
 
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[test]

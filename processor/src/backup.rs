@@ -1,8 +1,8 @@
 //! The asynchronous backup of one partition to Cassandra: committed records leave the
 //! in-memory tail in commit order, in batches — journal events become journal rows (and
-//! snapshot rows, only the newest of a batch per entity), value-entity records the entity's `entity_values` row (only the newest of a
-//! batch per entity) — and each topic's checkpoint advances only after every record before it
-//! is durable in Cassandra. Never on the command path: when Cassandra is down, commands keep
+//! snapshot rows, only the newest of a batch per entity), value-entity records the entity's
+//! `entity_values` row (only the newest of a batch per entity) — and each topic's checkpoint
+//! advances only after every record before it is durable in Cassandra. Never on the command path: when Cassandra is down, commands keep
 //! succeeding and the tail grows until it is back.
 
 use std::collections::HashMap;

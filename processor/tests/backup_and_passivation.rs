@@ -373,6 +373,94 @@ async fn idle_entities_are_passivated_and_reactivated_with_their_state() {
     uf_stop.cancel();
 }
 
+/// The sample's cart without snapshots: reactivation replays the whole journal.
+struct CartWithoutSnapshots;
+
+impl statehouse_sdk::EventSourcedEntity for CartWithoutSnapshots {
+    type State = domain::Cart;
+
+    fn persistence_id(&self) -> &str {
+        PERSISTENCE_ID
+    }
+
+    fn command(
+        &self,
+        ctx: &mut statehouse_sdk::CommandContext<'_>,
+        cart: &domain::Cart,
+        name: &str,
+        payload: &prost_types::Any,
+    ) -> Result<statehouse_sdk::Reply, statehouse_sdk::Failure> {
+        statehouse_sample_shopping_cart::ShoppingCart.command(ctx, cart, name, payload)
+    }
+
+    fn apply(
+        &self,
+        cart: &mut domain::Cart,
+        event: &prost_types::Any,
+    ) -> Result<(), statehouse_sdk::Failure> {
+        statehouse_sample_shopping_cart::ShoppingCart.apply(cart, event)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactivation_replaying_a_long_journal_takes_its_next_command_with_the_whole_state() {
+    // More events than the entity's stream holds in the usual bound (`entity::MAILBOX`, 256),
+    // and no snapshot: the whole journal is replayed before the next command.
+    const EVENTS: i32 = 300;
+    let uf_stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uf_port = listener.local_addr().unwrap().port();
+    let uf = statehouse_sdk::Service::new("cart-without-snapshots", "0")
+        .descriptors(statehouse_schemas::FILE_DESCRIPTOR_SET)
+        .event_sourced(
+            statehouse_sample_shopping_cart::SERVICE_NAME,
+            CartWithoutSnapshots,
+        );
+    let serving = uf_stop.clone();
+    tokio::spawn(async move {
+        uf.serve_with_incoming_shutdown(listener, serving.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    let prefix = format!("{}.", unique("rp"));
+    let keyspace = unique_keyspace("rp");
+    let mut config = config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
+    config.processor.passivation_timeout_ms = 300;
+    statehouse_store::migrations::run(&config.cassandra)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = statehouse_processor::start(config.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
+        .await
+        .unwrap();
+    for q in 1..=EVENTS {
+        add(&mut client, "long", &format!("item-{}", q % 7), 1).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gauge(
+        &metrics(running.metrics_addr).await,
+        "statehouse_active_entities",
+    ) > 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle entity was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next command reactivates it: init and every event, then the command itself.
+    add(&mut client, "long", "item-last", 1).await;
+    let items = cart(&mut client, "long").await;
+    let total: i32 = items.iter().map(|(_, q)| q).sum();
+    assert_eq!(total, EVENTS + 1, "{items:?}");
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    uf_stop.cancel();
+}
+
 async fn metrics(addr: std::net::SocketAddr) -> String {
     let addr = addr.to_string();
     tokio::task::spawn_blocking(move || {

@@ -709,34 +709,36 @@ impl Bench<'_> {
             r.metrics = Some(path);
         }
         // What the floor's records should weigh: the journal's, read back.
-        let sizes = Command::new(&self.loadtest)
-            .args([
+        r.journal_records = Some(match self.journal_record_sizes(&prefix) {
+            Ok(out) => {
+                let get = |k: &str| kv(&out, k).unwrap_or(0.0);
+                format!(
+                    "value {:.0} B, key {:.0} B, whole record {:.0} B (mean of {:.0} records)",
+                    get("value_bytes"),
+                    get("key_bytes"),
+                    get("record_bytes"),
+                    get("records")
+                )
+            }
+            Err(e) => format!("not measured ({e:#})"),
+        });
+        r.sweeps.push(out);
+        Ok(())
+    }
+
+    /// `statehouse-loadtest record-sizes` of the Statehouse journal under `prefix`: its
+    /// `key=value` line (mean value, key and whole-record bytes).
+    fn journal_record_sizes(&self, prefix: &str) -> Result<String> {
+        loadtest_output(
+            &self.loadtest,
+            &[
                 "record-sizes",
                 "--bootstrap-servers",
                 &self.kafka,
                 "--topic",
                 &format!("{prefix}shopping-cart.journal"),
-            ])
-            .output()
-            .context("running statehouse-loadtest record-sizes")?;
-        r.journal_records = Some(if sizes.status.success() {
-            let out = String::from_utf8_lossy(&sizes.stdout);
-            let get = |k: &str| kv(&out, k).unwrap_or(0.0);
-            format!(
-                "value {:.0} B, key {:.0} B, whole record {:.0} B (mean of {:.0} records)",
-                get("value_bytes"),
-                get("key_bytes"),
-                get("record_bytes"),
-                get("records")
-            )
-        } else {
-            format!(
-                "not measured ({})",
-                String::from_utf8_lossy(&sizes.stderr).trim()
-            )
-        });
-        r.sweeps.push(out);
-        Ok(())
+            ],
+        )
     }
 
     /// Start `baseline-server --variant <variant>` on a keyspace of its own.
@@ -933,17 +935,10 @@ impl Bench<'_> {
         }
 
         println!("==> recovery: kill -9 the processor, restart it, GetCart every entity");
-        let record_bytes = Command::new(&self.loadtest)
-            .args([
-                "record-sizes",
-                "--bootstrap-servers",
-                &self.kafka,
-                "--topic",
-                &format!("{prefix}shopping-cart.journal"),
-            ])
-            .output()
+        let record_bytes = self
+            .journal_record_sizes(&prefix)
             .ok()
-            .and_then(|o| kv(&String::from_utf8_lossy(&o.stdout), "record_bytes"))
+            .and_then(|out| kv(&out, "record_bytes"))
             .unwrap_or(0.0);
         kill_9(&mut stack.children, "processor")?;
         let restarted = Instant::now();

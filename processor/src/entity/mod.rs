@@ -613,7 +613,7 @@ async fn run<K: Kind>(
         refuse: None,
     };
     let mut passivated = false;
-    // A command taken from the mailbox that the machine does not admit yet.
+    // The command taken from the mailbox, until the machine admits it.
     let mut held: Option<Envelope> = None;
     loop {
         let accepts = this.session.as_ref().is_none_or(|s| s.machine.accepts());
@@ -653,14 +653,9 @@ async fn run<K: Kind>(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 this.on_deadline();
             }
+            // Taken into `held`: the top of the loop runs it once the machine admits it.
             envelope = rx.recv(), if accepts && held.is_none() && !home.stop.is_cancelled() => match envelope {
-                Some((command, caller)) => {
-                    if this.session.as_ref().is_none_or(|s| s.machine.admits(&command)) {
-                        this.on_command(command, caller).await;
-                    } else {
-                        held = Some((command, caller));
-                    }
-                }
+                Some(envelope) => held = Some(envelope),
                 None => break,
             },
             _ = tokio::time::sleep(idle), if idle_now => {
@@ -1060,7 +1055,10 @@ impl<K: Kind> Entity<K> {
         for (key, reply) in start.remembered {
             self.window.remember(key, reply);
         }
-        let (tx, requests) = mpsc::channel(MAILBOX);
+        // Room for the whole start on top of the usual bound: the start is queued without
+        // waiting, and the first command finds room however long the replay is (commands are
+        // never awaited into the stream, see `on_command`).
+        let (tx, requests) = mpsc::channel(MAILBOX + start.messages.len());
         let (opened, answers) = oneshot::channel();
         let uf = self.home.env.uf.clone();
         tokio::spawn(async move {
@@ -1072,7 +1070,7 @@ impl<K: Kind> Entity<K> {
         });
         let replayed = start.messages.len().saturating_sub(1);
         for message in start.messages {
-            if tx.send(message).await.is_err() {
+            if tx.try_send(message).is_err() {
                 return Err(Error::UserFunction(format!(
                     "the entity stream to {} closed during activation",
                     self.home.env.uf.address()

@@ -157,14 +157,14 @@ struct Waiting {
 #[derive(Debug, Default)]
 pub(crate) struct Pipeline {
     in_flight: Option<InFlight>,
-    /// The group whose append is in the writer, and its token.
+    /// The group whose append is in the writer (its token is `groups`).
     writing: Vec<Waiting>,
-    writing_token: u64,
     /// The answers of the next group, and its writes.
     queued: Vec<Waiting>,
     queued_writes: Vec<Written>,
     /// A restart is waiting: no new command until it went out.
     restarting: bool,
+    /// Groups started; the last one's number is its append's token.
     groups: u64,
 }
 
@@ -259,9 +259,8 @@ impl Pipeline {
 
     fn start_group<K: Kind<Write = Vec<Written>>>(&mut self, writes: Vec<Written>) -> Action<K> {
         self.groups += 1;
-        self.writing_token = self.groups;
         Action::Write {
-            token: self.writing_token,
+            token: self.groups,
             write: writes,
         }
     }
@@ -272,7 +271,7 @@ impl Pipeline {
         token: u64,
         result: Result<Option<Position>, Error>,
     ) -> Vec<Action<K>> {
-        if token != self.writing_token || self.writing.is_empty() {
+        if token != self.groups || self.writing.is_empty() {
             return Vec::new();
         }
         let mut actions = Vec::new();
