@@ -212,18 +212,7 @@ async fn commands_survive_a_cassandra_outage_and_recovery_equals_replay() {
         remove(&mut client, &users[round], "warm").await;
     }
     // The backup really was failing meanwhile (the outage is not a no-op).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while gauge(
-        &metrics(running.metrics_addr).await,
-        "statehouse_backup_failures_total",
-    ) == 0.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backup never noticed the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_passivated(running.metrics_addr).await;
     cassandra.restore();
 
     // The backup catches up: every event ends up in Cassandra, checkpoints cover the journal.
@@ -320,20 +309,7 @@ async fn carts_with_snapshots(store: &Store, truth: &BTreeMap<String, Vec<EventR
 async fn idle_entities_are_passivated_and_reactivated_with_their_state() {
     let uf_stop = CancellationToken::new();
     let uf_port = start_user_function(uf_stop.clone()).await;
-    let prefix = format!("{}.", unique("pv"));
-    let keyspace = unique_keyspace("pv");
-    let mut config = config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
-    config.processor.passivation_timeout_ms = 300;
-    statehouse_store::migrations::run(&config.cassandra)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = statehouse_processor::start(config.clone(), shutdown.clone())
-        .await
-        .unwrap();
-    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
+    let (running, mut client, shutdown) = passivating_processor(uf_port, "pv").await;
 
     for q in 1..=7 {
         add(&mut client, "pat", &format!("item-{}", q % 3), q).await;
@@ -349,18 +325,7 @@ async fn idle_entities_are_passivated_and_reactivated_with_their_state() {
     let (active, first_activations) = activations().await;
     assert!(active >= 1.0, "the entity is active after its commands");
     // Idle past the timeout: the stream is closed and the entity leaves memory.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (active, _) = activations().await;
-        if active == 0.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle entity was never passivated"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_passivated(running.metrics_addr).await;
     // The next command reactivates it from the journal (and snapshot) with the same state.
     assert_eq!(cart(&mut client, "pat").await, before);
     let (_, after_activations) = activations().await;
@@ -422,20 +387,7 @@ async fn a_reactivation_replaying_a_long_journal_takes_its_next_command_with_the
             .await
             .unwrap();
     });
-    let prefix = format!("{}.", unique("rp"));
-    let keyspace = unique_keyspace("rp");
-    let mut config = config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
-    config.processor.passivation_timeout_ms = 300;
-    statehouse_store::migrations::run(&config.cassandra)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = statehouse_processor::start(config.clone(), shutdown.clone())
-        .await
-        .unwrap();
-    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
+    let (running, mut client, shutdown) = passivating_processor(uf_port, "rp").await;
     for q in 1..=EVENTS {
         add(&mut client, "long", &format!("item-{}", q % 7), 1).await;
     }
@@ -459,6 +411,45 @@ async fn a_reactivation_replaying_a_long_journal_takes_its_next_command_with_the
     shutdown.cancel();
     running.wait().await.unwrap();
     uf_stop.cancel();
+}
+
+/// A processor that passivates entities idle for 300 ms, on topics and a keyspace of its own,
+/// and a client of its internal API.
+async fn passivating_processor(
+    uf_port: u16,
+    tag: &str,
+) -> (
+    statehouse_processor::Running,
+    ProcessorClient<Channel>,
+    CancellationToken,
+) {
+    let prefix = format!("{}.", unique(tag));
+    let keyspace = unique_keyspace(tag);
+    let mut config = config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
+    config.processor.passivation_timeout_ms = 300;
+    statehouse_store::migrations::run(&config.cassandra)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = statehouse_processor::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
+        .await
+        .unwrap();
+    (running, client, shutdown)
+}
+
+/// Wait (bounded) until no entity is active.
+async fn until_passivated(metrics_addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gauge(&metrics(metrics_addr).await, "statehouse_active_entities") > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle entity was never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn metrics(addr: std::net::SocketAddr) -> String {
