@@ -185,7 +185,7 @@ pub async fn check_stack(
     history: &History,
 ) -> Report {
     check(
-        &statehouse_test_support::kafka_bootstrap(),
+        &stack.kafka_bootstrap(),
         &stack.prefix,
         &stack.options.service,
         partitions,

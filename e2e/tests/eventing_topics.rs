@@ -152,15 +152,17 @@ async fn topic_inputs_give_exactly_one_output_each_across_a_kill() {
     let publisher = Publisher::new(&kafka).unwrap();
     let (mut first, _) = start_pipe(&stack, &stop).await;
 
-    // The first half goes in over ~2.5 s, so the kill lands while inputs are still coming.
+    // The first half goes in over ≥ 5 s, so the kill lands while inputs are still coming (each
+    // look at the output topic takes a while on a fresh broker: at 2.5 s, a look that started
+    // before the 200th output could end after the 500th).
     let first_half = {
         let (publisher, run) = (publisher.clone(), run.clone());
         tokio::spawn(async move {
-            publish(&publisher, &run, 0..INPUTS / 2, Duration::from_millis(5)).await;
+            publish(&publisher, &run, 0..INPUTS / 2, Duration::from_millis(10)).await;
         })
     };
     // Part of the first half is through: kill the processor in the middle of the stream.
-    wait_for(&kafka, &run, INPUTS / 5, "before the kill").await;
+    wait_for(&kafka, &run, INPUTS / 10, "before the kill").await;
     first.kill9();
     let before_takeover = outputs(&kafka, &run).await.len();
     assert!(

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prost::Message;
 use statehouse_kafka::reader::{Isolation, read_to_end};
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, Cart, GetShoppingCart};
 use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
-use statehouse_schemas::statehouse::processor::v1::{HandleRequest, NotOwner, handle_response};
+use statehouse_schemas::statehouse::processor::v1::{NotOwner, handle_response};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 use tonic::transport::Channel;
@@ -58,19 +57,7 @@ async fn direct_get(
     processor: &mut ProcessorClient<Channel>,
     cart: &str,
 ) -> Result<Vec<String>, String> {
-    let request = HandleRequest {
-        service: "shopping-cart".into(),
-        method: "/com.example.shoppingcart.ShoppingCart/GetCart".into(),
-        entity_id: cart.into(),
-        payload: Bytes::from(
-            GetShoppingCart {
-                user_id: cart.into(),
-            }
-            .encode_to_vec(),
-        ),
-        partition: -1,
-        ..HandleRequest::default()
-    };
+    let request = statehouse_e2e::recorder::direct_get_cart(cart);
     match processor.handle(request).await {
         Ok(r) => match r.into_inner().outcome {
             Some(handle_response::Outcome::Reply(reply)) => Ok(Cart::decode(reply.payload)

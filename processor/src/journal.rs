@@ -47,9 +47,10 @@ impl Journal {
         }
     }
 
-    /// Whether the partition serves: not stopping, its writer still running.
+    /// Whether the partition serves: not stopping, its writer still running, and the ownership
+    /// lease running (a member cut off from Kafka may have lost the partition without knowing).
     pub(crate) fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped()
+        self.serving.load(Ordering::Acquire) && !self.writer.is_stopped() && self.env.lease.held()
     }
 
     pub(crate) fn stop_serving(&self) {

@@ -192,11 +192,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         processor_id: processor_id.clone(),
         store,
+        lease: statehouse_kafka::ownership::Lease::new(config.kafka.session_timeout_ms),
         uf: uf.clone(),
         passivation: Duration::from_millis(p.passivation_timeout_ms),
         max_active: p.max_active_entities,
         backup_interval: Duration::from_millis(p.backup_interval_ms),
         active: Arc::new(AtomicUsize::new(0)),
+        seen_committed: env::SeenCommitted::default(),
         shutdown: shutdown.clone(),
     });
     let node = Node::new(node::Parts {

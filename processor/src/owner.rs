@@ -8,8 +8,8 @@
 //! The supervisor here notices such partitions and recovers them: release the broken one, take
 //! it over again (a new `init_transactions` settles the in-doubt transaction and fences every
 //! older producer, then the partition is read to its end), publish the route. It backs off per
-//! partition, never repairs while the process may have been paused (a paused process may have
-//! lost the partition without knowing yet), and after a fence waits a session timeout first and
+//! partition, never repairs while the process may have been paused or its ownership lease is
+//! not held (such a process may have lost the partition without knowing yet), and after a fence waits a session timeout first and
 //! gives up when the routing table names a newer owner: a fence by a real new owner is followed
 //! by the revocation, which ends the repair.
 
@@ -71,6 +71,7 @@ pub(crate) async fn own_partitions(
         &node.env.service_topics.journal(),
         &node.processor_id,
         Duration::from_secs(30),
+        &node.env.lease,
     )?;
     let mut leaving: Option<tokio::task::JoinHandle<()>> = None;
     let mut membership = Some(membership);
@@ -241,7 +242,10 @@ impl Owner {
 
     /// Find the assigned partitions nobody serves, and recover those that are due.
     async fn supervise(&mut self) {
-        if self.node.shutdown.is_cancelled() || !self.node.pause.may_serve() {
+        if self.node.shutdown.is_cancelled()
+            || !self.node.pause.may_serve()
+            || !self.node.env.lease.held()
+        {
             return;
         }
         let now = Instant::now();

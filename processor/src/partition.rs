@@ -25,7 +25,7 @@ use crate::env::Env;
 use crate::journal::Journal;
 use crate::kinds::event_sourced::EventSourced;
 use crate::kinds::value::Value;
-use crate::records::{Topics, Typed, Written};
+use crate::records::{Topic, Typed, Written};
 use crate::tail::Tail;
 
 /// A takeover gives up (and is retried) when reading a topic to its end makes no progress for
@@ -49,23 +49,34 @@ pub(crate) struct Partition {
     backup_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Feeds committed records into the tail, typed.
+/// Feeds committed records into the tail, typed, and notes the highest offsets committed.
 struct TailObserver {
     tail: Arc<Tail>,
-    topics: Topics,
+    env: Arc<Env>,
+    partition: u32,
 }
 
 impl Observer<Typed> for TailObserver {
     fn committed(&self, records: &[Record], offsets: &[i64], typed: &Typed) {
+        let mut last: [Option<i64>; 2] = [None, None];
         for ((record, &offset), written) in records.iter().zip(offsets).zip(typed) {
             if matches!(**written, Written::Output(_)) {
                 continue;
             }
-            match self.topics.of(&record.topic) {
-                Some(topic) => self.tail.push(topic, offset, Arc::clone(written)),
+            match self.env.topics.of(&record.topic) {
+                Some(topic) => {
+                    self.tail.push(topic, offset, Arc::clone(written));
+                    let i = usize::from(matches!(topic, Topic::Values));
+                    last[i] = last[i].max(Some(offset));
+                }
                 None => {
                     warn!(topic = %record.topic, offset, "committed a record of an unknown topic")
                 }
+            }
+        }
+        for ((_, name), offset) in self.env.topics.all().into_iter().zip(last) {
+            if let Some(offset) = offset {
+                self.env.seen_committed.note(name, self.partition, offset);
             }
         }
     }
@@ -83,7 +94,8 @@ impl Partition {
         let writer_stop = env.shutdown.child_token();
         let observer: Arc<dyn Observer<Typed>> = Arc::new(TailObserver {
             tail: Arc::clone(&tail),
-            topics: env.topics.clone(),
+            env: Arc::clone(env),
+            partition: id,
         });
         let settle = [
             Arc::clone(&env.topics.journal),
@@ -138,7 +150,7 @@ impl Partition {
                 }
             }
         }
-        rescue_hanging(&writer, &env.topics, id, checkpoints).await?;
+        rescue_hanging(&writer, env, id, checkpoints).await?;
         info!(
             partition = id,
             journal_checkpoint = checkpoints[0],
@@ -246,27 +258,30 @@ async fn checkpoint(env: &Env, topic: &str, partition: u32) -> i64 {
     }
 }
 
-/// Records of a transaction Kafka left open (and the settle aborted): those the backup holds
-/// were committed — the writer saw the commit succeed — so they are written again; the others
-/// cannot be proven committed and stay aborted.
+/// Records of a transaction Kafka left open (and the settle aborted): those below the backup
+/// checkpoint, and those this process's own writer saw committed (a takeover repairing a
+/// partition it owned), were committed — the writer saw the commit succeed — so they are
+/// written again; the others cannot be proven committed and stay aborted.
 async fn rescue_hanging(
     writer: &partition_writer::Handle<Typed>,
-    topics: &Topics,
+    env: &Env,
     partition: u32,
     checkpoints: [i64; 2],
 ) -> Result<(), Error> {
     let mut records = Vec::new();
     let mut typed = Vec::new();
-    for (i, (topic, name)) in topics.all().into_iter().enumerate() {
+    for (i, (topic, name)) in env.topics.all().into_iter().enumerate() {
         let checkpoint = checkpoints[i];
+        let seen = env.seen_committed.get(name, partition);
         let hanging: Vec<_> = writer
             .hanging()
             .iter()
             .filter(|(t, _)| t == name)
             .map(|(_, m)| m)
             .collect();
-        let (rescue, dropped): (Vec<_>, Vec<_>) =
-            hanging.into_iter().partition(|m| m.offset < checkpoint);
+        let (rescue, dropped): (Vec<_>, Vec<_>) = hanging
+            .into_iter()
+            .partition(|m| proven_committed(m.offset, checkpoint, seen));
         if !dropped.is_empty() {
             error!(
                 partition,
@@ -274,7 +289,8 @@ async fn rescue_hanging(
                 records = dropped.len(),
                 first = dropped[0].offset,
                 checkpoint,
-                "records of a transaction Kafka left open are not in the backup: they cannot be proven committed and stay aborted"
+                seen_committed = ?seen,
+                "records of a transaction Kafka left open are neither in the backup nor seen committed by this process: they cannot be proven committed and stay aborted"
             );
         }
         for message in rescue {
@@ -303,8 +319,33 @@ async fn rescue_hanging(
     Ok(())
 }
 
+/// Whether a record of an open transaction at `offset` was committed: the backup holds it
+/// (below its `checkpoint`), or this process's writer saw a commit up to `seen` (offsets grow,
+/// so a record of a transaction whose commit the writer never saw lies above every offset it
+/// saw committed).
+fn proven_committed(offset: i64, checkpoint: i64, seen: Option<i64>) -> bool {
+    offset < checkpoint || seen.is_some_and(|seen| offset <= seen)
+}
+
 /// The owner epoch: milliseconds at takeover. Monotonic across owners as long as their clocks
 /// agree within a takeover interval; the transactional fence does not depend on it.
 fn epoch_now() -> i64 {
     crate::entity::now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proven_committed;
+
+    #[test]
+    fn open_records_are_rescued_when_the_backup_or_this_process_saw_them_committed() {
+        // Below the backup checkpoint: committed, whatever this process saw.
+        assert!(proven_committed(9, 10, None));
+        // Above the checkpoint, at or below what this process's writer saw committed.
+        assert!(proven_committed(15, 10, Some(15)));
+        assert!(proven_committed(12, 10, Some(15)));
+        // Above both (a transaction whose commit nobody saw succeed): stays aborted.
+        assert!(!proven_committed(16, 10, Some(15)));
+        assert!(!proven_committed(10, 10, None));
+    }
 }

@@ -29,13 +29,32 @@ impl Health {
     }
 }
 
-/// The process-wide Prometheus recorder (installed on first use).
+/// How often the recorder's upkeep drains histogram samples.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder (installed on first use), with a thread that runs its
+/// upkeep every [`UPKEEP_EVERY`]. Without upkeep, every histogram sample stays buffered until
+/// the next scrape: a process nobody scrapes grows without bound (the R15 soak saw the gateway
+/// grow ~3.5 KB/s at ~190 calls/s).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .install_recorder()
-            .expect("the Prometheus recorder is installed once per process")
+            .expect("the Prometheus recorder is installed once per process");
+        let upkeep = handle.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            })
+        {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+        }
+        handle
     })
 }
 

@@ -22,7 +22,22 @@ fn infra_dir() -> PathBuf {
 /// # Panics
 /// If the broker was not started by `cargo xtask infra up` (no pid file), or does not come back.
 pub fn bounce_kafka(hard: bool) -> Duration {
-    let dir = infra_dir().join("kafka");
+    bounce(&infra_dir().join("kafka"), &crate::kafka_bootstrap(), hard)
+}
+
+/// Like [`bounce_kafka`], for node `node` (from 1) of the cluster that
+/// `cargo xtask infra up --kafka-brokers 3` starts (client port 19091 + `node`).
+pub fn bounce_kafka_node(node: u16, hard: bool) -> Duration {
+    bounce(
+        &infra_dir()
+            .join("kafka-cluster")
+            .join(format!("node-{node}")),
+        &format!("127.0.0.1:{}", 19_091 + node),
+        hard,
+    )
+}
+
+fn bounce(dir: &std::path::Path, port: &str, hard: bool) -> Duration {
     let pid_file = dir.join("pid");
     let pid: u32 = fs::read_to_string(&pid_file)
         .ok()
@@ -41,7 +56,6 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).expect("reading the broker's cwd");
-    let port = crate::kafka_bootstrap();
     let started = Instant::now();
     let _ = Command::new("kill")
         .arg(if hard { "-KILL" } else { "-TERM" })
@@ -58,7 +72,7 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         })
     };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while alive(pid) || TcpStream::connect(&port).is_ok() {
+    while alive(pid) || TcpStream::connect(port).is_ok() {
         assert!(Instant::now() < deadline, "the broker did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -81,7 +95,7 @@ pub fn bounce_kafka(hard: bool) -> Duration {
         let _ = child.wait();
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(&port).is_err() {
+    while TcpStream::connect(port).is_err() {
         assert!(Instant::now() < deadline, "the broker did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }

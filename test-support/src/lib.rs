@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod infra;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod stack;
@@ -32,6 +33,34 @@ pub fn kafka_bootstrap() -> String {
     let addr = std::env::var(KAFKA_ENV).unwrap_or_else(|_| "127.0.0.1:9092".into());
     require_listening("Kafka", &addr, KAFKA_ENV);
     addr
+}
+
+/// Env var naming the 3-broker Kafka cluster (replication factor 3) some fault tests use.
+pub const KAFKA_CLUSTER_ENV: &str = "STATEHOUSE_TEST_KAFKA_CLUSTER";
+
+/// The 3-broker cluster's bootstrap servers (`STATEHOUSE_TEST_KAFKA_CLUSTER`, default
+/// `127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094`).
+///
+/// # Panics
+/// If a broker does not listen, with the command that starts the cluster.
+pub fn kafka_cluster_bootstrap() -> String {
+    let servers = std::env::var(KAFKA_CLUSTER_ENV)
+        .unwrap_or_else(|_| "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094".into());
+    for addr in servers.split(',') {
+        let resolved: Vec<_> = addr
+            .to_socket_addrs()
+            .unwrap_or_else(|e| {
+                panic!("{KAFKA_CLUSTER_ENV}={servers}: {addr} is not a host:port ({e})")
+            })
+            .collect();
+        assert!(
+            resolved
+                .iter()
+                .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()),
+            "the Kafka cluster is not reachable at {addr} (set by {KAFKA_CLUSTER_ENV}). This test needs a real 3-broker cluster: start it with `cargo xtask infra up --kafka-brokers 3` (`cargo xtask ci` and `bash .ci/run` do)."
+        );
+    }
+    servers
 }
 
 /// The Cassandra contact point (`STATEHOUSE_TEST_CASSANDRA`, default `127.0.0.1:9042`).

@@ -48,6 +48,8 @@ pub fn free_port() -> u16 {
 pub struct Statehouse {
     role: String,
     sets: Vec<String>,
+    /// The network namespace it runs in (`crate::netns`), if not the root one.
+    netns: Option<String>,
     child: Option<Child>,
     log_path: PathBuf,
     starts: u32,
@@ -56,11 +58,18 @@ pub struct Statehouse {
 impl Statehouse {
     /// Start `statehouse <role>` with `--set` overrides (`section.key=value`).
     pub fn start(role: &str, sets: &[String]) -> Self {
+        Self::start_in(role, sets, None)
+    }
+
+    /// Like [`Statehouse::start`], inside the network namespace `netns` when given (restarts
+    /// stay in it).
+    pub fn start_in(role: &str, sets: &[String], netns: Option<&crate::netns::Namespace>) -> Self {
         let dir = std::env::temp_dir().join("statehouse-e2e");
         fs::create_dir_all(&dir).expect("creating the e2e log folder");
         let mut s = Self {
             role: role.to_string(),
             sets: sets.to_vec(),
+            netns: netns.map(|ns| ns.name().to_string()),
             child: None,
             log_path: dir.join(format!("{}.log", crate::unique(role))),
             starts: 0,
@@ -76,7 +85,14 @@ impl Statehouse {
             .open(&self.log_path)
             .expect("opening the process log");
         let err = log.try_clone().expect("cloning the log handle");
-        let mut command = Command::new(binary());
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         for set in &self.sets {
             command.arg("--set").arg(set);
         }

@@ -22,6 +22,12 @@ pub struct Options {
     /// Where a processor calls its user function, given the user function's port (default:
     /// that port): e.g. an interceptor in between.
     pub user_function_port: Option<PortMap>,
+    /// Run each pod (processor + user function) and the gateway in network namespaces of their
+    /// own (`crate::netns`), so tests can cut their links.
+    pub netns: bool,
+    /// Use the 3-broker cluster (`crate::kafka_cluster_bootstrap`) with replication factor 3
+    /// instead of the single broker.
+    pub kafka_cluster: bool,
 }
 
 /// A map from a user function's port to the port its processor calls.
@@ -44,6 +50,8 @@ impl Options {
             session_timeout_ms: 6_000,
             processor_sets: Vec::new(),
             user_function_port: None,
+            netns: false,
+            kafka_cluster: false,
         }
     }
 }
@@ -52,8 +60,19 @@ impl Options {
 pub struct Pod {
     pub user_function: UserFunction,
     pub processor: Statehouse,
+    /// The address its ports listen on (127.0.0.1, or its namespace's).
+    pub host: String,
     pub internal_port: u16,
     pub metrics_port: u16,
+    /// Its network namespace ([`Options::netns`]); dropped after the processes.
+    pub netns: Option<crate::netns::Namespace>,
+}
+
+impl Pod {
+    /// `host:port` of its internal (processor) port.
+    pub fn internal_addr(&self) -> String {
+        format!("{}:{}", self.host, self.internal_port)
+    }
 }
 
 /// See the module docs. Everything is killed when dropped.
@@ -63,8 +82,10 @@ pub struct Stack {
     pub keyspace: String,
     pub pods: Vec<Pod>,
     pub gateway: Statehouse,
-    /// `127.0.0.1:<port>` of the gateway.
+    /// `127.0.0.1:<port>` of the gateway (its namespace's address with [`Options::netns`]).
     pub gateway_addr: String,
+    /// The gateway's network namespace ([`Options::netns`]); dropped after the processes.
+    pub gateway_netns: Option<crate::netns::Namespace>,
 }
 
 impl Stack {
@@ -73,8 +94,20 @@ impl Stack {
         let prefix = format!("{}.", unique("e2e"));
         let keyspace = unique_keyspace("e2e");
         let common = common_sets(&prefix, &keyspace, &options);
+        let root_sets = common_sets(
+            &prefix,
+            &keyspace,
+            &Options {
+                netns: false,
+                ..options.clone()
+            },
+        );
         let status = std::process::Command::new(crate::process::binary())
-            .args(common.iter().flat_map(|s| ["--set".to_string(), s.clone()]))
+            .args(
+                root_sets
+                    .iter()
+                    .flat_map(|s| ["--set".to_string(), s.clone()]),
+            )
             .args(["admin", "migrate"])
             .stdout(std::process::Stdio::null())
             .status()
@@ -84,23 +117,34 @@ impl Stack {
             .map(|_| start_pod(&common, &options))
             .collect();
         let gateway_port = free_port();
+        let gateway_netns = options.netns.then(crate::netns::Namespace::create);
+        let host = gateway_netns
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |ns| ns.addr().to_string());
         let mut sets = common.clone();
-        sets.push(format!("gateway.listen=\"127.0.0.1:{gateway_port}\""));
-        sets.push(format!(
-            "gateway.metrics-listen=\"127.0.0.1:{}\"",
-            free_port()
-        ));
-        let gateway = Statehouse::start("gateway", &sets);
+        sets.push(format!("gateway.listen=\"{host}:{gateway_port}\""));
+        sets.push(format!("gateway.metrics-listen=\"{host}:{}\"", free_port()));
+        let gateway = Statehouse::start_in("gateway", &sets, gateway_netns.as_ref());
         let mut stack = Self {
             options,
             prefix,
             keyspace,
             pods,
             gateway,
-            gateway_addr: format!("127.0.0.1:{gateway_port}"),
+            gateway_addr: format!("{host}:{gateway_port}"),
+            gateway_netns,
         };
-        stack.wait_for_port(gateway_port);
+        stack.wait_for_port(&host, gateway_port);
         stack.wait_for_gateway();
+        stack
+    }
+
+    /// [`Stack::start`], then wait (up to 120 s each) until every processor is ready.
+    pub fn start_ready(options: Options) -> Self {
+        let mut stack = Self::start(options);
+        for i in 0..stack.pods.len() {
+            stack.wait_ready(i, Duration::from_secs(120));
+        }
         stack
     }
 
@@ -135,6 +179,15 @@ impl Stack {
         }
     }
 
+    /// The Kafka bootstrap servers as the test process (root namespace) reaches them.
+    pub fn kafka_bootstrap(&self) -> String {
+        if self.options.kafka_cluster {
+            crate::kafka_cluster_bootstrap()
+        } else {
+            kafka_bootstrap()
+        }
+    }
+
     /// The `--set` overrides every component of this stack shares.
     pub fn common_sets(&self) -> Vec<String> {
         common_sets(&self.prefix, &self.keyspace, &self.options)
@@ -147,9 +200,9 @@ impl Stack {
         self.pods.len() - 1
     }
 
-    fn wait_for_port(&self, port: u16) {
+    fn wait_for_port(&self, host: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the gateway did not listen on {port}; log: {}",
@@ -162,7 +215,7 @@ impl Stack {
     /// Whether pod `i`'s processor reports ready (`/readyz`).
     pub fn is_ready(&self, i: usize) -> bool {
         crate::http::request(
-            &format!("127.0.0.1:{}", self.pods[i].metrics_port),
+            &format!("{}:{}", self.pods[i].host, self.pods[i].metrics_port),
             "GET",
             "/readyz",
             &[],
@@ -178,8 +231,11 @@ impl Stack {
     /// # Panics
     /// If the metrics endpoint does not answer.
     pub fn metrics(&self, i: usize, series: &str) -> Vec<(String, f64)> {
-        crate::http::metric_samples(&format!("127.0.0.1:{}", self.pods[i].metrics_port), series)
-            .expect("scraping the processor's /metrics")
+        crate::http::metric_samples(
+            &format!("{}:{}", self.pods[i].host, self.pods[i].metrics_port),
+            series,
+        )
+        .expect("scraping the processor's /metrics")
     }
 
     /// Wait until pod `i` is ready.
@@ -202,28 +258,49 @@ impl Stack {
 }
 
 fn common_sets(prefix: &str, keyspace: &str, options: &Options) -> Vec<String> {
+    let kafka = match (options.netns, options.kafka_cluster) {
+        (false, false) => kafka_bootstrap(),
+        (false, true) => crate::kafka_cluster_bootstrap(),
+        (true, false) => crate::netns::kafka_bootstrap(),
+        (true, true) => {
+            crate::kafka_cluster_bootstrap(); // fails loudly when the cluster is down
+            crate::netns::kafka_cluster_bootstrap()
+        }
+    };
+    let cassandra = if options.netns {
+        crate::netns::cassandra_contact_point()
+    } else {
+        cassandra_contact_point()
+    };
+    let (replication, min_isr) = if options.kafka_cluster {
+        (3, 2)
+    } else {
+        (1, 1)
+    };
     vec![
-        format!("kafka.bootstrap-servers={}", kafka_bootstrap()),
+        format!("kafka.replication-factor={replication}"),
+        format!("kafka.min-insync-replicas={min_isr}"),
+        format!("kafka.bootstrap-servers={kafka}"),
         format!("kafka.topic-prefix={prefix}"),
         format!("kafka.session-timeout-ms={}", options.session_timeout_ms),
-        format!(
-            "cassandra.contact-points=[\"{}\"]",
-            cassandra_contact_point()
-        ),
+        format!("cassandra.contact-points=[\"{cassandra}\"]"),
         format!("cassandra.keyspace={keyspace}"),
         format!("processor.partitions={}", options.partitions),
     ]
 }
 
 fn start_pod(common: &[String], options: &Options) -> Pod {
-    let user_function = UserFunction::start(options.kind);
+    let netns = options.netns.then(crate::netns::Namespace::create);
+    let user_function = UserFunction::start_in(options.kind, netns.as_ref());
+    let host = user_function.host().to_string();
     let internal_port = free_port();
     let metrics_port = free_port();
     let mut sets = common.to_vec();
     sets.extend([
         format!("processor.service={}", options.service),
-        format!("processor.listen=\"127.0.0.1:{internal_port}\""),
-        format!("processor.metrics-listen=\"127.0.0.1:{metrics_port}\""),
+        format!("processor.listen=\"{host}:{internal_port}\""),
+        format!("processor.metrics-listen=\"{host}:{metrics_port}\""),
+        format!("processor.user-function-host=\"{host}\""),
         format!(
             "processor.user-function-port={}",
             options
@@ -234,11 +311,13 @@ fn start_pod(common: &[String], options: &Options) -> Pod {
         "processor.backup-interval-ms=200".to_string(),
     ]);
     sets.extend(options.processor_sets.iter().cloned());
-    let processor = Statehouse::start("processor", &sets);
+    let processor = Statehouse::start_in("processor", &sets, netns.as_ref());
     Pod {
         user_function,
         processor,
+        host,
         internal_port,
         metrics_port,
+        netns,
     }
 }

@@ -331,6 +331,10 @@ fn collect_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 /// A running user function. Killed (SIGKILL) when dropped, including while a test unwinds.
 pub struct UserFunction {
     kind: Kind,
+    /// The address it listens on: 127.0.0.1, or its network namespace's.
+    host: Ipv4Addr,
+    /// The network namespace it runs in (`crate::netns`), if not the root one.
+    netns: Option<String>,
     port: u16,
     child: Option<Child>,
     log_path: PathBuf,
@@ -343,6 +347,12 @@ impl UserFunction {
     /// If it is not installed (with the command that installs it), if it exits early or does
     /// not listen within 60 s (with its log file's path and last lines).
     pub fn start(kind: Kind) -> UserFunction {
+        Self::start_in(kind, None)
+    }
+
+    /// Like [`UserFunction::start`], inside the network namespace `netns` when given, listening
+    /// on its address (reachable from the root namespace through the bridge).
+    pub fn start_in(kind: Kind, netns: Option<&crate::netns::Namespace>) -> UserFunction {
         let log_dir = std::env::temp_dir().join("statehouse-user-functions");
         fs::create_dir_all(&log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
@@ -353,6 +363,8 @@ impl UserFunction {
             let port = crate::process::free_port();
             let mut uf = UserFunction {
                 kind,
+                host: netns.map_or(Ipv4Addr::LOCALHOST, |ns| ns.addr()),
+                netns: netns.map(|ns| ns.name().to_string()),
                 port,
                 child: None,
                 log_path: log_path.clone(),
@@ -396,14 +408,19 @@ impl UserFunction {
         self.port
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or its namespace's address).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.host, self.port))
     }
 
-    /// `http://127.0.0.1:<port>` (h2c), for tonic endpoints.
+    /// The address it listens on.
+    pub fn host(&self) -> Ipv4Addr {
+        self.host
+    }
+
+    /// `http://127.0.0.1:<port>` (h2c; or its namespace's address), for tonic endpoints.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
     }
 
     /// The process id, or `None` after [`UserFunction::kill`].
@@ -453,13 +470,17 @@ impl UserFunction {
         let setpriv = Path::new("/usr/bin/setpriv");
         let mut cmd = if setpriv.is_file() {
             let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&launch.program);
+            c.args(["--pdeathsig", "KILL", "--"]);
             c
         } else {
-            Command::new(&launch.program)
+            Command::new("env")
         };
-        cmd.args(&launch.args)
-            .env("HOST", "127.0.0.1")
+        if let Some(ns) = &self.netns {
+            cmd.args(["ip", "netns", "exec", ns]);
+        }
+        cmd.arg(&launch.program)
+            .args(&launch.args)
+            .env("HOST", self.host.to_string())
             .env("PORT", self.port.to_string())
             .envs(launch.env.iter().map(|(k, v)| (*k, v)))
             .current_dir(repo_root())

@@ -133,6 +133,11 @@ struct More {
     /// cover every partition).
     #[arg(long, default_value_t = 64)]
     takeover_entities: u64,
+    /// Kafka brokers Statehouse runs on: 1 (the single node, replication factor 1) or 3 (the
+    /// cluster of `infra up --kafka-brokers 3`: replication factor 3, `min.insync.replicas`
+    /// 2) — for the cost of replication. The floor and the baselines are unchanged.
+    #[arg(long, default_value_t = 1)]
+    kafka_brokers: u16,
 }
 
 impl Args {
@@ -320,7 +325,15 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
             bail!("cargo build --release failed");
         }
     }
-    infra::up(layout, 1)?;
+    if ![1, 3].contains(&args.more.kafka_brokers) {
+        bail!("--kafka-brokers takes 1 or 3");
+    }
+    if args.more.kafka_brokers > 1 && args.only.iter().any(|p| p == "floor") {
+        bail!(
+            "--kafka-brokers 3 measures Statehouse on the replicated cluster; leave the floor out (--only statehouse,plain,lwt)"
+        );
+    }
+    infra::up(layout, args.more.kafka_brokers)?;
     let env = infra::test_env()?;
     let bin = layout.workspace.join("target").join("release");
     let ts = utc_timestamp()?;
@@ -331,16 +344,37 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
         args,
         loadtest: bin.join("statehouse-loadtest"),
         bin,
-        kafka: env[0].1.clone(),
+        kafka: if args.more.kafka_brokers > 1 {
+            infra::cluster_bootstrap(args.more.kafka_brokers)
+        } else {
+            env[0].1.clone()
+        },
         cassandra: env[1].1.clone(),
         ts: ts.clone(),
-        jvm_pids: ["kafka", "cassandra"]
-            .iter()
-            .filter_map(|s| {
-                let pid = std::fs::read_to_string(layout.infra.join(s).join("pid")).ok()?;
-                Some((s.to_string(), pid.trim().parse().ok()?))
-            })
-            .collect(),
+        // The JVMs whose CPU counts: the Kafka Statehouse uses (the cluster's nodes with
+        // --kafka-brokers 3) and Cassandra.
+        jvm_pids: {
+            let kafka: Vec<(String, PathBuf)> = if args.more.kafka_brokers > 1 {
+                (1..=args.more.kafka_brokers)
+                    .map(|i| {
+                        (
+                            format!("kafka-{i}"),
+                            layout.infra.join("kafka-cluster").join(format!("node-{i}")),
+                        )
+                    })
+                    .collect()
+            } else {
+                vec![("kafka".into(), layout.infra.join("kafka"))]
+            };
+            kafka
+                .into_iter()
+                .chain([("cassandra".to_string(), layout.infra.join("cassandra"))])
+                .filter_map(|(name, dir)| {
+                    let pid = std::fs::read_to_string(dir.join("pid")).ok()?;
+                    Some((name, pid.trim().parse().ok()?))
+                })
+                .collect()
+        },
         clk_tck: clock_ticks(),
     };
     let load_at_start = std::fs::read_to_string("/proc/loadavg")
@@ -467,7 +501,11 @@ impl Bench<'_> {
             ("acks", "all (transactional, idempotent)".into()),
             (
                 "replication factor",
-                "1 (Kafka and Cassandra, one node each)".into(),
+                if a.more.kafka_brokers > 1 {
+                    "Kafka 3 (3 brokers, min.insync.replicas 2), Cassandra 1".into()
+                } else {
+                    "1 (Kafka and Cassandra, one node each)".into()
+                },
             ),
             ("closed-loop clients (C)", a.clients.to_string()),
             ("entities (N)", a.entities().to_string()),
@@ -626,6 +664,11 @@ impl Bench<'_> {
             format!("kafka.writer.linger-ms={}", a.linger_ms),
             format!("kafka.writer.max-records={}", a.max_records),
             format!("kafka.writer.max-bytes={}", a.max_bytes),
+            format!("kafka.replication-factor={}", a.more.kafka_brokers.min(3)),
+            format!(
+                "kafka.min-insync-replicas={}",
+                if a.more.kafka_brokers > 1 { 2 } else { 1 }
+            ),
         ];
         let statehouse = self.bin.join("statehouse");
         let status = Command::new(&statehouse)

@@ -146,9 +146,12 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             ],
             Vec::new(),
         ),
-        Step::new("infra", "cargo xtask infra up", move || {
-            infra::up(&infra_layout, 1)
-        }),
+        // The single broker, Cassandra, and the 3-broker cluster of the replication tests.
+        Step::new(
+            "infra",
+            "cargo xtask infra up --kafka-brokers 3",
+            move || infra::up(&infra_layout, 3),
+        ),
         Step::script(
             "sdks",
             "e2e/user-functions/install.sh",
@@ -166,11 +169,11 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             ],
             Vec::new(),
         ),
-        Step::cargo_test(
-            "test",
-            &["test", "--workspace", "--no-fail-fast"],
-            infra::test_env()?,
-        ),
+        Step::cargo_test("test", &["test", "--workspace", "--no-fail-fast"], {
+            let mut env = infra::test_env()?;
+            env.push(("STATEHOUSE_TEST_KAFKA_CLUSTER", infra::cluster_bootstrap(3)));
+            env
+        }),
         Step::script("helm", "helm/ci.sh", "the Helm chart checks"),
     ])
 }

@@ -4,18 +4,21 @@
 //! records (the reply on an event, the `recent` list of a value record).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::command::Reply;
 
-/// Keys remembered per active entity.
-pub(crate) const CAPACITY: usize = 1_000;
+/// Keys remembered per active entity: above what activation rebuilds (the event-sourced kind
+/// reads back 200 events), and small enough that a busy entity's window stays a few tens of
+/// KB (a window of 1,000 made a busy cart cost ~250 KB in the R15 soak; 256 ≈ 60 KB).
+pub(crate) const CAPACITY: usize = 256;
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    replies: HashMap<String, Reply>,
-    /// Keys, oldest first.
-    order: VecDeque<String>,
+    replies: HashMap<Arc<str>, Reply>,
+    /// Keys, oldest first (the same allocations as the map's).
+    order: VecDeque<Arc<str>>,
 }
 
 impl Window {
@@ -27,10 +30,11 @@ impl Window {
     /// Remember `reply` for `key` (the first reply of a key stays); the oldest key goes when
     /// the window is full.
     pub(crate) fn remember(&mut self, key: String, reply: Reply) {
-        if self.replies.contains_key(&key) {
+        if self.replies.contains_key(key.as_str()) {
             return;
         }
-        self.replies.insert(key.clone(), reply);
+        let key: Arc<str> = key.into();
+        self.replies.insert(Arc::clone(&key), reply);
         self.order.push_back(key);
         if self.order.len() > CAPACITY
             && let Some(old) = self.order.pop_front()
@@ -45,7 +49,7 @@ impl Window {
         self.order
             .iter()
             .skip(skip)
-            .map(|key| (key.as_str(), &self.replies[key]))
+            .map(|key| (&**key, &self.replies[key]))
     }
 
     pub(crate) fn clear(&mut self) {

@@ -131,7 +131,10 @@ seed_provider:
     parameters:
       - seeds: \"127.0.0.1:{storage}\"
 listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+# CQL on every interface (the network-partition tests reach it from their namespaces through
+# their bridge), advertised to drivers as 127.0.0.1.
+rpc_address: 0.0.0.0
+broadcast_rpc_address: 127.0.0.1
 storage_port: {storage}
 native_transport_port: {native}
 start_native_transport: true

@@ -3,6 +3,11 @@
 //! The single dev/test node listens on 127.0.0.1:9092 (controller 9093) and formats its
 //! storage once as a standalone dynamic quorum. `--kafka-brokers N` (N > 1) also runs an
 //! N-node cluster with a static quorum on 19092.. (controllers 19192..) for fault tests.
+//!
+//! Every node has a second client listener, `NETNS`, bound on all interfaces and advertised at
+//! the network-partition tests' bridge address ([`NETNS_BRIDGE`], port client + 2 for the single
+//! node, 19292.. for the cluster): processes in the tests' network namespaces reach Kafka
+//! through it (127.0.0.1 is a different host inside a namespace). Nothing else uses it.
 
 use std::fs;
 use std::io::Read as _;
@@ -21,6 +26,11 @@ const DEFAULT_PORT: u16 = 9092;
 pub(crate) const CLUSTER_CLIENT_BASE: u16 = 19092;
 /// The first controller port of the multi-node cluster.
 pub(crate) const CLUSTER_CONTROLLER_BASE: u16 = 19192;
+/// The first `NETNS` listener port of the multi-node cluster.
+pub(crate) const CLUSTER_NETNS_BASE: u16 = 19292;
+/// The address of the network-partition tests' bridge in the root namespace (the tests create
+/// the bridge; `test-support/src/netns.rs`).
+pub(crate) const NETNS_BRIDGE: &str = "10.77.0.1";
 
 /// One combined broker+controller.
 #[derive(Debug, Clone)]
@@ -28,6 +38,8 @@ pub(crate) struct Node {
     pub(crate) node_id: i32,
     pub(crate) client_port: u16,
     pub(crate) controller_port: u16,
+    /// The `NETNS` listener's port (see the module docs).
+    pub(crate) netns_port: u16,
     /// Controller ports of every voter, for a static quorum; empty for a standalone node.
     pub(crate) voters: Vec<(i32, u16)>,
     /// Where the cluster id shared by all nodes of this cluster is kept.
@@ -51,10 +63,14 @@ impl Node {
         let controller_port = client_port.checked_add(1).with_context(|| {
             format!("{PORT_ENV}={client_port} leaves no room for the controller port")
         })?;
+        let netns_port = controller_port.checked_add(1).with_context(|| {
+            format!("{PORT_ENV}={client_port} leaves no room for the NETNS listener port")
+        })?;
         Ok(Self {
             node_id: 1,
             client_port,
             controller_port,
+            netns_port,
             voters: Vec::new(),
             cluster_id_file: dir.join("cluster.id"),
         })
@@ -66,6 +82,7 @@ impl Node {
             node_id: i32::from(index),
             client_port: CLUSTER_CLIENT_BASE + index - 1,
             controller_port: CLUSTER_CONTROLLER_BASE + index - 1,
+            netns_port: CLUSTER_NETNS_BASE + index - 1,
             voters: (1..=size)
                 .map(|i| (i32::from(i), CLUSTER_CONTROLLER_BASE + i - 1))
                 .collect(),
@@ -100,9 +117,9 @@ impl Node {
 process.roles=broker,controller
 node.id={node}
 {quorum}
-listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://0.0.0.0:{netns}
+advertised.listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://{bridge}:{netns}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,NETNS:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data}
@@ -135,6 +152,8 @@ num.recovery.threads.per.data.dir=1
             node = self.node_id,
             client = self.client_port,
             controller = self.controller_port,
+            netns = self.netns_port,
+            bridge = NETNS_BRIDGE,
         )
     }
 
@@ -333,6 +352,7 @@ mod tests {
             node_id: 1,
             client_port: 9092,
             controller_port: 9093,
+            netns_port: 9094,
             voters: Vec::new(),
             cluster_id_file: dir.join("cluster.id"),
         };
@@ -348,9 +368,12 @@ mod tests {
         assert!(props.contains(
             "controller.quorum.voters=1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194\n"
         ));
-        assert!(
-            props.contains("listeners=PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19193\n")
-        );
+        assert!(props.contains(
+            "listeners=PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19193,NETNS://0.0.0.0:19293\n"
+        ));
+        assert!(props.contains(
+            "advertised.listeners=PLAINTEXT://127.0.0.1:19093,CONTROLLER://127.0.0.1:19193,NETNS://10.77.0.1:19293\n"
+        ));
         assert!(props.contains("min.insync.replicas=2\n"));
     }
 }

@@ -184,7 +184,20 @@ pub(crate) fn test_env() -> Result<Vec<(&'static str, String)>> {
             "STATEHOUSE_TEST_CASSANDRA",
             format!("127.0.0.1:{}", cassandra.native_port),
         ),
+        // The single broker's listener for the network-partition tests' namespaces.
+        (
+            "STATEHOUSE_TEST_KAFKA_NETNS",
+            format!("{}:{}", kafka::NETNS_BRIDGE, kafka::client_port()? + 2),
+        ),
     ])
+}
+
+/// The bootstrap servers of the `n`-node cluster (`--kafka-brokers n`).
+pub(crate) fn cluster_bootstrap(n: u16) -> String {
+    (0..n)
+        .map(|i| format!("127.0.0.1:{}", kafka::CLUSTER_CLIENT_BASE + i))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A service `up` waits for.
@@ -306,10 +319,10 @@ pub(crate) fn up(layout: &Layout, kafka_brokers: u16) -> Result<()> {
         println!("  {key}={value}");
     }
     if kafka_brokers > 1 {
-        let servers: Vec<String> = (0..kafka_brokers)
-            .map(|i| format!("127.0.0.1:{}", kafka::CLUSTER_CLIENT_BASE + i))
-            .collect();
-        println!("  kafka cluster bootstrap servers: {}", servers.join(","));
+        println!(
+            "  STATEHOUSE_TEST_KAFKA_CLUSTER={}",
+            cluster_bootstrap(kafka_brokers)
+        );
     }
     Ok(())
 }
