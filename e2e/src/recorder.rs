@@ -20,8 +20,9 @@ use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::statehouse::processor::v1::HandleRequest;
 use tokio::sync::Mutex;
 
+use crate::checker::{self, Report};
 use crate::driver::{self, Api, Carts, History};
-use crate::linearizable::{Kind, Op};
+use crate::linearizable::{self, Kind, Op, Verdict};
 
 /// A `GetCart` of `cart` for one processor's internal API (`Processor/Handle`), which it answers
 /// itself or refuses — no routing: how the fault tests ask a particular processor.
@@ -76,6 +77,63 @@ pub struct Recorded {
     pub ops: Vec<Op>,
     /// For the journal checker (writes only).
     pub history: History,
+}
+
+impl Recorded {
+    /// Take in the writes of another driver that ran (and ended) between `started` and
+    /// `ended`, before these clients: each gets that interval (their own times were not kept;
+    /// a wider interval only loosens the check).
+    pub fn absorb(&mut self, other: History, started: Instant, ended: Instant) {
+        for (token, cart) in &other.acked {
+            self.ops.push(Op {
+                key: cart.clone(),
+                kind: Kind::Add(token.clone()),
+                invoked: started,
+                completed: Some(ended),
+            });
+        }
+        for (cart, tokens) in &other.sent {
+            for token in tokens.iter().filter(|t| other.unknown.contains(*t)) {
+                self.ops.push(Op {
+                    key: cart.clone(),
+                    kind: Kind::Add(token.clone()),
+                    invoked: started,
+                    completed: None,
+                });
+            }
+        }
+        self.history.acked.extend(other.acked);
+        self.history.failed.extend(other.failed);
+        self.history.unknown.extend(other.unknown);
+        for (cart, tokens) in other.sent {
+            self.history.sent.entry(cart).or_default().extend(tokens);
+        }
+    }
+
+    /// The journal checker's counters and the linearizability verdict of what was recorded.
+    pub async fn check(
+        &self,
+        stack: &statehouse_test_support::stack::Stack,
+        partitions: u32,
+    ) -> (Report, Verdict) {
+        let report = checker::check_stack(stack, partitions, &self.history).await;
+        let verdict = linearizable::check(&self.ops, &self.history.failed);
+        (report, verdict)
+    }
+}
+
+/// Fail unless something was written and read, every journal counter is 0 and every key's
+/// history is linearizable.
+///
+/// # Panics
+/// As said.
+pub fn assert_clean(report: &Report, verdict: &Verdict) {
+    assert!(
+        report.acknowledged > 0 && verdict.reads > 0,
+        "{report}\n{verdict}"
+    );
+    assert_eq!(report.anomalies(), (0, 0, 0, 0, 0, 0), "{report}");
+    assert_eq!(verdict.violations, 0, "{verdict}");
 }
 
 /// Running clients.

@@ -19,7 +19,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use statehouse_e2e::checker;
 use statehouse_e2e::driver::{self, Driver};
-use statehouse_e2e::linearizable;
 use statehouse_e2e::recorder::{self, Recorder};
 use statehouse_test_support::infra::bounce_kafka_node;
 use statehouse_test_support::netns::Link;
@@ -195,14 +194,17 @@ async fn r5_a_processor_cut_from_one_broker_at_a_time_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     driver::until_all_answer(&stack.gateway_addr, carts, Duration::from_secs(120)).await;
-    let recorded = recorder.stop().await;
-    let report = checker::check_stack(&stack, PARTITIONS, &recorded.history).await;
-    let verdict = linearizable::check(&recorded.ops, &recorded.history.failed);
+    let (report, verdict) = recorder.stop().await.check(&stack, PARTITIONS).await;
     println!("RF3 R5 checker (seed {seed}): {report}");
     println!("RF3 R5 linearizability: {verdict}");
-    assert!(report.acknowledged > 0 && verdict.reads > 0, "{report}");
-    assert_eq!(report.anomalies(), (0, 0, 0, 0, 0, 0), "{report}");
-    assert_eq!(verdict.violations, 0, "{verdict}");
+    // One of the three brokers coordinates the ownership group: cut from it longer than its
+    // lease, processor 0 must have seen the lease end (the cuts took effect).
+    let lapses = stack.metrics(0, "statehouse_ownership_lease_lapses_total");
+    assert!(
+        lapses.iter().any(|(_, v)| *v >= 1.0),
+        "processor 0 never lost its lease while cut from each broker in turn: {lapses:?}"
+    );
+    recorder::assert_clean(&report, &verdict);
 }
 
 #[test]

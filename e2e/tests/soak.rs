@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use statehouse_e2e::driver::{self, Driver};
 use statehouse_e2e::recorder::{self, Recorder};
-use statehouse_e2e::{checker, linearizable};
+
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
 
@@ -186,49 +186,25 @@ async fn r15_soak_with_kills_loses_nothing_and_memory_stays_flat() {
     }
     driver::until_all_answer(&stack.gateway_addr, CARTS, Duration::from_secs(120)).await;
     let mut recorded = recorder.stop().await;
-    // The probe's writes, each within the probe's interval (their own times were not kept; a
-    // wider interval only loosens the check, and all of them ended before the soak began).
-    for (token, cart) in &probe_history.acked {
-        recorded.ops.push(linearizable::Op {
-            key: cart.clone(),
-            kind: linearizable::Kind::Add(token.clone()),
-            invoked: probe_started,
-            completed: Some(probe_ended),
-        });
-    }
-    for (cart, tokens) in &probe_history.sent {
-        for token in tokens.iter().filter(|t| probe_history.unknown.contains(*t)) {
-            recorded.ops.push(linearizable::Op {
-                key: cart.clone(),
-                kind: linearizable::Kind::Add(token.clone()),
-                invoked: probe_started,
-                completed: None,
-            });
-        }
-    }
-    let mut history = recorded.history;
-    history.acked.extend(probe_history.acked);
-    history.failed.extend(probe_history.failed);
-    history.unknown.extend(probe_history.unknown);
-    for (cart, tokens) in probe_history.sent {
-        history.sent.entry(cart).or_default().extend(tokens);
-    }
-    let report = checker::check_stack(&stack, PARTITIONS, &history).await;
-    let verdict = linearizable::check(&recorded.ops, &history.failed);
+    recorded.absorb(probe_history, probe_started, probe_ended);
+    let (report, verdict) = recorded.check(&stack, PARTITIONS).await;
 
+    // Mean memory just after the warm-up (50–60% of the run) and at the end (the last 10%).
     let total = seconds as f64;
-    let growth = |samples: &[(f64, u64)]| {
-        let after_warmup = mean(samples, total * 0.5, total * 0.6);
-        let end = mean(samples, total * 0.9, total + 1.0);
-        (end - after_warmup) / after_warmup.max(1.0)
+    let window = |samples: &Samples| {
+        (
+            mean(samples, total * 0.5, total * 0.6),
+            mean(samples, total * 0.9, total + 1.0),
+        )
     };
-    let (processor_growth, gateway_growth) = (growth(&processor_mem), growth(&gateway_mem));
+    let growth = |(after, end): (f64, f64)| (end - after) / after.max(1.0);
+    let (processor, gateway) = (window(&processor_mem), window(&gateway_mem));
     println!(
         "R15 ({seconds} s, {kills} kills, seed {seed}): {report}\nR15 linearizability: {verdict}\nR15 memory growth after warm-up: processor 0 {:+.1}% ({:.1} → {:.1} MiB), gateway {:+.1}%",
-        processor_growth * 100.0,
-        mean(&processor_mem, total * 0.5, total * 0.6) / 1_048_576.0,
-        mean(&processor_mem, total * 0.9, total + 1.0) / 1_048_576.0,
-        gateway_growth * 100.0
+        growth(processor) * 100.0,
+        processor.0 / 1_048_576.0,
+        processor.1 / 1_048_576.0,
+        growth(gateway) * 100.0
     );
     if let Ok(path) = std::env::var("STATEHOUSE_R15_PLOT") {
         let svg = plot(
@@ -242,22 +218,16 @@ async fn r15_soak_with_kills_loses_nothing_and_memory_stays_flat() {
         println!("R15 memory plot: {path}");
     }
     assert!(kills >= 2, "only {kills} kills");
-    assert!(report.acknowledged > 0 && verdict.reads > 0, "{report}");
-    assert_eq!(report.anomalies(), (0, 0, 0, 0, 0, 0), "{report}");
-    assert_eq!(verdict.violations, 0, "{verdict}");
+    recorder::assert_clean(&report, &verdict);
     if seconds >= 600 {
         // ≤ 5%, or ≤ 1 MiB: a heap of ~9 MiB (the gateway's) swings by about that much
         // between samples minutes apart.
-        let flat = |samples: &[(f64, u64)], growth: f64| {
-            growth <= 0.05
-                || mean(samples, total * 0.9, total + 1.0) - mean(samples, total * 0.5, total * 0.6)
-                    <= 1_048_576.0
-        };
+        let flat = |w: (f64, f64)| growth(w) <= 0.05 || w.1 - w.0 <= 1_048_576.0;
         assert!(
-            flat(&processor_mem, processor_growth) && flat(&gateway_mem, gateway_growth),
+            flat(processor) && flat(gateway),
             "memory grew after the warm-up: processor {:+.1}%, gateway {:+.1}%",
-            processor_growth * 100.0,
-            gateway_growth * 100.0
+            growth(processor) * 100.0,
+            growth(gateway) * 100.0
         );
     }
 }

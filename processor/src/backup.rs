@@ -2,8 +2,8 @@
 //! in-memory tail in commit order, in batches — journal events become journal rows (and
 //! snapshot rows, only the newest of a batch per entity), value-entity records the entity's
 //! `entity_values` row (only the newest of a batch per entity) — and each topic's checkpoint
-//! advances only after every record before it is durable in Cassandra. Never on the command path: when Cassandra is down, commands keep
-//! succeeding and the tail grows until it is back.
+//! advances only after every record before it is durable in Cassandra. Never on the command
+//! path: when Cassandra is down, commands keep succeeding and the tail grows until it is back.
 
 use std::collections::HashMap;
 use std::sync::Arc;

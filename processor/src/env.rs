@@ -1,15 +1,14 @@
 //! What every partition and entity of a processor shares: its service, topics, stores, user
 //! function and limits — set once at start, read everywhere (a leaf module).
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use statehouse_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::records::Topics;
+use crate::records::{Topic, Topics};
 use crate::user_function::UserFunction;
 
 pub(crate) struct Env {
@@ -35,25 +34,55 @@ pub(crate) struct Env {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// The highest offset of each (topic, partition) this process's writers saw committed (their
-/// `commit_transaction` returned OK). Kept across a partition's release and takeover within the
-/// process: when Kafka left a transaction open after an unclean broker restart and the takeover
-/// aborted it, records up to this offset were committed — this process acknowledged them — and
-/// are written again, even above the backup checkpoint (`Partition::take_over`).
-#[derive(Debug, Default)]
-pub(crate) struct SeenCommitted(Mutex<HashMap<(Arc<str>, u32), i64>>);
+/// The highest offset of each partition of the journal and values topics this process's writers
+/// saw committed (their `commit_transaction` returned OK). Kept across a partition's release and
+/// takeover within the process: when Kafka left a transaction open after an unclean broker
+/// restart and the takeover aborted it, records up to this offset were committed — this process
+/// acknowledged them — and are written again, even above the backup checkpoint
+/// (`Partition::take_over`). Lock-free: noted once per committed transaction.
+#[derive(Debug)]
+pub(crate) struct SeenCommitted(Box<[[AtomicI64; 2]]>);
 
 impl SeenCommitted {
+    /// Nothing seen yet, for `partitions` partitions.
+    pub(crate) fn new(partitions: u32) -> Self {
+        Self(
+            (0..partitions)
+                .map(|_| [AtomicI64::new(-1), AtomicI64::new(-1)])
+                .collect(),
+        )
+    }
+
     /// A transaction committed records of `topic`'s `partition` up to `offset`.
-    pub(crate) fn note(&self, topic: &Arc<str>, partition: u32, offset: i64) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = seen.entry((Arc::clone(topic), partition)).or_insert(offset);
-        *entry = (*entry).max(offset);
+    pub(crate) fn note(&self, topic: Topic, partition: u32, offset: i64) {
+        if let Some(slots) = self.0.get(partition as usize) {
+            slots[topic as usize].fetch_max(offset, Ordering::AcqRel);
+        }
     }
 
     /// The highest offset of `topic`'s `partition` seen committed, if any.
-    pub(crate) fn get(&self, topic: &Arc<str>, partition: u32) -> Option<i64> {
-        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(&(Arc::clone(topic), partition)).copied()
+    pub(crate) fn get(&self, topic: Topic, partition: u32) -> Option<i64> {
+        let seen = self.0.get(partition as usize)?[topic as usize].load(Ordering::Acquire);
+        (seen >= 0).then_some(seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_offsets_only_grow_per_topic_and_partition() {
+        let seen = SeenCommitted::new(2);
+        assert_eq!(seen.get(Topic::Journal, 0), None);
+        seen.note(Topic::Journal, 0, 7);
+        seen.note(Topic::Journal, 0, 3);
+        seen.note(Topic::Values, 1, 0);
+        assert_eq!(seen.get(Topic::Journal, 0), Some(7));
+        assert_eq!(seen.get(Topic::Values, 0), None);
+        assert_eq!(seen.get(Topic::Values, 1), Some(0));
+        // A partition beyond the count is ignored, never a panic.
+        seen.note(Topic::Journal, 5, 1);
+        assert_eq!(seen.get(Topic::Journal, 5), None);
     }
 }

@@ -198,7 +198,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         max_active: p.max_active_entities,
         backup_interval: Duration::from_millis(p.backup_interval_ms),
         active: Arc::new(AtomicUsize::new(0)),
-        seen_committed: env::SeenCommitted::default(),
+        seen_committed: env::SeenCommitted::new(p.partitions),
         shutdown: shutdown.clone(),
     });
     let node = Node::new(node::Parts {

@@ -9,9 +9,9 @@
 //! it over again (a new `init_transactions` settles the in-doubt transaction and fences every
 //! older producer, then the partition is read to its end), publish the route. It backs off per
 //! partition, never repairs while the process may have been paused or its ownership lease is
-//! not held (such a process may have lost the partition without knowing yet), and after a fence waits a session timeout first and
-//! gives up when the routing table names a newer owner: a fence by a real new owner is followed
-//! by the revocation, which ends the repair.
+//! not held (such a process may have lost the partition without knowing yet), and after a
+//! fence waits a session timeout first and gives up when the routing table names a newer owner:
+//! a fence by a real new owner is followed by the revocation, which ends the repair.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -25,7 +25,7 @@ use crate::env::Env;
 use crate::journal::Journal;
 use crate::kinds::event_sourced::EventSourced;
 use crate::kinds::value::Value;
-use crate::records::{Topic, Typed, Written};
+use crate::records::{Typed, Written};
 use crate::tail::Tail;
 
 /// A takeover gives up (and is retried) when reading a topic to its end makes no progress for
@@ -58,7 +58,6 @@ struct TailObserver {
 
 impl Observer<Typed> for TailObserver {
     fn committed(&self, records: &[Record], offsets: &[i64], typed: &Typed) {
-        let mut last: [Option<i64>; 2] = [None, None];
         for ((record, &offset), written) in records.iter().zip(offsets).zip(typed) {
             if matches!(**written, Written::Output(_)) {
                 continue;
@@ -66,17 +65,11 @@ impl Observer<Typed> for TailObserver {
             match self.env.topics.of(&record.topic) {
                 Some(topic) => {
                     self.tail.push(topic, offset, Arc::clone(written));
-                    let i = usize::from(matches!(topic, Topic::Values));
-                    last[i] = last[i].max(Some(offset));
+                    self.env.seen_committed.note(topic, self.partition, offset);
                 }
                 None => {
                     warn!(topic = %record.topic, offset, "committed a record of an unknown topic")
                 }
-            }
-        }
-        for ((_, name), offset) in self.env.topics.all().into_iter().zip(last) {
-            if let Some(offset) = offset {
-                self.env.seen_committed.note(name, self.partition, offset);
             }
         }
     }
@@ -272,7 +265,7 @@ async fn rescue_hanging(
     let mut typed = Vec::new();
     for (i, (topic, name)) in env.topics.all().into_iter().enumerate() {
         let checkpoint = checkpoints[i];
-        let seen = env.seen_committed.get(name, partition);
+        let seen = env.seen_committed.get(topic, partition);
         let hanging: Vec<_> = writer
             .hanging()
             .iter()

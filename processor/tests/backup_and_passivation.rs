@@ -2,6 +2,8 @@
 //! user function, against the real Kafka and Cassandra. Cassandra is made unreachable for the
 //! processor alone through a TCP proxy (the node keeps running for every other test).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -187,17 +189,7 @@ async fn commands_survive_a_cassandra_outage_and_recovery_equals_replay() {
     let keyspace = unique_keyspace("bk");
     let cassandra = Proxy::start(&cassandra_contact_point());
     let config = config(uf_port, &prefix, &keyspace, cassandra.addr());
-    statehouse_store::migrations::run(&config.cassandra)
-        .await
-        .unwrap();
-
-    let shutdown = CancellationToken::new();
-    let running = statehouse_processor::start(config.clone(), shutdown.clone())
-        .await
-        .unwrap();
-    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
+    let (running, mut client, shutdown) = common::start(config.clone()).await;
     let users: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
     for (i, user) in users.iter().enumerate() {
         add(&mut client, user, "warm", i as i32 + 1).await;
@@ -271,13 +263,7 @@ async fn commands_survive_a_cassandra_outage_and_recovery_equals_replay() {
     shutdown.cancel();
     running.wait().await.unwrap();
     let config = self::config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
-    let shutdown = CancellationToken::new();
-    let running = statehouse_processor::start(config, shutdown.clone())
-        .await
-        .unwrap();
-    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
+    let (running, mut client, shutdown) = common::start(config).await;
     for (user, events) in &truth {
         assert_eq!(
             cart(&mut client, user).await,
@@ -427,17 +413,7 @@ async fn passivating_processor(
     let keyspace = unique_keyspace(tag);
     let mut config = config(uf_port, &prefix, &keyspace, &cassandra_contact_point());
     config.processor.passivation_timeout_ms = 300;
-    statehouse_store::migrations::run(&config.cassandra)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = statehouse_processor::start(config, shutdown.clone())
-        .await
-        .unwrap();
-    let client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
-    (running, client, shutdown)
+    common::start(config).await
 }
 
 /// Wait (bounded) until no entity is active.

@@ -3,6 +3,8 @@
 //! "forward" replies with a forward to `GetCart`, and `AddItem` named "copy" adds the same item
 //! to `<user>-copy` through a synchronous side effect. Real Kafka and Cassandra.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -176,18 +178,9 @@ async fn forwards_and_side_effects_run_after_the_commit() {
     config.processor.listen = "127.0.0.1:0".parse().unwrap();
     config.processor.metrics_listen = "127.0.0.1:0".parse().unwrap();
     config.processor.user_function_port = uf_port;
-    statehouse_store::migrations::run(&config.cassandra)
-        .await
-        .unwrap();
-    let shutdown = CancellationToken::new();
+    let (running, mut client, shutdown) = common::start(config).await;
     // The service name comes from the user function's ServiceInfo ("effects").
-    let running = statehouse_processor::start(config, shutdown.clone())
-        .await
-        .unwrap();
     assert_eq!(running.service, "effects");
-    let mut client = ProcessorClient::connect(format!("http://{}", running.internal_addr))
-        .await
-        .unwrap();
 
     // A forward: the reply of AddItem is the reply of the forwarded GetCart, which already sees
     // the event AddItem committed.

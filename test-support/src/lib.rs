@@ -31,7 +31,7 @@ const HOW_TO_START: &str = "start the test infrastructure with `cargo xtask infr
 /// If nothing listens there, with the command that starts it.
 pub fn kafka_bootstrap() -> String {
     let addr = std::env::var(KAFKA_ENV).unwrap_or_else(|_| "127.0.0.1:9092".into());
-    require_listening("Kafka", &addr, KAFKA_ENV);
+    require_listening("Kafka", &addr, KAFKA_ENV, HOW_TO_START);
     addr
 }
 
@@ -47,17 +47,11 @@ pub fn kafka_cluster_bootstrap() -> String {
     let servers = std::env::var(KAFKA_CLUSTER_ENV)
         .unwrap_or_else(|_| "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094".into());
     for addr in servers.split(',') {
-        let resolved: Vec<_> = addr
-            .to_socket_addrs()
-            .unwrap_or_else(|e| {
-                panic!("{KAFKA_CLUSTER_ENV}={servers}: {addr} is not a host:port ({e})")
-            })
-            .collect();
-        assert!(
-            resolved
-                .iter()
-                .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()),
-            "the Kafka cluster is not reachable at {addr} (set by {KAFKA_CLUSTER_ENV}). This test needs a real 3-broker cluster: start it with `cargo xtask infra up --kafka-brokers 3` (`cargo xtask ci` and `bash .ci/run` do)."
+        require_listening(
+            "the Kafka cluster",
+            addr,
+            KAFKA_CLUSTER_ENV,
+            "start the 3-broker cluster with `cargo xtask infra up --kafka-brokers 3` (`cargo xtask ci` and `bash .ci/run` do)",
         );
     }
     servers
@@ -69,11 +63,11 @@ pub fn kafka_cluster_bootstrap() -> String {
 /// If nothing listens there, with the command that starts it.
 pub fn cassandra_contact_point() -> String {
     let addr = std::env::var(CASSANDRA_ENV).unwrap_or_else(|_| "127.0.0.1:9042".into());
-    require_listening("Cassandra", &addr, CASSANDRA_ENV);
+    require_listening("Cassandra", &addr, CASSANDRA_ENV, HOW_TO_START);
     addr
 }
 
-fn require_listening(what: &str, addr: &str, env: &str) {
+fn require_listening(what: &str, addr: &str, env: &str, how: &str) {
     let resolved: Vec<_> = match addr.to_socket_addrs() {
         Ok(addrs) => addrs.collect(),
         Err(e) => panic!("{env}={addr} is not a host:port ({e})"),
@@ -83,7 +77,7 @@ fn require_listening(what: &str, addr: &str, env: &str) {
         .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok());
     assert!(
         reachable,
-        "{what} is not reachable at {addr} (set by {env}). This test needs the real {what}: {HOW_TO_START}."
+        "{what} is not reachable at {addr} (set by {env}). This test needs the real {what}: {how}."
     );
 }
 
@@ -121,6 +115,6 @@ mod tests {
     #[should_panic(expected = "cargo xtask infra up")]
     fn missing_services_fail_loudly_with_the_fix() {
         // Port 1 on loopback is never a Kafka broker.
-        require_listening("Kafka", "127.0.0.1:1", KAFKA_ENV);
+        require_listening("Kafka", "127.0.0.1:1", KAFKA_ENV, HOW_TO_START);
     }
 }

@@ -325,12 +325,14 @@ impl Namespace {
         }
         for (link, percent) in &faults.lossy {
             let (out, inc) = link.matches();
-            rules.push_str(&format!(
-                "    {out} numgen random mod 100 < {percent} drop\n"
-            ));
-            inbound.push_str(&format!(
-                "    {inc} numgen random mod 100 < {percent} drop\n"
-            ));
+            // `numgen random mod 100` ranges 0–99: 100% is a plain drop, 0% no rule at all.
+            let share = match percent {
+                0 => continue,
+                100.. => String::new(),
+                p => format!("numgen random mod 100 < {p} "),
+            };
+            rules.push_str(&format!("    {out} {share}drop\n"));
+            inbound.push_str(&format!("    {inc} {share}drop\n"));
         }
         rules.push_str("  }\n");
         inbound.push_str("  }\n}\n");
