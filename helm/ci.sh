@@ -3,7 +3,9 @@
 #   helm lint --strict · helm template · strict Kubernetes schema validation (2 minor versions) ·
 #   checkov (every skip annotated and needed) · helm-unittest · README values table up to date ·
 #   chart <-> binary agreement (the real statehouse binary accepts every rendered container's
-#   args, env and config) · negative cases (unknown keys are refused by the schema or the binary).
+#   args, env and config) · negative cases (unknown keys are refused by the schema or the binary) ·
+#   the alerts (promtool check rules, promtool test rules) and the Grafana dashboard against the
+#   metrics table docs/metrics.md (needs promtool: Debian package `prometheus`, or $PROMTOOL).
 #
 # Installs what it needs, once, under $STATEHOUSE_HELM_TOOLS (default
 # ~/.cache/statehouse/helm-tools): helm and helm-unittest built from the Go module proxy, and a
@@ -163,6 +165,27 @@ say ""
 say "== unit tests and docs"
 check "helm-unittest" "$UNITTEST" --strict "$CHART"
 check "README.md values table matches values.yaml" "$PY" "$TESTS/values_doc.py" --check
+
+say ""
+say "== dashboard and alerts (rendered with ci/production-values.yaml)"
+# promtool comes with Debian's `prometheus` package (.ci/run installs it); only the binary is
+# used — no Prometheus server runs.
+PROMTOOL="${PROMTOOL:-$(command -v promtool || true)}"
+promtool_found() {
+  [[ -n "$PROMTOOL" && -x "$PROMTOOL" ]] && "$PROMTOOL" --version && return 0
+  echo "promtool not found: install it (Debian: apt-get install -y --no-install-recommends prometheus; or a release from https://prometheus.io/download/) or set PROMTOOL=/path/to/promtool"
+  return 1
+}
+MON="$WORK/monitoring"
+mkdir -p "$MON"
+check "promtool found" promtool_found
+check "PrometheusRule and dashboard ConfigMap rendered" \
+  "$PY" "$TESTS/metrics_refs.py" extract "$WORK/rendered/production.yaml" "$MON"
+cp "$TESTS/alerts_test.yaml" "$MON/alerts_test.yaml"
+check "promtool check rules (the rendered PrometheusRule)" "${PROMTOOL:-promtool}" check rules "$MON/rules.yaml"
+check "promtool test rules (helm/tests/alerts_test.yaml)" "${PROMTOOL:-promtool}" test rules "$MON/alerts_test.yaml"
+check "dashboard JSON parses; every metric of the dashboard and the alerts is in docs/metrics.md; runbooks exist" \
+  "$PY" "$TESTS/metrics_refs.py" check "$MON/statehouse.json" "$MON/rules.yaml"
 
 say ""
 say "== chart <-> binary agreement"

@@ -60,6 +60,48 @@ enum AdminCommand {
     },
     /// Create or upgrade the Cassandra keyspace and tables (idempotent).
     Migrate,
+    /// The registered services and their entity types.
+    Services {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A service's partitions: owner (routing table), epoch, journal end, backup checkpoint, lag.
+    Partitions {
+        service: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entity: its journal (decoded to JSON), snapshots and current state.
+    Entity {
+        service: String,
+        /// `<persistence_id>|<entity_id>`, or the entity id if the service has one entity type.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Erase one entity (right to be forgotten) through the owner of its partition: tombstones
+    /// for its journal and values keys, its Cassandra rows removed, its active instance
+    /// evicted, an audit record in the `<prefix>audit` topic.
+    Erase {
+        service: String,
+        /// `<persistence_id>|<entity_id>`, or the entity id if the service has one entity type.
+        key: String,
+        /// Why (kept in the audit record).
+        #[arg(long)]
+        reason: String,
+        /// Print what would be erased; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who asks (default: $USER@hostname).
+        #[arg(long)]
+        requested_by: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A service's projections: their generations, progress, lag and parked events.
     Projections {
         /// The service (default: projector.service, else processor.service).
@@ -127,6 +169,7 @@ impl From<RoleName> for Role {
     }
 }
 
+mod inspect;
 mod projections;
 
 fn main() -> ExitCode {
@@ -181,9 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { command } => {
             let config = load(&cli, Role::Admin)?;
-            let _telemetry = statehouse_runtime::telemetry::init(&config.telemetry, "admin")
-                .map_err(anyhow::Error::msg)?;
-            runtime(&config.runtime)?.block_on(admin(command, &config))
+            let runtime = runtime(&config.runtime)?;
+            // The trace exporter's channel needs the runtime; the guard flushes it before the
+            // runtime goes.
+            let _entered = runtime.enter();
+            let _telemetry =
+                statehouse_runtime::telemetry::init(&inspect::telemetry(&config), "admin")
+                    .map_err(anyhow::Error::msg)?;
+            runtime.block_on(admin(command, &config))
         }
     }
 }
@@ -195,10 +243,14 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
         eprintln!("statehouse {name}: configuration OK");
         return Ok(());
     }
+    let runtime = runtime(&config.runtime)?;
+    // The trace exporter's channel needs the runtime; the guard flushes it before the runtime
+    // goes.
+    let _entered = runtime.enter();
     let _telemetry =
         statehouse_runtime::telemetry::init(&config.telemetry, name).map_err(anyhow::Error::msg)?;
     tracing::info!(role = name, config = %config.masked_toml(), "starting");
-    runtime(&config.runtime)?.block_on(async move {
+    runtime.block_on(async move {
         let shutdown = statehouse_runtime::shutdown::on_signals();
         match role {
             Role::Processor => statehouse_processor::run(config, shutdown)
@@ -241,6 +293,32 @@ async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
                 println!("{topic}: {what}");
             }
             Ok(())
+        }
+        AdminCommand::Services { json } => {
+            inspect::run(config, inspect::Request::Services, *json).await
+        }
+        AdminCommand::Partitions { service, json } => {
+            inspect::run(config, inspect::Request::Partitions { service }, *json).await
+        }
+        AdminCommand::Entity { service, key, json } => {
+            inspect::run(config, inspect::Request::Entity { service, key }, *json).await
+        }
+        AdminCommand::Erase {
+            service,
+            key,
+            reason,
+            dry_run,
+            requested_by,
+            json,
+        } => {
+            let request = inspect::Request::Erase {
+                service,
+                key,
+                reason,
+                dry_run: *dry_run,
+                requested_by: requested_by.as_deref(),
+            };
+            inspect::run(config, request, *json).await
         }
         AdminCommand::Projections { service, command } => {
             projections::run(config, service.as_deref(), command).await

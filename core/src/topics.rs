@@ -88,6 +88,12 @@ pub fn services_topic(prefix: &str) -> String {
     format!("{prefix}services")
 }
 
+/// The audit topic under `prefix`: one record per administrative erasure (`statehouse admin
+/// erase`), JSON, keyed `<service>/<entity_key>`, kept for ever (delete policy, no retention).
+pub fn audit_topic(prefix: &str) -> String {
+    format!("{prefix}audit")
+}
+
 /// The routing topic under `prefix`.
 pub fn routing_topic(prefix: &str) -> String {
     format!("{prefix}routing")

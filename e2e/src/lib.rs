@@ -7,6 +7,7 @@
 
 pub mod carts;
 pub mod checker;
+pub mod clients;
 pub mod crdt;
 pub mod driver;
 pub mod intercept;

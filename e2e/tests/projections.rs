@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use statehouse_e2e::carts::{self, Carts};
+use statehouse_e2e::clients::{kafka, store};
 use statehouse_kafka::reader::{Isolation, read_to_end};
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::shoppingcart::AddLineItem;
@@ -37,7 +38,7 @@ use statehouse_store::Store;
 use statehouse_test_support::process::{Statehouse, free_port};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
-use statehouse_test_support::{cassandra_contact_point, http, kafka_bootstrap};
+use statehouse_test_support::{http, kafka_bootstrap};
 use tonic::transport::Channel;
 
 const SERVICE: &str = "shopping-cart";
@@ -78,24 +79,6 @@ fn start_projector(stack: &Stack) -> Projector {
         query: format!("http://127.0.0.1:{query}"),
         metrics,
     }
-}
-
-fn kafka(stack: &Stack) -> statehouse_kafka::Options {
-    statehouse_kafka::Options {
-        bootstrap_servers: kafka_bootstrap(),
-        topic_prefix: stack.prefix.clone(),
-        ..statehouse_kafka::Options::default()
-    }
-}
-
-async fn store(stack: &Stack) -> Store {
-    Store::connect(&statehouse_store::Options {
-        contact_points: vec![cassandra_contact_point()],
-        keyspace: stack.keyspace.clone(),
-        ..statehouse_store::Options::default()
-    })
-    .await
-    .unwrap()
 }
 
 /// The rows of generation `generation`, as carts.

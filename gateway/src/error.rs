@@ -19,6 +19,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The web console cannot start (its admin token file).
+    #[error(transparent)]
+    Console(#[from] crate::console::Error),
+
     /// Kafka (registry topics, partition counts) failed.
     #[error(transparent)]
     Kafka(#[from] statehouse_kafka::Error),
@@ -126,7 +130,9 @@ impl Error {
             | Error::EntityKey(_) => StatusCode::BAD_REQUEST,
             Error::Body(_) => StatusCode::BAD_REQUEST,
             Error::Failure { code, .. } => http_status_of(*code),
-            Error::Bind { .. } | Error::BadReply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Bind { .. } | Error::Console(_) | Error::BadReply { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Error::Kafka(_) | Error::Feed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Route(e) => http_status_of(route_code(e)),
         }
@@ -184,7 +190,7 @@ pub fn http_status_of(code: Code) -> StatusCode {
 pub(crate) fn code_of(error: &Error) -> Code {
     match error {
         // Not a call; never sent, but mapped on purpose all the same.
-        Error::Bind { .. } => Code::Internal,
+        Error::Bind { .. } | Error::Console(_) => Code::Internal,
         Error::Kafka(_) | Error::Feed(_) => Code::Unavailable,
         // gRPC's own answer for a method the server does not have.
         Error::UnknownMethod { .. } | Error::NoRoute { .. } => Code::Unimplemented,

@@ -9,7 +9,8 @@
 //! with the user function's reply.
 //!
 //! * [`run`] — the `statehouse gateway` role: registry fed from Kafka (`router::feed`),
-//!   partition counts read from Kafka, the client port and the metrics/health port.
+//!   partition counts read from Kafka, the client port and the metrics/health port, with
+//!   the web console on it ([`console`]).
 //! * [`Gateway::bind`] — the client port alone, over any `Router` (tests,
 //!   `statehouse dev`).
 //! * [`Error`] — every failure, with the one mapping to gRPC statuses
@@ -18,6 +19,7 @@
 //! Request messages are never re-encoded on the gRPC path: the frame's bytes go to the
 //! processor, and the reply's bytes come back as they are.
 
+pub mod console;
 mod error;
 mod grpc;
 mod health;
@@ -25,6 +27,7 @@ mod metadata;
 pub mod metrics;
 mod reflection;
 mod server;
+mod span;
 mod streaming;
 mod transcode;
 
@@ -49,6 +52,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     // Everything started here stops with `stop`: on the caller's shutdown, or when a part
     // fails (without cancelling the caller's token).
     let stop = shutdown.child_token();
+    metrics::describe();
     let registry = Registry::new();
     let router = Router::with_kafka(
         registry.clone(),
@@ -58,13 +62,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     );
 
     let health = Health::new();
-    let (_, metrics) =
-        admin_server::serve(config.gateway.metrics_listen, health.clone(), stop.clone())
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.gateway.metrics_listen,
-                source,
-            })?;
+    let (console, sampler) = match console::start(&config, registry.clone(), stop.clone())? {
+        Some((routes, task)) => (routes, Some(task)),
+        None => (axum::Router::new(), None),
+    };
+    let (_, metrics) = admin_server::serve_with(
+        config.gateway.metrics_listen,
+        health.clone(),
+        console,
+        stop.clone(),
+    )
+    .await
+    .map_err(|source| Error::Bind {
+        addr: config.gateway.metrics_listen,
+        source,
+    })?;
     let readiness = tokio::spawn(follow_readiness(registry.clone(), health, stop.clone()));
     let gateway = match Gateway::bind(&config.gateway, router, stop.clone()).await {
         Ok(gateway) => gateway,
@@ -72,6 +84,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             stop.cancel();
             let _ = readiness.await;
             let _ = metrics.await;
+            if let Some(sampler) = sampler {
+                let _ = sampler.await;
+            }
             return Err(e);
         }
     };
@@ -87,6 +102,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     gateway.stopped().await;
     let _ = readiness.await;
     let _ = metrics.await;
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
     result
 }
 

@@ -33,11 +33,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::codegen::Service as _;
+use tracing::Instrument as _;
 
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
 use crate::transcode::{self, Binding};
-use crate::{Error, health, metadata, reflection, streaming};
+use crate::{Error, health, metadata, reflection, span, streaming};
 use statehouse_runtime::router::{Route, Router};
 
 /// How long in-flight calls may take to finish once shutdown starts.
@@ -199,6 +200,12 @@ async fn grpc_call(
             return response;
         }
     }
+    crate::metrics::call(
+        protocol.label(),
+        None,
+        tonic::Code::Unimplemented,
+        std::time::Instant::now(),
+    );
     grpc::respond(
         protocol,
         Err(Error::UnknownMethod { path }.into()),
@@ -214,13 +221,16 @@ async fn unary_grpc(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
+    let label = protocol.label();
+    let span = span::call(label, &route.method, &parts.headers);
     let outcome = async {
         let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
         call(shared, &route, &parts.headers, payload).await
     }
+    .instrument(span.clone())
     .await;
-    let label = protocol.label();
-    record(label, &outcome, started);
+    span::finish(&span, outcome_code(&outcome));
+    record(label, &route.method, &outcome, started);
     match outcome {
         Ok(Some(reply)) => {
             let headers = metadata::to_headers(reply.metadata.as_ref());
@@ -336,6 +346,7 @@ async fn json_call(
     }
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
+    let span = span::call("http", &binding.route.method, &parts.headers);
     let outcome = async {
         let body = json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
@@ -351,8 +362,10 @@ async fn json_call(
             None => Ok(None),
         }
     }
+    .instrument(span.clone())
     .await;
-    record("http", &outcome, started);
+    span::finish(&span, outcome_code(&outcome));
+    record("http", &binding.route.method, &outcome, started);
     match outcome {
         Ok(Some((content_type, body, headers))) => {
             let mut response = Response::new(Body::new(Full::new(body)));
@@ -406,9 +419,18 @@ pub(crate) async fn json_body(
         .to_bytes())
 }
 
-/// Counts a finished call and its duration.
+/// The gRPC code of a call's outcome.
+pub(crate) fn outcome_code<T>(outcome: &Result<T, Error>) -> tonic::Code {
+    match outcome {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => code_of(e),
+    }
+}
+
+/// Counts a finished call of `method` and its duration.
 pub(crate) fn record<T>(
     protocol: &'static str,
+    method: &statehouse_runtime::method_index::MethodInfo,
     outcome: &Result<T, Error>,
     started: std::time::Instant,
 ) {
@@ -416,15 +438,17 @@ pub(crate) fn record<T>(
         Ok(_) => tonic::Code::Ok,
         Err(e) => code_of(e),
     };
-    record_code(protocol, code, started);
+    record_code(protocol, method, code, started);
 }
 
-/// Counts a finished call with its code.
-pub(crate) fn record_code(protocol: &'static str, code: tonic::Code, started: std::time::Instant) {
-    ::metrics::counter!(crate::metrics::CALLS, "protocol" => protocol, "code" => format!("{code:?}"))
-        .increment(1);
-    ::metrics::histogram!(crate::metrics::CALL_SECONDS, "protocol" => protocol)
-        .record(started.elapsed().as_secs_f64());
+/// Counts a finished call of `method` with its code.
+pub(crate) fn record_code(
+    protocol: &'static str,
+    method: &statehouse_runtime::method_index::MethodInfo,
+    code: tonic::Code,
+    started: std::time::Instant,
+) {
+    crate::metrics::call(protocol, Some(method), code, started);
 }
 
 fn is_json(content_type: &str) -> bool {

@@ -42,7 +42,8 @@ use crate::error::code_of;
 use crate::grpc::{self, FrameDecoder, Protocol};
 use crate::server::{Shared, record_code, text};
 use crate::transcode::{self, Binding};
-use crate::{Error, metadata};
+use crate::{Error, metadata, span};
+use tracing::Instrument as _;
 
 /// Client messages waiting to be relayed (bounded: a slow processor slows the client).
 const RELAY: usize = 16;
@@ -107,6 +108,7 @@ pub(crate) async fn grpc(
         Ok(first) => {
             open(
                 shared,
+                protocol.label(),
                 &route,
                 &parts.headers,
                 first.unwrap_or_default(),
@@ -120,11 +122,11 @@ pub(crate) async fn grpc(
     let (upstream, deadline) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            record_code(label, code_of(&e), started);
+            record_code(label, &route.method, code_of(&e), started);
             return grpc::respond(protocol, Err(e.into()), HeaderMap::new());
         }
     };
-    record_code(label, tonic::Code::Ok, started);
+    record_code(label, &route.method, tonic::Code::Ok, started);
     let (frames, body) = mpsc::channel(OUT);
     tokio::spawn(relay_grpc(upstream, deadline, protocol, frames));
     let mut response = grpc::response_head(protocol, HeaderMap::new());
@@ -150,8 +152,15 @@ pub(crate) async fn json(
         let body = crate::server::json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
         let (_, no_rest) = mpsc::channel(1);
-        let (mut upstream, deadline) =
-            open(shared, &binding.route, &parts.headers, payload, no_rest).await?;
+        let (mut upstream, deadline) = open(
+            shared,
+            "http",
+            &binding.route,
+            &parts.headers,
+            payload,
+            no_rest,
+        )
+        .await?;
         // Wait for the first element: an error before it is an HTTP error status.
         let first = next(&mut upstream, deadline).await?;
         Ok((upstream, deadline, first))
@@ -159,11 +168,11 @@ pub(crate) async fn json(
     .await;
     let (upstream, deadline, first) = match opened {
         Ok(opened) => {
-            record_code("http", tonic::Code::Ok, started);
+            record_code("http", &binding.route.method, tonic::Code::Ok, started);
             opened
         }
         Err(e) => {
-            record_code("http", code_of(&e), started);
+            record_code("http", &binding.route.method, code_of(&e), started);
             return text(e.http_status(), &e.http_message());
         }
     };
@@ -239,9 +248,11 @@ pub(crate) async fn json(
     response
 }
 
-/// Open the call on the processor that runs it.
+/// Open the call on the processor that runs it. Its span (`statehouse.gateway.call`) covers
+/// the opening: a stream may run for hours.
 async fn open(
     shared: &Shared,
+    protocol: &'static str,
     route: &Route,
     headers: &HeaderMap,
     payload: Bytes,
@@ -267,8 +278,18 @@ async fn open(
         type_url: None,
         deadline,
     };
-    let upstream = shared.router.open(call, rest, accept_by).await?;
-    Ok((upstream, deadline))
+    let span = span::call(protocol, &route.method, headers);
+    let upstream = shared
+        .router
+        .open(call, rest, accept_by)
+        .instrument(span.clone())
+        .await
+        .map_err(Error::from);
+    span::finish(
+        &span,
+        upstream.as_ref().map_or_else(code_of, |_| tonic::Code::Ok),
+    );
+    Ok((upstream?, deadline))
 }
 
 /// The next response of the processor (`None`: the call ended), bounded by the deadline.

@@ -144,6 +144,14 @@ impl Processor for FakeProcessor {
     ) -> Result<Response<Self::HandleStreamedStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn erase(
+        &self,
+        _request: Request<statehouse_schemas::statehouse::processor::v1::EraseRequest>,
+    ) -> Result<Response<statehouse_schemas::statehouse::processor::v1::EraseResponse>, Status>
+    {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Starts a fake processor on a free port; returns it and its endpoint.
@@ -208,6 +216,7 @@ async fn start_gateway(registry: &Registry, shutdown: &CancellationToken) -> Soc
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         default_timeout_ms: 10_000,
         max_request_bytes: 64 * 1024,
+        ..GatewayOptions::default()
     };
     let router = Router::new(registry.clone(), router::Options::default());
     Gateway::bind(&options, router, shutdown.clone())

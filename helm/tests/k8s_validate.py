@@ -2,9 +2,10 @@
 """Strict schema validation of rendered manifests against several Kubernetes versions.
 
 Built-in kinds use the OpenAPI-derived JSON schemas shipped by the PyPI package
-kubernetes-validate (strict mode: unknown fields are errors). The two custom resources the chart
-can render (KEDA ScaledObject, Prometheus Operator ServiceMonitor) have no schema there; they are
-checked against the strict subset schemas in helm/tests/crd-schemas/. Any other kind is an error.
+kubernetes-validate (strict mode: unknown fields are errors). The custom resources the chart
+can render (KEDA ScaledObject, Prometheus Operator ServiceMonitor and PrometheusRule) have no
+schema there; they are checked against the strict subset schemas in helm/tests/crd-schemas/. Any
+other kind is an error.
 
 Usage: k8s_validate.py -k 1.30 -k 1.33 FILE...
 """
@@ -24,6 +25,7 @@ CRDS = Path(__file__).with_name("crd-schemas")
 CUSTOM = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
 
 

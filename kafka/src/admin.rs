@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
-use statehouse_core::topics::{routing_topic, services_topic};
+use statehouse_core::topics::{audit_topic, routing_topic, services_topic};
 use statehouse_core::{ServiceName, Topics};
 
 use crate::{Error, Options};
@@ -74,6 +74,22 @@ pub fn shared_topic_specs(options: &Options) -> Vec<TopicSpec> {
         config: with_isr(options, [("cleanup.policy", "compact".to_string())]),
     })
     .collect()
+}
+
+/// The audit topic (`<prefix>audit`): one JSON record per erasure, kept for ever (delete
+/// policy without retention), one partition so it reads in one order.
+pub fn audit_topic_spec(options: &Options) -> TopicSpec {
+    TopicSpec {
+        name: audit_topic(&options.topic_prefix),
+        partitions: 1,
+        config: with_isr(
+            options,
+            [
+                ("cleanup.policy", "delete".to_string()),
+                ("retention.ms", "-1".to_string()),
+            ],
+        ),
+    }
 }
 
 fn with_isr<const N: usize>(

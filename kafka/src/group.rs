@@ -25,30 +25,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::context::Quiet;
 use crate::reader::Message;
 use crate::{Error, Options};
 
 /// How often stored offsets are committed.
 const COMMIT_INTERVAL_MS: &str = "200";
-
-/// The consumer's context: librdkafka's errors logged as warnings, except the ends of
-/// partitions (events [`GroupConsumer::next_event`] hands out, not errors).
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(error = %error, reason, "librdkafka");
-        }
-    }
-}
-
-impl ConsumerContext for Quiet {}
 
 /// Records waiting in a lane at which its partition is paused.
 pub const LANE_HIGH: usize = 4_096;

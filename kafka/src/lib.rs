@@ -12,10 +12,14 @@
 //! * [`group`] — a consumer-group member that commits what its owner says is done (eventing,
 //!   projections).
 //! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
+//! * [`ends`] — the last stable offset and high watermark of partitions (the hanging-transaction
+//!   gauge).
 //! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
 
 pub mod admin;
 pub mod broadcast;
+mod context;
+pub mod ends;
 mod error;
 pub mod group;
 pub mod headers;

@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
+use crate::context::Quiet;
 use crate::{Error, Options};
 
 /// Which records a read may return.
@@ -87,8 +88,8 @@ pub async fn read_to_end(
     if isolation == Isolation::ReadUncommitted {
         config.set("isolation.level", "read_uncommitted");
     }
-    let consumer: BaseConsumer = config
-        .create()
+    let consumer: BaseConsumer<Quiet> = config
+        .create_with_context(Quiet)
         .map_err(|e| Error::kafka("creating a reader", e))?;
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -203,8 +204,8 @@ pub fn follow(
     use rdkafka::consumer::StreamConsumer;
     let config =
         options.consumer_config(&format!("{}follower-{}", options.topic_prefix, uuid_like()));
-    let consumer: StreamConsumer = config
-        .create()
+    let consumer: StreamConsumer<Quiet> = config
+        .create_with_context(Quiet)
         .map_err(|e| Error::kafka("creating a follower", e))?;
     let mut tpl = TopicPartitionList::new();
     let mut topics: Vec<std::sync::Arc<str>> = Vec::new();

@@ -1091,6 +1091,8 @@ fn xml(s: &str) -> String {
 /// of `prefixes` (labels dropped, values of the same name summed).
 pub fn metrics_of(text: &str, prefixes: &[&str]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
+    // Histogram buckets (cumulative counts by upper bound), summed over the series of a name.
+    let mut buckets: BTreeMap<String, BTreeMap<OrderedBound, f64>> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name_labels, value)) = line.rsplit_once(' ') else {
             continue;
@@ -1105,6 +1107,26 @@ pub fn metrics_of(text: &str, prefixes: &[&str]) -> BTreeMap<String, f64> {
         if !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
+        if let Some(base) = name.strip_suffix("_bucket") {
+            let le = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("le="))
+                .map(|v| v.trim_matches('"'));
+            let bound = match le {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            *buckets
+                .entry(base.to_string())
+                .or_default()
+                .entry(OrderedBound(bound))
+                .or_insert(0.0) += value;
+            continue;
+        }
         // Keep quantile labels apart; sum everything else (e.g. over partitions).
         match labels.split(',').find_map(|l| l.strip_prefix("quantile=")) {
             // Quantiles of several series cannot be added: keep the largest.
@@ -1117,5 +1139,87 @@ pub fn metrics_of(text: &str, prefixes: &[&str]) -> BTreeMap<String, f64> {
             None => *out.entry(name.to_string()).or_insert(0.0) += value,
         }
     }
+    // Summed buckets can be added (unlike quantiles): estimate p50 and p99 from them.
+    for (name, cumulative) in buckets {
+        for q in [0.5, 0.99] {
+            if let Some(v) = bucket_quantile(&cumulative, q) {
+                out.insert(format!("{name}{{quantile=\"{q}\"}}"), v);
+            }
+        }
+    }
     out
+}
+
+/// A histogram bucket's upper bound, ordered (bounds are never NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderedBound(f64);
+
+impl Eq for OrderedBound {}
+
+impl PartialOrd for OrderedBound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedBound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Quantile `q` of cumulative bucket counts, interpolated linearly inside its bucket (as
+/// Prometheus' `histogram_quantile` does); the highest finite bound if it falls in `+Inf`.
+fn bucket_quantile(cumulative: &BTreeMap<OrderedBound, f64>, q: f64) -> Option<f64> {
+    let total = *cumulative.values().last()?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (&OrderedBound(upper), &count) in cumulative {
+        if count >= rank {
+            if upper.is_infinite() {
+                return Some(lower);
+            }
+            let inside = count - below;
+            return Some(if inside > 0.0 {
+                lower + (upper - lower) * (rank - below) / inside
+            } else {
+                upper
+            });
+        }
+        lower = upper;
+        below = count;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_buckets_summed_over_series() {
+        let text = "\
+# TYPE statehouse_writer_commit_seconds histogram
+statehouse_writer_commit_seconds_bucket{partition=\"0\",le=\"0.01\"} 50
+statehouse_writer_commit_seconds_bucket{partition=\"0\",le=\"0.1\"} 100
+statehouse_writer_commit_seconds_bucket{partition=\"0\",le=\"+Inf\"} 100
+statehouse_writer_commit_seconds_bucket{partition=\"1\",le=\"0.01\"} 0
+statehouse_writer_commit_seconds_bucket{partition=\"1\",le=\"0.1\"} 97
+statehouse_writer_commit_seconds_bucket{partition=\"1\",le=\"+Inf\"} 100
+statehouse_writer_commit_seconds_sum{partition=\"0\"} 2
+statehouse_writer_commit_seconds_count{partition=\"0\"} 100
+statehouse_writer_commit_seconds_count{partition=\"1\"} 100
+";
+        let m = metrics_of(text, &["statehouse_writer_commit_seconds"]);
+        // 200 samples: 50 ≤ 10 ms, 147 more ≤ 100 ms, 3 above (in +Inf).
+        let p50 = m["statehouse_writer_commit_seconds{quantile=\"0.5\"}"];
+        assert!((p50 - (0.01 + 0.09 * 50.0 / 147.0)).abs() < 1e-9, "{p50}");
+        let p99 = m["statehouse_writer_commit_seconds{quantile=\"0.99\"}"];
+        assert_eq!(p99, 0.1, "in +Inf: the highest finite bound");
+        assert_eq!(m["statehouse_writer_commit_seconds_count"], 200.0);
+        assert!(!m.keys().any(|k| k.contains("_bucket")));
+    }
 }

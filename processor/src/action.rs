@@ -23,6 +23,8 @@ use crate::eventing::output;
 use crate::kinds::action::{Element, Shape, element, first_command, next_command};
 use crate::user_function::UserFunction;
 use crate::{Error, effects};
+use statehouse_runtime::trace;
+use tracing::Instrument as _;
 
 /// A later client message of a streamed-in or duplex call.
 pub(crate) type Message = (Bytes, Option<cs::Metadata>);
@@ -31,12 +33,15 @@ pub(crate) type Message = (Bytes, Option<cs::Metadata>);
 pub(crate) async fn unary(
     host: Arc<dyn Host>,
     uf: &UserFunction,
-    command: Command,
+    mut command: Command,
 ) -> Result<Outcome, Error> {
+    let span = crate::spans::user_function_call(&command);
+    command.call_traceparent = trace::traceparent(&span);
     let request = with_deadline(first_command(&command), command.deadline);
     let response = uf
         .action()
         .handle_unary(request)
+        .instrument(span)
         .await
         .map_err(Error::UserFunctionCall)?
         .into_inner();
@@ -100,11 +105,18 @@ async fn publish(
 pub(crate) async fn streamed(
     host: Arc<dyn Host>,
     uf: UserFunction,
-    command: Command,
+    mut command: Command,
     rest: mpsc::Receiver<Message>,
     out: mpsc::Sender<Result<Outcome, Error>>,
 ) {
     let shape = Shape::of(&command.method);
+    // A streamed call's span covers the whole call (a unary one's, just the call).
+    let span = match shape {
+        Shape::Unary => tracing::Span::none(),
+        _ => crate::spans::user_function_call(&command),
+    };
+    command.call_traceparent = trace::traceparent(&span);
+    let _in_span = span;
     let first = first_command(&command);
     let method = Arc::clone(&command.method);
     let requests = move || {

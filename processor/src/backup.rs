@@ -2,7 +2,11 @@
 //! in-memory tail in commit order, in batches — journal events become journal rows (and
 //! snapshot rows, only the newest of a batch per entity), value-entity records the entity's
 //! `entity_values` row (only the newest of a batch per entity) — and each topic's checkpoint
-//! advances only after every record before it is durable in Cassandra. Never on the command
+//! advances only after every record before it is durable in Cassandra. An erased entity's
+//! tombstones ([`Written::Erased`]) remove its rows (journal and snapshots up to the erased seq,
+//! its value as of the tombstone's offset) in commit order: what the batch held before them is
+//! written first, what comes after them (the entity started again) after the delete, so no
+//! older row survives and no newer one is lost. Never on the command
 //! path: when Cassandra is down, commands keep succeeding and the tail grows until it is back.
 
 use std::collections::HashMap;
@@ -36,8 +40,10 @@ pub(crate) struct Backup {
 impl Backup {
     pub(crate) async fn run(self) {
         let mut backoff = self.interval;
+        let mut progress = m::BackupProgress::new(self.partition);
         loop {
             let stopping = self.stopping.is_cancelled();
+            progress.observe(self.tail.len(), false);
             let batch = self.tail.oldest(BATCH);
             if batch.is_empty() {
                 if stopping {
@@ -50,7 +56,7 @@ impl Backup {
                 Ok(()) => {
                     self.tail.remove_oldest(batch.len());
                     metrics::counter!(m::BACKUP_RECORDS).increment(batch.len() as u64);
-                    metrics::gauge!(m::BACKUP_LAG_RECORDS).set(self.tail.len() as f64);
+                    progress.observe(self.tail.len(), true);
                     debug!(
                         partition = self.partition,
                         records = batch.len(),
@@ -73,6 +79,7 @@ impl Backup {
                 }
             }
         }
+        progress.ended();
     }
 
     async fn pause(&self, wait: Duration) {
@@ -91,6 +98,10 @@ impl Backup {
         // The newest record per value entity in this batch (older ones would be overwritten).
         let mut values: HashMap<String, ValueRow> = HashMap::new();
         let mut next: HashMap<Topic, i64> = HashMap::new();
+        // Erasures not carried out yet: journal (entity key → highest erased seq), values
+        // (entity key → the tombstone's offset).
+        let mut erase_journal: HashMap<String, i64> = HashMap::new();
+        let mut erase_values: HashMap<String, i64> = HashMap::new();
         for Entry {
             topic,
             offset,
@@ -98,6 +109,24 @@ impl Backup {
         } in batch
         {
             next.insert(*topic, offset + 1);
+            if let Written::Erased(erased) = &**record {
+                // What came before the tombstone goes first, so the delete covers it.
+                self.flush(&mut rows, &mut snapshots, &mut values).await?;
+                let key = erased.entity_key.clone();
+                match erased.seq {
+                    Some(seq) => {
+                        let upto = erase_journal.entry(key).or_insert(seq);
+                        *upto = (*upto).max(seq);
+                    }
+                    None => {
+                        erase_values.insert(key, *offset);
+                    }
+                }
+                continue;
+            }
+            if !erase_journal.is_empty() || !erase_values.is_empty() {
+                self.erase(&mut erase_journal, &mut erase_values).await?;
+            }
             match &**record {
                 Written::Event(event) => {
                     let key = record.entity_key();
@@ -137,8 +166,8 @@ impl Backup {
                         offset: *offset,
                     });
                 }
-                // Never in the tail (the observer skips outputs).
-                Written::Output(_) => {}
+                // Never in the tail (the observer skips outputs); erasures are taken above.
+                Written::Output(_) | Written::Erased(_) => {}
                 Written::Value(_) | Written::Deleted(_) => {
                     if let Some(row) = value::row_of(service, record, self.partition, *offset) {
                         let row = row.map_err(|e| {
@@ -149,15 +178,8 @@ impl Backup {
                 }
             }
         }
-        if !rows.is_empty() {
-            self.store.write_journal(&rows).await?;
-        }
-        for snapshot in snapshots.values() {
-            self.store.write_snapshot(snapshot).await?;
-        }
-        for row in values.values() {
-            self.store.write_value(row).await?;
-        }
+        self.erase(&mut erase_journal, &mut erase_values).await?;
+        self.flush(&mut rows, &mut snapshots, &mut values).await?;
         for (topic, offset) in next {
             self.store
                 .write_checkpoint(
@@ -167,6 +189,42 @@ impl Backup {
                     offset,
                 )
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Write (and forget) the rows collected so far.
+    async fn flush(
+        &self,
+        rows: &mut Vec<JournalRow>,
+        snapshots: &mut HashMap<String, SnapshotRow>,
+        values: &mut HashMap<String, ValueRow>,
+    ) -> Result<(), Error> {
+        if !rows.is_empty() {
+            self.store.write_journal(rows).await?;
+            rows.clear();
+        }
+        for (_, snapshot) in snapshots.drain() {
+            self.store.write_snapshot(&snapshot).await?;
+        }
+        for (_, row) in values.drain() {
+            self.store.write_value(&row).await?;
+        }
+        Ok(())
+    }
+
+    /// Carry out (and forget) the erasures collected so far.
+    async fn erase(
+        &self,
+        journal: &mut HashMap<String, i64>,
+        values: &mut HashMap<String, i64>,
+    ) -> Result<(), Error> {
+        let service = self.service.as_str();
+        for (key, seq) in journal.drain() {
+            self.store.erase_journal(service, &key, seq).await?;
+        }
+        for (key, offset) in values.drain() {
+            self.store.erase_value(service, &key, offset).await?;
         }
         Ok(())
     }

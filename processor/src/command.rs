@@ -39,8 +39,13 @@ pub(crate) struct Command {
     pub(crate) idempotency_key: Option<String>,
     /// When the caller gives up.
     pub(crate) deadline: Option<Instant>,
-    /// W3C trace context of the caller.
+    /// W3C trace context of the command (this processor's span when traces are on, else the
+    /// caller's as it came): the parent of its user-function call and commit, and the
+    /// `traceparent` of its records.
     pub(crate) traceparent: Option<String>,
+    /// The context of its user-function call, set when the call starts (traces on only): the
+    /// `traceparent` metadata the user function gets (`spans.rs`).
+    pub(crate) call_traceparent: Option<String>,
     /// Forward / side-effect hops that led to this command.
     pub(crate) hops: u32,
 }

@@ -49,6 +49,9 @@ pub enum Error {
     /// A forward or side effect could not be delivered to the processor that runs it.
     #[error("routing a forward or side effect: {0}")]
     Route(#[from] statehouse_runtime::router::Error),
+    /// An erasure could not finish (`crate::erase`); running it again is safe.
+    #[error("erasure: {0}")]
+    Erasure(String),
     /// A start-up step failed for good (e.g. the topics exist with another partition count).
     #[error("{what} failed: {reason}")]
     Startup { what: String, reason: String },
@@ -96,6 +99,8 @@ impl From<Error> for tonic::Status {
             | Error::EarlierNotCommitted(_)
             | Error::Store(_)
             | Error::ShuttingDown => Status::unavailable(message),
+            // Half done (e.g. Cassandra down): retry later, it is idempotent.
+            Error::Erasure(_) => Status::unavailable(message),
             Error::UserFunction(_) => Status::unavailable(message),
             Error::UserFunctionCall(status) => Status::new(status.code(), status.message()),
             Error::Journal(_) => Status::internal(message),

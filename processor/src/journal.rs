@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use statehouse_kafka::partition_writer;
 use statehouse_schemas::avro;
+use tracing::Instrument as _;
 
 use crate::Error;
 use crate::command::Position;
@@ -67,13 +68,18 @@ impl Journal {
             match written {
                 Written::Output(_) => outputs += 1,
                 Written::Event(_) => last_event = Some(records.len()),
-                Written::Value(_) | Written::Deleted(_) => {}
+                Written::Value(_) | Written::Deleted(_) | Written::Erased(_) => {}
             }
             records.push(written.to_kafka(&self.env.topics)?);
             typed.push(Arc::new(written));
         }
         let n = records.len();
-        let committed = self.writer.append_with(records, typed).await?;
+        let span = crate::spans::commit(n, typed.iter().filter_map(|w| w.traceparent()));
+        let committed = self
+            .writer
+            .append_with(records, typed)
+            .instrument(span)
+            .await?;
         metrics::counter!(m::RECORDS_PERSISTED).increment((n - outputs) as u64);
         if outputs > 0 {
             metrics::counter!(m::EVENTING_OUTPUTS).increment(outputs as u64);

@@ -19,11 +19,13 @@ mod discovery;
 mod effects;
 mod entity;
 mod env;
+mod erase;
 mod error;
 mod eventing;
 mod health;
 mod journal;
 mod kinds;
+mod lso;
 mod metrics;
 mod node;
 mod owner;
@@ -32,6 +34,7 @@ mod pause;
 mod records;
 mod replicas;
 mod server;
+mod spans;
 mod tail;
 mod user_function;
 
@@ -218,6 +221,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
     });
     tokio::spawn(Arc::clone(&node.pause).run(shutdown.clone()));
+    metrics::describe(service.as_str(), p.partitions);
+    tokio::spawn(lso::watch(Arc::clone(&node)));
     // Subscriptions: every processor of the service is a member of each one's group.
     for sub in &discovered.eventing.subscriptions {
         tokio::spawn(eventing::consumer::run(

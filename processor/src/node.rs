@@ -344,6 +344,7 @@ impl Host for Node {
             idempotency_key: None,
             deadline,
             traceparent: None,
+            call_traceparent: None,
             hops,
         })
     }

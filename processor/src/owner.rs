@@ -95,6 +95,7 @@ pub(crate) async fn own_partitions(
                 continue;
             }
             _ = check.tick(), if membership.is_some() => {
+                owner.report();
                 owner.supervise().await;
                 continue;
             }
@@ -103,6 +104,7 @@ pub(crate) async fn own_partitions(
         match event {
             Event::Assigned(ids) => {
                 owner.assigned.extend(ids.iter().copied());
+                owner.report();
                 let started = std::time::Instant::now();
                 // Each partition serves as soon as its own takeover is done: a slow one does
                 // not hold the others back.
@@ -188,8 +190,26 @@ impl Owner {
         self.node.partitions.read().expect("partitions lock").len()
     }
 
+    /// Export the partition gauges: owned (assigned), serving (taken over, writer running,
+    /// lease held), recovering (a takeover or repair to do or under way).
     fn report(&self) {
-        ::metrics::gauge!(metrics::OWNED_PARTITIONS).set(self.owned() as f64);
+        let lease = self.node.env.lease.held();
+        let (mut serving, mut recovering) = (0, 0);
+        {
+            let held = self.node.partitions.read().expect("partitions lock");
+            for id in &self.assigned {
+                match held.get(id) {
+                    Some(p) if !p.writer.is_stopped() => serving += usize::from(lease),
+                    _ => recovering += 1,
+                }
+            }
+        }
+        metrics::partitions(
+            self.node.service.as_str(),
+            self.assigned.len(),
+            serving,
+            recovering,
+        );
     }
 
     /// Serve a partition just taken over; its route is published next.

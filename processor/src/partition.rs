@@ -6,8 +6,10 @@
 //! (read_committed) into the tail → write again the records of a transaction Kafka left open
 //! that the backup proves were committed → serve. **Release** (revoke or shutdown): stop taking
 //! commands, let the entities finish the command in flight, let the writer commit, flush the
-//! backup (bounded).
+//! backup (bounded). **Erase** one entity (`crate::erase`): [`Partition::hold`] its commands,
+//! [`Partition::evict`] its active instance, write its tombstones through the partition's writer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +49,35 @@ pub(crate) struct Partition {
     /// entities until then.
     writer_stop: CancellationToken,
     backup_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Entities being erased, with the commands that came for them meanwhile (they run once
+    /// the erasure ended, on the emptied entity).
+    held: Mutex<HashMap<String, Vec<(Command, Caller)>>>,
+}
+
+/// Most commands that wait for one entity's erasure; more are refused (`RESOURCE_EXHAUSTED`).
+const HELD_MAX: usize = 256;
+/// How long an evicted instance may take to finish what it holds.
+const EVICT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An entity's commands held while it is erased; dropping it lets them in, in arrival order.
+pub(crate) struct Hold {
+    partition: Arc<Partition>,
+    key: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let waiting = self
+            .partition
+            .held
+            .lock()
+            .expect("held lock")
+            .remove(&self.key)
+            .unwrap_or_default();
+        for (command, caller) in waiting {
+            self.partition.send(command, caller);
+        }
+    }
 }
 
 /// Feeds committed records into the tail, typed, and notes the highest offsets committed.
@@ -83,6 +114,10 @@ impl Partition {
         id: u32,
     ) -> Result<Arc<Self>, Error> {
         let started = std::time::Instant::now();
+        // A new trace (recovery runs for its own reasons), linked to the commands whose records
+        // it reads back.
+        let span = crate::spans::recover(id);
+        let mut linked = 0;
         let tail = Arc::new(Tail::default());
         let writer_stop = env.shutdown.child_token();
         let observer: Arc<dyn Observer<Typed>> = Arc::new(TailObserver {
@@ -109,6 +144,8 @@ impl Partition {
         // 2. Everything before a topic's checkpoint is in Cassandra; read the rest from Kafka.
         let mut checkpoints = [0i64; 2];
         let mut recovered = 0usize;
+        // Tombstones of erasures the backup has not passed yet, by entity.
+        let mut erased = HashMap::new();
         for (i, (topic, name)) in env.topics.all().into_iter().enumerate() {
             let end = writer.settled_at(name).expect("every topic was settled");
             let checkpoint = checkpoint(env, name, id).await;
@@ -138,7 +175,15 @@ impl Partition {
             .await?;
             for message in messages {
                 if let Some(written) = Written::from_kafka(topic, &message)? {
-                    tail.push(topic, message.offset, Arc::new(written));
+                    if let Some(traceparent) = written.traceparent()
+                        && linked < statehouse_core::semconv::MAX_LINKS
+                    {
+                        statehouse_runtime::trace::link(&span, traceparent);
+                        linked += 1;
+                    }
+                    let written = Arc::new(written);
+                    note_erased(&mut erased, &written);
+                    tail.push(topic, message.offset, written);
                     recovered += 1;
                 }
             }
@@ -154,6 +199,8 @@ impl Partition {
             took = ?started.elapsed(),
             "partition recovered"
         );
+        span.record(statehouse_core::semconv::RECORDS, recovered);
+        drop(span);
         let journal = Arc::new(Journal::new(
             Arc::clone(env),
             epoch,
@@ -180,7 +227,7 @@ impl Partition {
             stopping: writer_stop.clone(),
         };
         let task = tokio::spawn(backup.run());
-        Ok(Arc::new(Self {
+        let partition = Arc::new(Self {
             id,
             epoch,
             writer,
@@ -189,7 +236,27 @@ impl Partition {
             values,
             writer_stop,
             backup_done: Mutex::new(Some(task)),
-        }))
+            held: Mutex::new(HashMap::new()),
+        });
+        partition.hold_erased(erased);
+        Ok(partition)
+    }
+
+    /// An erasure the previous owner did not finish (its tombstones are past the backup
+    /// checkpoint): Cassandra may still hold the entity's rows, so its commands wait until the
+    /// backup has passed the tombstones and removed them (`crate::erase`).
+    fn hold_erased(self: &Arc<Self>, erased: HashMap<String, Vec<Arc<Written>>>) {
+        for (key, tombstones) in erased {
+            if let Ok(hold) = self.hold(&key) {
+                warn!(partition = self.id, entity = %key, "an erasure is not backed up yet; the entity's commands wait for the backup");
+                tokio::spawn(crate::erase::release_when_backed_up(
+                    hold,
+                    Arc::clone(&self.journal),
+                    tombstones,
+                    key,
+                ));
+            }
+        }
     }
 
     pub(crate) fn is_serving(&self) -> bool {
@@ -200,6 +267,26 @@ impl Partition {
     /// A command that cannot be taken is answered with the error at once.
     pub(crate) fn send(&self, command: Command, caller: Caller) {
         let entity = EntityRef::of(&command);
+        let caller = {
+            let mut held = self.held.lock().expect("held lock");
+            match held.get_mut(&entity.key) {
+                Some(waiting) if waiting.len() < HELD_MAX => {
+                    waiting.push((command, caller));
+                    return;
+                }
+                Some(_) => Err(caller),
+                None => Ok(caller),
+            }
+        };
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(caller) => {
+                return caller.fail(Error::Overloaded(format!(
+                    "entity {} is being erased and {HELD_MAX} commands wait for it; slow down",
+                    entity.id
+                )));
+            }
+        };
         match entity.info.kind() {
             Some(EntityKind::EventSourced) => self.event_sourced.send(entity, command, caller),
             Some(EntityKind::ValueEntity) => self.values.send(entity, command, caller),
@@ -208,6 +295,35 @@ impl Partition {
                 command.method.path
             ))),
         }
+    }
+
+    /// Hold the commands of entity `key` (`<persistence_id>|<entity_id>`) until the returned
+    /// guard is dropped. Fails if an erasure of it is already running.
+    pub(crate) fn hold(self: &Arc<Self>, key: &str) -> Result<Hold, Error> {
+        let mut held = self.held.lock().expect("held lock");
+        if held.contains_key(key) {
+            return Err(Error::Overloaded(format!(
+                "an erasure of {key} is already running"
+            )));
+        }
+        held.insert(key.to_string(), Vec::new());
+        Ok(Hold {
+            partition: Arc::clone(self),
+            key: key.to_string(),
+        })
+    }
+
+    /// Evict the active instance of entity `key`, whatever its kind; returns once it ended.
+    /// True if one was active.
+    pub(crate) async fn evict(&self, key: &str) -> bool {
+        let event_sourced = self.event_sourced.evict(key, EVICT_TIMEOUT).await;
+        let value = self.values.evict(key, EVICT_TIMEOUT).await;
+        event_sourced || value
+    }
+
+    /// What the partition's entities write through.
+    pub(crate) fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 
     /// Stop serving (revoke or shutdown): entities finish the command in flight, then the writer
@@ -230,6 +346,16 @@ impl Partition {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         info!(service, partition = self.id, "partition released");
+    }
+}
+
+/// Notes a recovered tombstone of an erased entity.
+fn note_erased(erased: &mut HashMap<String, Vec<Arc<Written>>>, written: &Arc<Written>) {
+    if matches!(**written, Written::Erased(_)) {
+        erased
+            .entry(written.entity_key())
+            .or_default()
+            .push(Arc::clone(written));
     }
 }
 

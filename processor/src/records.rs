@@ -13,6 +13,11 @@
 //!   `ValueRecord`;
 //! * [`Written::Deleted`]: the same key in the values topic, a tombstone whose header
 //!   `statehouse-deletion` holds a `ValueDeletion`;
+//! * [`Written::Erased`]: a bare tombstone (no value, no deletion header) for one of an
+//!   erased entity's keys — `<persistence_id>|<entity_id>#<seq>` in the journal,
+//!   `<persistence_id>|<entity_id>` in the values topic (`ARCHITECTURE.md`, "Erasing an
+//!   entity"). Read back, it removes the earlier record of its key from the tail, as
+//!   compaction will remove it from the topic;
 //! * [`Written::Output`]: a reply published to a method's `out` topic (eventing) in the same
 //!   transaction as the command's own records — it exists iff they committed. Placed by
 //!   Kafka's partitioner on its key (the topic is the user's, not partitioned like the
@@ -21,7 +26,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use statehouse_core::ids::{entity_key, journal_key};
+use statehouse_core::ids::{entity_key, journal_key, parse_journal_key};
 use statehouse_kafka::headers;
 use statehouse_kafka::partition_writer::Record;
 use statehouse_kafka::reader::Message;
@@ -81,6 +86,34 @@ pub(crate) enum Written {
     Deleted(ValueDeletion),
     /// A reply published to an output topic.
     Output(Output),
+    /// A tombstone for one key of an erased entity.
+    Erased(Erased),
+}
+
+/// A tombstone for one key of an erased entity: the journal key of event `seq`, or (no seq) the
+/// values-topic key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Erased {
+    /// `<persistence_id>|<entity_id>`.
+    pub(crate) entity_key: String,
+    /// `Some`: the journal key of this event; `None`: the values-topic key.
+    pub(crate) seq: Option<i64>,
+}
+
+impl Erased {
+    /// Whether `record` (earlier in the same partition) is what this tombstone removes: the
+    /// event of its key, or the entity's value record (or delete).
+    pub(crate) fn removes(&self, record: &Written) -> bool {
+        match (self.seq, record) {
+            (Some(seq), Written::Event(e)) => {
+                e.seq == seq && record.entity_key() == self.entity_key
+            }
+            (None, Written::Value(_) | Written::Deleted(_)) => {
+                record.entity_key() == self.entity_key
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A record for an output topic, as the user's consumers get it (a CloudEvent in Kafka's
@@ -102,8 +135,19 @@ impl Written {
             Written::Value(v) => (&v.persistence_id, &v.entity_id),
             Written::Deleted(d) => (&d.persistence_id, &d.entity_id),
             Written::Output(_) => return String::new(),
+            Written::Erased(e) => return e.entity_key.clone(),
         };
         entity_key(persistence_id, entity_id)
+    }
+
+    /// The `traceparent` of the command that wrote it (entity records).
+    pub(crate) fn traceparent(&self) -> Option<&str> {
+        match self {
+            Written::Event(e) => e.traceparent.as_deref(),
+            Written::Value(v) => v.traceparent.as_deref(),
+            Written::Deleted(d) => d.traceparent.as_deref(),
+            Written::Output(_) | Written::Erased(_) => None,
+        }
     }
 
     /// The entity's sequence number (event number, or value version).
@@ -113,6 +157,7 @@ impl Written {
             Written::Value(v) => v.seq,
             Written::Deleted(d) => d.seq,
             Written::Output(_) => 0,
+            Written::Erased(e) => e.seq.unwrap_or(0),
         }
     }
 
@@ -135,6 +180,19 @@ impl Written {
                 &v.traceparent,
             ),
             Written::Deleted(d) => (Topic::Values, &d.entity_id, d.seq, None, &d.traceparent),
+            Written::Erased(e) => {
+                let (topic, key) = match e.seq {
+                    Some(seq) => (Topic::Journal, journal_key(&e.entity_key, seq as u64)),
+                    None => (Topic::Values, e.entity_key.clone()),
+                };
+                return Ok(Record {
+                    topic: Arc::clone(topics.name(topic)),
+                    key: Bytes::from(key),
+                    value: None,
+                    headers: Vec::new(),
+                    by_key: false,
+                });
+            }
             Written::Output(o) => {
                 return Ok(Record {
                     topic: Arc::clone(&o.topic),
@@ -175,7 +233,7 @@ impl Written {
                 ));
                 None
             }
-            Written::Output(_) => unreachable!("outputs returned above"),
+            Written::Output(_) | Written::Erased(_) => unreachable!("returned above"),
         };
         Ok(Record {
             topic: Arc::clone(topics.name(topic)),
@@ -186,8 +244,8 @@ impl Written {
         })
     }
 
-    /// The record a Kafka message of `topic` holds; `None` for records that are not entity
-    /// records (a tombstone without a deletion header: an erased entity).
+    /// The record a Kafka message of `topic` holds: a bare tombstone (no deletion header) is an
+    /// erased key ([`Written::Erased`]); `None` for a tombstone whose key is not an entity's.
     pub(crate) fn from_kafka(topic: Topic, message: &Message) -> Result<Option<Written>, Error> {
         let at = |e: statehouse_schemas::Error| {
             Error::Journal(format!(
@@ -202,7 +260,17 @@ impl Written {
             (Topic::Values, Some(value)) => {
                 Some(Written::Value(ValueRecord::decode(value).map_err(at)?))
             }
-            (Topic::Journal, None) => None,
+            (Topic::Journal, None) => message
+                .key
+                .as_deref()
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .and_then(|key| parse_journal_key(key).ok())
+                .map(|(entity_key, seq)| {
+                    Written::Erased(Erased {
+                        entity_key: entity_key.to_string(),
+                        seq: Some(seq as i64),
+                    })
+                }),
             (Topic::Values, None) => match message
                 .headers
                 .iter()
@@ -211,7 +279,17 @@ impl Written {
                 Some((_, deletion)) => Some(Written::Deleted(
                     ValueDeletion::decode(deletion).map_err(at)?,
                 )),
-                None => None,
+                None => message
+                    .key
+                    .as_deref()
+                    .and_then(|key| std::str::from_utf8(key).ok())
+                    .filter(|key| key.contains('|'))
+                    .map(|key| {
+                        Written::Erased(Erased {
+                            entity_key: key.to_string(),
+                            seq: None,
+                        })
+                    }),
             },
         })
     }
@@ -336,17 +414,83 @@ mod tests {
             Written::from_kafka(Topic::Values, &message(&record)).unwrap(),
             Some(deleted)
         );
-        // A bare tombstone (an erased entity) is no record; garbage is an error naming where.
+        // A bare tombstone is an erased key; garbage is an error naming where.
         let bare = Message {
             headers: Vec::new(),
             ..message(&record)
         };
-        assert_eq!(Written::from_kafka(Topic::Values, &bare).unwrap(), None);
+        let erased = Written::Erased(Erased {
+            entity_key: "ve|u1".into(),
+            seq: None,
+        });
+        assert_eq!(
+            Written::from_kafka(Topic::Values, &bare).unwrap(),
+            Some(erased.clone())
+        );
+        assert_eq!(
+            erased.to_kafka(&topics()).unwrap().key,
+            bare.key.clone().unwrap()
+        );
         let garbage = Message {
             value: Some(Bytes::from_static(b"nope")),
             ..bare
         };
         let err = Written::from_kafka(Topic::Values, &garbage).unwrap_err();
         assert!(err.to_string().contains("offset 7"), "{err}");
+    }
+
+    #[test]
+    fn erased_keys_round_trip_and_remove_only_their_own_record() {
+        let tombstone = Written::Erased(Erased {
+            entity_key: "cart|u#1".into(),
+            seq: Some(3),
+        });
+        let record = tombstone.to_kafka(&topics()).unwrap();
+        assert_eq!(
+            (&*record.topic, &record.key[..]),
+            ("s.journal", &b"cart|u#1#3"[..])
+        );
+        assert_eq!(record.value, None, "a tombstone");
+        assert!(record.headers.is_empty(), "bare: no deletion header");
+        let read = Written::from_kafka(Topic::Journal, &message(&record)).unwrap();
+        assert_eq!(read, Some(tombstone.clone()));
+        // A journal tombstone whose key is no journal key is skipped, not an error.
+        let odd = Message {
+            key: Some(Bytes::from_static(b"statehouse.settle")),
+            ..message(&record)
+        };
+        assert_eq!(Written::from_kafka(Topic::Journal, &odd).unwrap(), None);
+
+        let Written::Erased(erased) = &tombstone else {
+            unreachable!()
+        };
+        let event = |entity: &str, seq| {
+            Written::Event(EventRecord {
+                service: "s".into(),
+                persistence_id: "cart".into(),
+                entity_id: entity.into(),
+                seq,
+                type_url: "t".into(),
+                payload: Bytes::new(),
+                command_id: None,
+                idempotency_key: None,
+                timestamp_ms: 0,
+                writer: writer(),
+                snapshot: None,
+                traceparent: None,
+                reply: None,
+            })
+        };
+        assert!(erased.removes(&event("u#1", 3)));
+        assert!(!erased.removes(&event("u#1", 2)));
+        assert!(!erased.removes(&event("u", 3)));
+        let values_key = Erased {
+            entity_key: "cart|u#1".into(),
+            seq: None,
+        };
+        assert!(
+            !values_key.removes(&event("u#1", 3)),
+            "a values tombstone keeps the events"
+        );
     }
 }

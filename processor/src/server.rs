@@ -2,22 +2,26 @@
 //! processors running forwards and side effects — hand commands to the processor that runs
 //! them. `Handle` runs one unary command; `HandleStreamed` runs a streamed call (the first
 //! request names the method and carries the context; later requests carry payloads only).
+//! `Erase` erases one entity of a partition this processor owns (`crate::erase`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use statehouse_core::partition_for;
+use statehouse_core::{partition_for, semconv};
 use statehouse_runtime::method_index::EntityKind;
+use statehouse_runtime::trace;
 use statehouse_schemas::statehouse::processor::v1::processor_server::Processor;
 use statehouse_schemas::statehouse::processor::v1::{
-    Failure, HandleRequest, HandleResponse, JournalPosition, Reply as ProtoReply, handle_response,
+    EraseRequest, EraseResponse, Failure, HandleRequest, HandleResponse, JournalPosition,
+    Reply as ProtoReply, handle_response,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::command::{Command, Host, Outcome, Reply};
 use crate::entity::Caller;
@@ -85,7 +89,11 @@ impl Service {
             idempotency_key: (!request.idempotency_key.is_empty())
                 .then_some(request.idempotency_key),
             deadline,
-            traceparent: (!request.traceparent.is_empty()).then_some(request.traceparent),
+            // What the user function and the records continue: this processor's span, or
+            // (traces off) the caller's context as it came.
+            traceparent: trace::traceparent(&tracing::Span::current())
+                .or_else(|| (!request.traceparent.is_empty()).then_some(request.traceparent)),
+            call_traceparent: None,
             hops: request.hops,
         })
     }
@@ -97,10 +105,19 @@ impl Processor for Service {
         &self,
         request: GrpcRequest<HandleRequest>,
     ) -> Result<Response<HandleResponse>, Status> {
-        let outcome = match self.command(request.into_inner()) {
-            Ok(command) => self.node.run_here(command).await,
-            Err(e) => Err(e),
-        };
+        let request = request.into_inner();
+        let span = handle_span(&request);
+        let outcome = async {
+            match self.command(request) {
+                Ok(command) => self.node.run_here(command).await,
+                Err(e) => Err(e),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        if outcome.as_ref().is_err() {
+            span.record(semconv::OTEL_STATUS, "error");
+        }
         let outcome = outcome.inspect_err(|_| {
             metrics::counter!(m::COMMANDS, "outcome" => "error").increment(1);
         })?;
@@ -130,7 +147,8 @@ impl Processor for Service {
                 .into());
             }
         };
-        let command = self.command(first)?;
+        let span = handle_span(&first);
+        let command = span.in_scope(|| self.command(first))?;
         let method = &command.method;
         if method.is_unary() {
             return Err(
@@ -193,6 +211,39 @@ impl Processor for Service {
             .map(|outcome: Result<Outcome, Error>| outcome.map(response_of).map_err(Status::from));
         Ok(Response::new(Box::pin(responses)))
     }
+
+    async fn erase(
+        &self,
+        request: GrpcRequest<EraseRequest>,
+    ) -> Result<Response<EraseResponse>, Status> {
+        let erased = crate::erase::run(&self.node, request.into_inner()).await?;
+        Ok(Response::new(erased))
+    }
+}
+
+/// The span of one command received (`statehouse.processor.handle`), continuing the router's
+/// `traceparent`; none while traces are off.
+fn handle_span(request: &HandleRequest) -> tracing::Span {
+    if !trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        semconv::SPAN_PROCESSOR_HANDLE,
+        { semconv::OTEL_KIND } = "server",
+        { semconv::RPC_SYSTEM } = "grpc",
+        { semconv::RPC_METHOD } = %request.method,
+        { semconv::SERVICE } = %request.service,
+        { semconv::ENTITY_ID } = %request.entity_id,
+        { semconv::KAFKA_PARTITION } = request.partition,
+        { semconv::OTEL_STATUS } = tracing::field::Empty,
+        { semconv::TRACE_ID } = tracing::field::Empty,
+    );
+    trace::continue_trace(
+        &span,
+        (!request.traceparent.is_empty()).then_some(request.traceparent.as_str()),
+        None,
+    );
+    span
 }
 
 fn response_of(outcome: Outcome) -> HandleResponse {

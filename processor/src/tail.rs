@@ -6,6 +6,11 @@
 //! found in at least one of them: the backup removes records from the tail only after Cassandra
 //! acknowledged them (and activation reads the tail first, then Cassandra).
 //!
+//! A tombstone of an erased entity ([`Written::Erased`]) removes the earlier record of its key
+//! from the index, as compaction removes it from the topic, so activation never sees it again;
+//! the tombstone itself stays in the commit-ordered entries until the backup has removed the
+//! entity's rows from Cassandra.
+//!
 //! Records arrive in commit order: per topic that is offset order, which is what the backup's
 //! per-topic checkpoints rely on (a prefix of the tail is a prefix of each topic).
 
@@ -38,11 +43,21 @@ impl Tail {
     /// Add a record committed at `offset` of `topic` (per topic, offsets arrive in order).
     pub(crate) fn push(&self, topic: Topic, offset: i64, record: Arc<Written>) {
         let mut inner = self.inner.lock().expect("tail lock");
-        inner
-            .by_entity
-            .entry(record.entity_key())
-            .or_default()
-            .push(Arc::clone(&record));
+        let key = record.entity_key();
+        if let Written::Erased(erased) = &*record {
+            if let Some(records) = inner.by_entity.get_mut(&key) {
+                records.retain(|r| !erased.removes(r));
+                if records.is_empty() {
+                    inner.by_entity.remove(&key);
+                }
+            }
+        } else {
+            inner
+                .by_entity
+                .entry(key)
+                .or_default()
+                .push(Arc::clone(&record));
+        }
         inner.entries.push_back(Entry {
             topic,
             offset,
@@ -80,6 +95,15 @@ impl Tail {
         }
     }
 
+    /// Whether any of `records` (as pushed) is still waiting for the backup.
+    pub(crate) fn holds_any(&self, records: &[Arc<Written>]) -> bool {
+        let inner = self.inner.lock().expect("tail lock");
+        inner
+            .entries
+            .iter()
+            .any(|e| records.iter().any(|r| Arc::ptr_eq(r, &e.record)))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().expect("tail lock").entries.len()
     }
@@ -91,6 +115,7 @@ mod tests {
     use statehouse_schemas::avro::{EventRecord, Writer};
 
     use super::*;
+    use crate::records::Erased;
 
     fn event(entity: &str, seq: i64) -> Arc<Written> {
         Arc::new(Written::Event(EventRecord {
@@ -135,5 +160,38 @@ mod tests {
         tail.remove_oldest(100);
         assert_eq!(tail.len(), 0);
         assert!(tail.records_of("p|a").is_empty());
+    }
+
+    #[test]
+    fn tombstones_hide_what_they_erase_until_backed_up() {
+        let tail = Tail::default();
+        tail.push(Topic::Journal, 1, event("a", 1));
+        tail.push(Topic::Journal, 2, event("a", 2));
+        tail.push(Topic::Journal, 3, event("b", 1));
+        let tombstones: Vec<_> = [1, 2]
+            .map(|seq| {
+                Arc::new(Written::Erased(Erased {
+                    entity_key: "p|a".into(),
+                    seq: Some(seq),
+                }))
+            })
+            .into();
+        for (i, t) in tombstones.iter().enumerate() {
+            tail.push(Topic::Journal, 4 + i as i64, Arc::clone(t));
+        }
+        assert!(
+            seqs(&tail, "p|a").is_empty(),
+            "activation sees nothing of the erased entity"
+        );
+        assert_eq!(seqs(&tail, "p|b"), [1], "others keep theirs");
+        assert_eq!(tail.len(), 5, "the backup still gets everything, in order");
+        assert!(tail.holds_any(&tombstones));
+        // Started again from seq 1: the new event is kept.
+        tail.push(Topic::Journal, 6, event("a", 1));
+        assert_eq!(seqs(&tail, "p|a"), [1]);
+        tail.remove_oldest(5);
+        assert!(!tail.holds_any(&tombstones));
+        assert_eq!(seqs(&tail, "p|a"), [1]);
+        assert_eq!(tail.len(), 1);
     }
 }

@@ -118,6 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .clone()
         .ok_or_else(|| Error::Config("projector.service must be set".into()))?;
     let service = ServiceName::new(service).map_err(|e| Error::Config(e.to_string()))?;
+    metrics::describe();
     let health = Health::new();
     let (_, metrics_task) = admin_server::serve(p.metrics_listen, health.clone(), shutdown.clone())
         .await

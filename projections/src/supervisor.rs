@@ -70,6 +70,7 @@ pub(crate) async fn run(
                 serving.set(&spec.name, generations);
                 metrics::gauge!(m::GENERATION, "projection" => spec.name.clone())
                     .set(f64::from(generations.serving));
+                m::touch(&spec.name, generations.serving);
                 let mut wanted = BTreeSet::from([generations.serving]);
                 if generations.building > 0 {
                     wanted.insert(generations.building);

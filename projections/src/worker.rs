@@ -23,8 +23,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use statehouse_core::semconv;
 use statehouse_kafka::group::{GroupConsumer, Item, Lane};
 use statehouse_kafka::reader::Message;
+use statehouse_runtime::trace;
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::statehouse::projection::v1 as pb;
 use statehouse_store::projections::{Parked, ProjectionRow};
@@ -255,6 +257,9 @@ impl Partition {
             return None;
         }
         let newest = events.iter().map(|r| r.event.timestamp_ms).max();
+        // Open until the batch is folded (retries included); linked to the commands that wrote
+        // its events.
+        let _span = self.batch_span(id, &events);
         let mut backoff = Duration::from_millis(200);
         let mut attempts = 0;
         loop {
@@ -284,6 +289,32 @@ impl Partition {
             }
         }
         newest
+    }
+
+    /// The span of one batch (`statehouse.projection.batch`): a new trace, linked to the
+    /// events' `traceparent`s (at most `semconv::MAX_LINKS`).
+    fn batch_span(&self, partition: i32, events: &[Read]) -> tracing::Span {
+        if !trace::enabled() {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            parent: None,
+            semconv::SPAN_PROJECTION_BATCH,
+            { semconv::OTEL_KIND } = "consumer",
+            { semconv::PROJECTION } = %self.spec.name,
+            { semconv::KAFKA_PARTITION } = partition,
+            { semconv::RECORDS } = events.len(),
+            { semconv::TRACE_ID } = tracing::field::Empty,
+        );
+        trace::continue_trace(&span, None, None);
+        for traceparent in events
+            .iter()
+            .filter_map(|r| r.event.traceparent.as_deref())
+            .take(semconv::MAX_LINKS)
+        {
+            trace::link(&span, traceparent);
+        }
+        span
     }
 
     /// After repeated failures: each event alone; one that keeps failing is parked until skipped.

@@ -1,5 +1,6 @@
 //! The metrics and health port of a role: `/metrics` (Prometheus text format), `/healthz`
 //! (the process is alive) and `/readyz` (ready to serve: discovery and recovery are done).
+//! A role may merge routes of its own ([`serve_with`]: the gateway's web console).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +40,7 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
+        let handle = crate::metrics::buckets(PrometheusBuilder::new())
             .install_recorder()
             .expect("the Prometheus recorder is installed once per process");
         let upkeep = handle.clone();
@@ -86,9 +87,20 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(addr, health, Router::new(), shutdown).await
+}
+
+/// [`serve`], with a role's own routes merged in (the gateway's web console). `extra` must
+/// not claim `/metrics`, `/healthz` or `/readyz` (axum panics on overlapping routes).
+pub async fn serve_with(
+    addr: SocketAddr,
+    health: Health,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(health);
+    let app = router(health).merge(extra);
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -136,6 +148,27 @@ mod tests {
         metrics::counter!("statehouse_test_counter_total").increment(3);
         let body = get(addr, "/metrics").await;
         assert!(body.contains("statehouse_test_counter_total 3"), "{body}");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn extra_routes_are_served_next_to_health() {
+        let shutdown = CancellationToken::new();
+        let extra = Router::new().route("/extra", axum::routing::get(|| async { "extra here" }));
+        let (addr, task) = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Health::new(),
+            extra,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let answer = get(addr, "/extra").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("extra here"), "{answer}");
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nothing").await.starts_with("HTTP/1.1 404"));
         shutdown.cancel();
         task.await.unwrap();
     }

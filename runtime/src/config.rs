@@ -81,6 +81,9 @@ pub struct TelemetryOptions {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of exported traces; defaults to `statehouse-<role>`.
     pub service_name: Option<String>,
+    /// Share of new traces exported, 0.0–1.0. A call that arrives with a `traceparent`
+    /// follows its caller's decision (parent-based sampling).
+    pub sampling_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,7 @@ impl Default for TelemetryOptions {
             log_filter: "info".into(),
             otlp_endpoint: None,
             service_name: None,
+            sampling_ratio: 1.0,
         }
     }
 }
@@ -113,6 +117,35 @@ pub struct GatewayOptions {
     pub default_timeout_ms: u64,
     /// Largest accepted request message, bytes.
     pub max_request_bytes: usize,
+    /// The web console on the metrics port (`/console`).
+    pub console: ConsoleOptions,
+}
+
+/// `[gateway.console]`: the web console served on `gateway.metrics-listen`
+/// (`gateway/src/console/`): services, partitions, charts, lag, the entity inspector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ConsoleOptions {
+    /// Serve the console; false = only `/metrics`, `/healthz` and `/readyz` on that port.
+    pub enabled: bool,
+    /// A file holding the admin token; set = admin actions (erase an entity) are offered to
+    /// whoever gives the token; unset = the console is read-only. The token is never logged.
+    pub admin_token_file: Option<PathBuf>,
+    /// How often the gateway samples its call counters for the charts, ms.
+    pub sample_interval_ms: u64,
+    /// How much chart history is kept in memory, s.
+    pub history_s: u64,
+}
+
+impl Default for ConsoleOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            admin_token_file: None,
+            sample_interval_ms: 5_000,
+            history_s: 900,
+        }
+    }
 }
 
 impl Default for GatewayOptions {
@@ -122,6 +155,7 @@ impl Default for GatewayOptions {
             metrics_listen: "0.0.0.0:9090".parse().expect("static address"),
             default_timeout_ms: 30_000,
             max_request_bytes: 4 * 1024 * 1024,
+            console: ConsoleOptions::default(),
         }
     }
 }
@@ -325,6 +359,12 @@ impl Config {
                 "telemetry.otlp-endpoint {endpoint:?} must be an http:// or https:// URL"
             )));
         }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return Err(Error::Invalid(format!(
+                "telemetry.sampling-ratio {} must be between 0.0 and 1.0",
+                self.telemetry.sampling_ratio
+            )));
+        }
         if self
             .telemetry
             .log_filter
@@ -347,6 +387,19 @@ impl Config {
             if g.listen == g.metrics_listen {
                 return Err(Error::Invalid(
                     "gateway.listen and gateway.metrics-listen must differ".into(),
+                ));
+            }
+            let c = &g.console;
+            if c.sample_interval_ms == 0 || c.history_s * 1000 < c.sample_interval_ms {
+                return Err(Error::Invalid(format!(
+                    "gateway.console.sample-interval-ms {} must be positive and at most gateway.console.history-s ({} s)",
+                    c.sample_interval_ms, c.history_s
+                )));
+            }
+            if c.history_s * 1000 / c.sample_interval_ms > 100_000 {
+                return Err(Error::Invalid(
+                    "gateway.console.history-s / sample-interval-ms keeps more than 100000 samples"
+                        .into(),
                 ));
             }
         }

@@ -1,6 +1,65 @@
-//! Metric names of the runtime's shared parts (Prometheus, via the `metrics` facade).
+//! Metric names of the runtime's shared parts (Prometheus, via the `metrics` facade), and how
+//! the process-wide exporter renders histograms. The table of every Statehouse metric, its
+//! labels and the role that exports it is `docs/metrics.md`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Counter: routing attempts retried (label `reason`: no-owner | no-processor | unreachable |
 /// not-owner). Counted by every role that routes (the gateway, processors running forwards and
 /// side effects).
 pub const ROUTER_RETRIES: &str = "statehouse_router_retries_total";
+
+/// The reasons of [`ROUTER_RETRIES`].
+const RETRY_REASONS: [&str; 4] = ["no-owner", "no-processor", "unreachable", "not-owner"];
+
+/// Buckets of every `*_seconds` histogram: half a millisecond (a commit on a local broker) to
+/// five minutes (a projection that fell behind).
+const SECONDS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+/// Buckets of `*_records` histograms (records per transaction): powers of two.
+const RECORDS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+/// Buckets of `*_bytes` histograms (record sizes): 64 B to 4 MiB.
+const BYTES: [f64; 9] = [
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+];
+
+/// Histograms render as Prometheus histograms (`_bucket` series with `le`), not as summaries:
+/// buckets add up across processes, so a dashboard can take quantiles over every pod of a
+/// service (`histogram_quantile`).
+pub(crate) fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
+    [
+        ("_seconds", &SECONDS[..]),
+        ("_records", &RECORDS[..]),
+        ("_bytes", &BYTES[..]),
+    ]
+    .into_iter()
+    .fold(builder, |builder, (suffix, buckets)| {
+        builder
+            .set_buckets_for_metric(Matcher::Suffix(suffix.into()), buckets)
+            .expect("bucket lists are not empty")
+    })
+}
+
+/// Describe the runtime's metrics and export the router's retry counter at 0 for every reason:
+/// called by each role that routes, at start.
+pub fn describe() {
+    metrics::describe_counter!(
+        ROUTER_RETRIES,
+        "Routing attempts retried, by reason (no-owner, no-processor, unreachable, not-owner)."
+    );
+    for reason in RETRY_REASONS {
+        metrics::counter!(ROUTER_RETRIES, "reason" => reason).increment(0);
+    }
+}

@@ -37,7 +37,7 @@ use crate::method_index::{EntityKind, MethodInfo};
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
-use statehouse_core::{ServiceName, Topics};
+use statehouse_core::{ServiceName, Topics, semconv};
 use statehouse_kafka::admin::Admin;
 use statehouse_schemas::cloudstate::{Metadata, metadata_entry};
 use statehouse_schemas::statehouse::processor::v1::{
@@ -47,6 +47,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
+
+use crate::trace;
 
 pub use registry::{
     Error as RegistryError, Owner, Registry, Route, Routes, SUPPORTED_ENTITY_TYPES, Service,
@@ -358,13 +361,49 @@ impl Router {
         .await
     }
 
-    /// The retry loop shared by unary and streamed calls: find a target, attempt, and on a
-    /// retriable outcome wait (backoff, or a registry change) and go again.
+    /// The span of one routed command (`statehouse.route`; none while traces are off): a child
+    /// of the caller's current span (the gateway's call), or of `call.traceparent` when given (a
+    /// processor's forward or side effect); its context is what the processor continues.
     async fn route<T, F, Fut>(
         &self,
         call: Call<'_>,
         answer_by: Instant,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Router, Target, HandleRequest, Instant) -> Fut,
+        Fut: Future<Output = Result<Attempt<T>, Error>>,
+    {
+        let span = if !trace::enabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                semconv::SPAN_ROUTE,
+                { semconv::OTEL_KIND } = "client",
+                { semconv::RPC_SYSTEM } = "grpc",
+                { semconv::RPC_SERVICE } = %call.method.service,
+                { semconv::RPC_METHOD } = %call.method.name,
+                { semconv::ENTITY_ID } = call.entity_id,
+                { semconv::ENDPOINT } = tracing::field::Empty,
+                { semconv::TRACE_ID } = tracing::field::Empty,
+            )
+        };
+        if call.traceparent.is_some() {
+            trace::continue_trace(&span, call.traceparent, None);
+        }
+        self.route_in(call, answer_by, attempt, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// The retry loop shared by unary and streamed calls: find a target, attempt, and on a
+    /// retriable outcome wait (backoff, or a registry change) and go again.
+    async fn route_in<T, F, Fut>(
+        &self,
+        call: Call<'_>,
+        answer_by: Instant,
         mut attempt: F,
+        span: &tracing::Span,
     ) -> Result<T, Error>
     where
         F: FnMut(Router, Target, HandleRequest, Instant) -> Fut,
@@ -382,10 +421,10 @@ impl Router {
         let keyed = kind.is_some_and(|kind| kind.is_keyed());
         // A CRDT whose owner is unreachable may run on any processor.
         let mut avoid: Option<String> = None;
-        let traceparent = call
-            .traceparent
-            .map(str::to_string)
-            .or_else(|| metadata_value(&call.metadata, "traceparent"))
+        // The route span's context when traces are on; otherwise the caller's, passed on.
+        let traceparent = trace::traceparent(span)
+            .or_else(|| call.traceparent.map(str::to_string))
+            .or_else(|| metadata_value(&call.metadata, trace::TRACEPARENT))
             .unwrap_or_default();
         let mut request = HandleRequest {
             service: service.clone(),
@@ -420,6 +459,7 @@ impl Router {
                 Err(retry) => retry,
                 Ok(target) => {
                     tried = Some(target.endpoint.clone());
+                    span.record(semconv::ENDPOINT, target.endpoint.as_str());
                     request.partition = target.partition;
                     let partition = target.partition;
                     match attempt(self.clone(), target, request.clone(), answer_by).await? {

@@ -12,9 +12,12 @@ and prints the read model as JSON: {cart id: {product id: quantity}}.
 
     python consumer.py --bootstrap 127.0.0.1:9092 --topic statehouse.shopping-cart.journal
 
-Records that are not events (the writers' settle markers, tombstones) are
-skipped; an event whose seq is not the cart's next one is a hard error (the
-journal guarantees contiguous seqs from 1).
+Records are taken as compaction will leave them: the latest record of each key
+(`<persistence_id>|<entity_id>#<seq>`) wins, and a tombstone (null value) removes
+its key — that is how `statehouse admin erase` erases an entity, which may then
+start again from seq 1. Other records that are not events (the writers' settle
+markers) are skipped; an event whose seq is not the cart's next one is a hard
+error (the journal guarantees contiguous seqs from 1).
 """
 
 import argparse
@@ -166,7 +169,7 @@ def read_journal(bootstrap, topic, schemas_dir, timeout_s):
         ends[p] = high
     pending = {p for p in partitions if ends[p] > 0}
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    events = []
+    latest = {}  # journal key -> event, in offset order per partition
     while pending:
         message = consumer.poll(timeout_s)
         if message is None:
@@ -179,13 +182,16 @@ def read_journal(bootstrap, topic, schemas_dir, timeout_s):
         if message.offset() + 1 >= ends[message.partition()]:
             pending.discard(message.partition())
         value = message.value()
-        if value is None or not value.startswith(MARKER):
-            continue  # a tombstone or a writer's settle marker
+        if value is None:
+            latest.pop(message.key(), None)  # a tombstone: an erased event
+            continue
+        if not value.startswith(MARKER):
+            continue  # a writer's settle marker
         event = decode_event(value, writers, reader)
         if event["persistence_id"] == PERSISTENCE_ID:
-            events.append(event)
+            latest[message.key()] = event
     consumer.close()
-    return events
+    return list(latest.values())
 
 
 def main():

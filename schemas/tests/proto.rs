@@ -492,6 +492,14 @@ mod loopback {
         ) -> Result<Response<Self::HandleStreamedStream>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn erase(
+            &self,
+            _: Request<statehouse_schemas::statehouse::processor::v1::EraseRequest>,
+        ) -> Result<Response<statehouse_schemas::statehouse::processor::v1::EraseResponse>, Status>
+        {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     #[tokio::test]

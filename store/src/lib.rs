@@ -6,12 +6,14 @@
 //! * [`Store`] — the journal (rows per `(service, entity_id)` ordered by `seq`), immutable
 //!   snapshots (newest first), value-entity state, full CRDT states per broadcast-topic
 //!   partition, and per-partition checkpoints ("everything before this offset is in
-//!   Cassandra").
+//!   Cassandra");
+//! * erasure — every row of one entity, read and removed (`statehouse admin erase`).
 //!
 //! Writes are idempotent: a journal row is keyed by `(service, entity_id, seq)`, a snapshot by
 //! `(service, entity_id, seq)`; checkpoints and values are written `USING TIMESTAMP <offset>`, so a
 //! late write of an older offset can never replace a newer one, whatever the order of arrival.
 
+mod erase;
 mod error;
 pub mod migrations;
 mod options;
@@ -19,6 +21,7 @@ pub mod projections;
 mod rows;
 mod store;
 
+pub use erase::EntityRows;
 pub use error::Error;
 pub use options::Options;
 pub use rows::{CrdtRow, JournalRow, SnapshotRow, ValueRow};

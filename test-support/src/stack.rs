@@ -28,6 +28,8 @@ pub struct Options {
     /// Use the 3-broker cluster (`crate::kafka_cluster_bootstrap`) with replication factor 3
     /// instead of the single broker.
     pub kafka_cluster: bool,
+    /// Extra `--set` overrides for every component: processors and the gateway.
+    pub common_sets: Vec<String>,
 }
 
 /// A map from a user function's port to the port its processor calls.
@@ -52,6 +54,7 @@ impl Options {
             user_function_port: None,
             netns: false,
             kafka_cluster: false,
+            common_sets: Vec::new(),
         }
     }
 }
@@ -277,7 +280,7 @@ fn common_sets(prefix: &str, keyspace: &str, options: &Options) -> Vec<String> {
     } else {
         (1, 1)
     };
-    vec![
+    let mut sets = vec![
         format!("kafka.replication-factor={replication}"),
         format!("kafka.min-insync-replicas={min_isr}"),
         format!("kafka.bootstrap-servers={kafka}"),
@@ -286,7 +289,9 @@ fn common_sets(prefix: &str, keyspace: &str, options: &Options) -> Vec<String> {
         format!("cassandra.contact-points=[\"{cassandra}\"]"),
         format!("cassandra.keyspace={keyspace}"),
         format!("processor.partitions={}", options.partitions),
-    ]
+    ];
+    sets.extend(options.common_sets.iter().cloned());
+    sets
 }
 
 fn start_pod(common: &[String], options: &Options) -> Pod {

@@ -146,11 +146,12 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             ],
             Vec::new(),
         ),
-        // The single broker, Cassandra, and the 3-broker cluster of the replication tests.
+        // The single broker, Cassandra, the 3-broker cluster of the replication tests, and
+        // Jaeger for the tracing tests.
         Step::new(
             "infra",
-            "cargo xtask infra up --kafka-brokers 3",
-            move || infra::up(&infra_layout, 3),
+            "cargo xtask infra up --kafka-brokers 3 --jaeger",
+            move || infra::up(&infra_layout, 3, true),
         ),
         Step::script(
             "sdks",
@@ -172,6 +173,7 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
         Step::cargo_test("test", &["test", "--workspace", "--no-fail-fast"], {
             let mut env = infra::test_env()?;
             env.push(("STATEHOUSE_TEST_KAFKA_CLUSTER", infra::cluster_bootstrap(3)));
+            env.extend(infra::jaeger_env());
             env
         }),
         Step::script("helm", "helm/ci.sh", "the Helm chart checks"),

@@ -53,7 +53,7 @@ impl Drop for Children {
 }
 
 pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
-    infra::up(layout, 1)?;
+    infra::up(layout, 1, false)?;
     let env = infra::test_env()?;
     let kafka = env[0].1.clone();
     let cassandra = env[1].1.clone();

@@ -46,6 +46,10 @@ enum InfraCommand {
         /// for fault tests; 1 runs only the single node on 9092.
         #[arg(long, default_value_t = 1)]
         kafka_brokers: u16,
+        /// Also run Jaeger (built once from the Go module proxy), the trace collector of the
+        /// tracing tests.
+        #[arg(long)]
+        jaeger: bool,
     },
     /// Stop every service; no process is left behind.
     Down {
@@ -80,7 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let layout = layout::Layout::from_env()?;
     match cli.command {
         Command::Infra { command } => match command {
-            InfraCommand::Up { kafka_brokers } => infra::up(&layout, kafka_brokers).map(|()| true),
+            InfraCommand::Up {
+                kafka_brokers,
+                jaeger,
+            } => infra::up(&layout, kafka_brokers, jaeger).map(|()| true),
             InfraCommand::Down { wipe } => infra::down(&layout, wipe).map(|()| true),
             InfraCommand::Status => infra::status(&layout),
             InfraCommand::Logs { lines } => infra::logs(&layout, lines).map(|()| true),

@@ -316,6 +316,7 @@ log-format = {{ include "statehouse.tomlStr" $t.logFormat }}
 log-filter = {{ include "statehouse.tomlStr" $t.logFilter }}
 {{- if $t.otlpEndpoint }}
 otlp-endpoint = {{ include "statehouse.tomlStr" $t.otlpEndpoint }}
+sampling-ratio = {{ printf "%.6f" (float64 $t.samplingRatio) }}
 {{- end }}
 
 [runtime]
@@ -338,7 +339,16 @@ listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.client) }}
 metrics-listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.metrics) }}
 default-timeout-ms = {{ include "statehouse.tomlInt" .Values.config.gateway.defaultTimeoutMs }}
 max-request-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxRequestBytes }}
+
+[gateway.console]
+enabled = {{ .Values.config.gateway.console.enabled }}
+{{- if .Values.config.gateway.console.adminTokenSecret }}
+admin-token-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.consoleTokenPath" .) .Values.config.gateway.console.adminTokenKey) }}
+{{- end }}
 {{ end -}}
+
+{{/* Where the console's admin token Secret is mounted in the gateway. */}}
+{{- define "statehouse.consoleTokenPath" -}}/etc/statehouse/console{{- end -}}
 
 {{/* statehouse.toml of one service's processors. Args: (list $root $svc). */}}
 {{- define "statehouse.toml.processor" -}}

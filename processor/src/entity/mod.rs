@@ -36,6 +36,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use statehouse_runtime::method_index::EntityInfo;
+use statehouse_runtime::trace;
 use statehouse_schemas::avro;
 use statehouse_schemas::cloudstate as cs;
 use tokio::sync::{mpsc, oneshot};
@@ -251,6 +252,14 @@ pub(crate) trait Kind: Sized + Send + 'static {
         command: &Command,
         streamed: bool,
     ) -> Self::In;
+
+    /// The command a message from the user function answers, if it answers one (`None`:
+    /// unknown, or not an answer). Only ends the call's span early (`spans.rs`); a kind that
+    /// does not say has its calls' spans end with the answer to the caller.
+    fn answered(out: &Self::Out) -> Option<i64> {
+        let _ = out;
+        None
+    }
 
     /// A message from the user function.
     fn message(&mut self, entity: &EntityRef, out: Self::Out, turn: &Turn<'_>)
@@ -470,6 +479,27 @@ impl<K: Kind> Home<K> {
         Ok(())
     }
 
+    /// Evict the active instance of `key` (an erasure, `crate::erase`): its mailbox leaves the
+    /// registry and closes, so the instance finishes what it holds and ends; returns once it
+    /// ended (at most `timeout`). False if none was active.
+    pub(crate) async fn evict(&self, key: &str, timeout: Duration) -> bool {
+        let Some(Mailbox {
+            commands, inputs, ..
+        }) = self.mailboxes.lock().expect("mailboxes lock").remove(key)
+        else {
+            return false;
+        };
+        drop(commands);
+        // The instance holds the other reference to its inbox until it ends.
+        let ended = async {
+            while Arc::strong_count(&inputs) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, ended).await;
+        true
+    }
+
     /// Called by an idle entity: remove it if no command is waiting. Returns false if a command
     /// arrived meanwhile (the entity must go on).
     fn try_passivate(&self, key: &str, rx: &mpsc::Receiver<Envelope>) -> bool {
@@ -554,6 +584,9 @@ impl<Out> Answers<Out> {
 /// A call in flight.
 struct Call {
     command: Command,
+    /// Its span at the user function: ends when the user function answers
+    /// ([`Kind::answered`]) or when the call leaves the map.
+    span: tracing::Span,
     /// Unary: the caller until answered. Streamed: the relay of its elements.
     target: Target,
     /// Unary calls only.
@@ -704,7 +737,7 @@ impl<K: Kind> Entity<K> {
             .all(|c| matches!(c.target, Target::Stream(_)))
     }
 
-    async fn on_command(&mut self, command: Command, caller: Caller) {
+    async fn on_command(&mut self, mut command: Command, caller: Caller) {
         let home = &self.home;
         // Queued before a pause? Then the partition may be someone else's by now.
         if !home.host.may_serve() || !K::serving(&home.ctx) {
@@ -749,6 +782,8 @@ impl<K: Kind> Entity<K> {
         session.last_command_id += 1;
         let id = session.last_command_id;
         let streamed = matches!(caller, Caller::Stream(_));
+        let span = crate::spans::user_function_call(&command);
+        command.call_traceparent = trace::traceparent(&span);
         let message = session
             .machine
             .command(&self.entity, id, &command, streamed);
@@ -776,6 +811,7 @@ impl<K: Kind> Entity<K> {
             id,
             Call {
                 command,
+                span,
                 target,
                 deadline,
             },
@@ -813,6 +849,10 @@ impl<K: Kind> Entity<K> {
     fn on_message(&mut self, message: Option<Result<K::Out, tonic::Status>>) {
         match message {
             Some(Ok(out)) => {
+                if let Some(call) = K::answered(&out).and_then(|id| self.calls.get_mut(&id)) {
+                    // The user function answered: its span ends (the commit has its own).
+                    call.span = tracing::Span::none();
+                }
                 self.turn_actions(|machine, entity, turn| machine.message(entity, out, turn))
             }
             Some(Err(status)) => {
@@ -1166,7 +1206,7 @@ fn relay(
 
 /// The protocol `Command` of an entity command: id `id` of the stream, the method name, the
 /// payload, and no metadata (entities get none: the reference proxy sends none, and the TCK
-/// compares the messages exactly).
+/// compares the messages exactly) — except the call's `traceparent` when traces are on.
 pub(crate) fn protocol_command(
     entity: &EntityRef,
     id: i64,
@@ -1179,7 +1219,7 @@ pub(crate) fn protocol_command(
         name: command.method.name.clone(),
         payload: Some(command.payload_any()),
         streamed,
-        metadata: None,
+        metadata: crate::spans::entity_metadata(command),
     }
 }
 

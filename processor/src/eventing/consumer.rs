@@ -16,6 +16,7 @@ use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use tracing::{debug, error, info, warn};
 
 use crate::command::{Command, Host, Outcome};
@@ -156,7 +157,13 @@ impl Worker {
             },
         };
         metrics::counter!(m::EVENTING_EVENTS).increment(1);
-        match self.run(command).await {
+        // A new trace, linked to the one that wrote the event; the command continues it.
+        let mut command = command;
+        let span = crate::spans::eventing_event(&command, message.partition);
+        if let Some(traceparent) = statehouse_runtime::trace::traceparent(&span) {
+            command.traceparent = Some(traceparent);
+        }
+        match self.run(command).instrument(span).await {
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         }

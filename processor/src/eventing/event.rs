@@ -56,6 +56,7 @@ pub(crate) fn from_journal(sub: &Subscription, record: &EventRecord) -> Result<C
         )),
         deadline: None,
         traceparent: record.traceparent.clone(),
+        call_traceparent: None,
         hops: 0,
     })
 }
@@ -148,6 +149,7 @@ pub(crate) fn from_topic(
         idempotency_key: Some(idempotency_key),
         deadline: None,
         traceparent: header("traceparent").map(str::to_string),
+        call_traceparent: None,
         hops: 0,
     }))
 }

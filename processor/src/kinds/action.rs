@@ -48,7 +48,7 @@ pub(crate) fn first_command(command: &Command) -> ActionCommand {
         service_name: command.method.service.clone(),
         name: command.method.name.clone(),
         payload: (!shape.streams_in()).then(|| command.payload_any()),
-        metadata: Some(command.metadata.clone().unwrap_or_default()),
+        metadata: Some(crate::spans::action_metadata(command)),
     }
 }
 

@@ -73,6 +73,13 @@ impl Kind for EventSourced {
 
     const TERMINATED: &'static str = "Unexpected entity termination";
 
+    fn answered(out: &EventSourcedStreamOut) -> Option<i64> {
+        match out.message.as_ref()? {
+            event_sourced_stream_out::Message::Reply(reply) => Some(reply.command_id),
+            event_sourced_stream_out::Message::Failure(failure) => Some(failure.command_id),
+        }
+    }
+
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the events.
         let tail: Vec<EventRecord> = ctx

@@ -64,6 +64,7 @@ pub(crate) mod testing {
             idempotency_key: key.map(str::to_string),
             deadline: None,
             traceparent: Some("00-trace-span-01".into()),
+            call_traceparent: None,
             hops: 0,
         }
     }

@@ -64,6 +64,13 @@ impl Kind for Value {
 
     const TERMINATED: &'static str = "Unexpected Value entity termination";
 
+    fn answered(out: &ValueEntityStreamOut) -> Option<i64> {
+        match out.message.as_ref()? {
+            value_entity_stream_out::Message::Reply(reply) => Some(reply.command_id),
+            value_entity_stream_out::Message::Failure(failure) => Some(failure.command_id),
+        }
+    }
+
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
         // The tail first: the backup deletes from it only after Cassandra has the record.
         let newest_in_tail = ctx
@@ -350,7 +357,7 @@ fn loaded_from_record(record: &Written) -> Loaded {
             state: None,
             recent: d.recent.clone(),
         },
-        Written::Event(_) | Written::Output(_) => Loaded::default(),
+        Written::Event(_) | Written::Output(_) | Written::Erased(_) => Loaded::default(),
     }
 }
 
@@ -401,7 +408,7 @@ pub(crate) fn row_of(
             v.encode(),
         ),
         Written::Deleted(d) => (record.entity_key(), d.seq, String::new(), None, d.encode()),
-        Written::Event(_) | Written::Output(_) => return None,
+        Written::Event(_) | Written::Output(_) | Written::Erased(_) => return None,
     };
     Some(encoded.map(|encoded| ValueRow {
         service: service.to_string(),

@@ -18,6 +18,7 @@ use crate::layout::Layout;
 
 mod cassandra;
 mod health;
+mod jaeger;
 mod jvm;
 mod kafka;
 mod process;
@@ -192,6 +193,20 @@ pub(crate) fn test_env() -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
+/// Where the tracing tests find Jaeger (`--jaeger`): its OTLP/gRPC receiver and query API.
+pub(crate) fn jaeger_env() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "STATEHOUSE_TEST_OTLP",
+            format!("http://127.0.0.1:{}", jaeger::OTLP_PORT),
+        ),
+        (
+            "STATEHOUSE_TEST_JAEGER",
+            format!("http://127.0.0.1:{}", jaeger::QUERY_PORT),
+        ),
+    ]
+}
+
 /// The bootstrap servers of the `n`-node cluster (`--kafka-brokers n`).
 pub(crate) fn cluster_bootstrap(n: u16) -> String {
     (0..n)
@@ -209,8 +224,9 @@ struct Pending {
     since: Instant,
 }
 
-/// Starts whatever is not running and waits until everything is healthy.
-pub(crate) fn up(layout: &Layout, kafka_brokers: u16) -> Result<()> {
+/// Starts whatever is not running and waits until everything is healthy (`with_jaeger`: also
+/// the trace collector of the tracing tests).
+pub(crate) fn up(layout: &Layout, kafka_brokers: u16, with_jaeger: bool) -> Result<()> {
     let started = Instant::now();
     if !(1..=9).contains(&kafka_brokers) {
         bail!("--kafka-brokers must be between 1 and 9");
@@ -311,6 +327,9 @@ pub(crate) fn up(layout: &Layout, kafka_brokers: u16) -> Result<()> {
     if !failures.is_empty() {
         bail!("infra up failed: {}", failures.join("; "));
     }
+    if with_jaeger {
+        jaeger::up(layout)?;
+    }
     println!(
         "infra up: all healthy in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -323,6 +342,11 @@ pub(crate) fn up(layout: &Layout, kafka_brokers: u16) -> Result<()> {
             "  STATEHOUSE_TEST_KAFKA_CLUSTER={}",
             cluster_bootstrap(kafka_brokers)
         );
+    }
+    if with_jaeger {
+        for (key, value) in jaeger_env() {
+            println!("  {key}={value}");
+        }
     }
     Ok(())
 }
@@ -382,6 +406,7 @@ fn wait_healthy(mut pending: Vec<Pending>) -> Vec<String> {
 /// `wipe` also deletes their data.
 pub(crate) fn down(layout: &Layout, wipe: bool) -> Result<()> {
     let started = Instant::now();
+    jaeger::down(layout)?;
     let services = known_services(layout)?;
     let mut pids = Vec::new();
     for service in &services {
@@ -490,6 +515,9 @@ pub(crate) fn status(layout: &Layout) -> Result<bool> {
         println!("    ports:   {}", ports.join(", "));
         println!("    data:    {}", service.data_dir().display());
         println!("    log:     {}", service.main_log().display());
+    }
+    if let Some(line) = jaeger::status(layout) {
+        println!("{line}");
     }
     Ok(all_healthy)
 }
