@@ -59,7 +59,7 @@ fn metric(pod: &RelayPod, name: &str) -> f64 {
 }
 
 fn owned_partitions(pod: &RelayPod) -> f64 {
-    metric(pod, "statehouse_owned_partitions")
+    metric(pod, "statehouse_partitions_owned")
 }
 
 fn retries(pod: &RelayPod) -> f64 {

@@ -215,33 +215,47 @@ fn cuts_drop_exactly_the_link_they_name() {
     let cassandra = netns::cassandra_contact_point();
     let listener = std::net::TcpListener::bind((netns::BRIDGE_ADDR, 0)).expect("a bridge port");
     let peer = format!("{}", listener.local_addr().unwrap());
-    let reach = |ns: &Namespace| {
-        (
-            connects(ns, &kafka),
-            connects(ns, &cassandra),
-            connects(ns, &peer),
-        )
+    // A probe is a process started in the namespace with 2 s to connect: on a loaded machine
+    // (CI runs the R5 test beside this one) a link that is up may miss that once, so a link
+    // up but seen down is looked at again (3 looks); a cut link that answers fails at once.
+    let expect = |ns: &Namespace, expected: (bool, bool, bool), what: &str| {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let now = (
+                connects(ns, &kafka),
+                connects(ns, &cassandra),
+                connects(ns, &peer),
+            );
+            if now == expected {
+                return;
+            }
+            seen.push(now);
+            let leaked = [
+                (expected.0, now.0),
+                (expected.1, now.1),
+                (expected.2, now.2),
+            ]
+            .iter()
+            .any(|&(want, got)| !want && got);
+            assert!(
+                !leaked,
+                "{what}: a cut link answered: expected {expected:?}, saw {seen:?}"
+            );
+        }
+        panic!("{what}: expected (Kafka, Cassandra, peer) = {expected:?}, saw {seen:?}");
     };
-    assert_eq!(reach(&ns), (true, true, true), "all links up");
+    expect(&ns, (true, true, true), "all links up");
     ns.cut(Link::Kafka);
-    assert_eq!(reach(&ns), (false, true, true), "Kafka cut");
+    expect(&ns, (false, true, true), "Kafka cut");
     ns.heal(Link::Kafka);
     ns.cut(Link::Cassandra);
-    assert_eq!(reach(&ns), (true, false, true), "Cassandra cut");
+    expect(&ns, (true, false, true), "Cassandra cut");
     ns.heal_all();
     ns.cut(Link::Peer(netns::BRIDGE_ADDR));
-    assert_eq!(
-        reach(&ns),
-        (false, false, false),
-        "everything to the bridge cut"
-    );
+    expect(&ns, (false, false, false), "everything to the bridge cut");
     ns.heal_all();
     ns.lossy(Link::Kafka, 100);
-    assert_eq!(
-        reach(&ns),
-        (false, true, true),
-        "Kafka dropping every packet"
-    );
+    expect(&ns, (false, true, true), "Kafka dropping every packet");
     ns.heal_all();
-    assert_eq!(reach(&ns), (true, true, true), "all healed");
+    expect(&ns, (true, true, true), "all healed");
 }
