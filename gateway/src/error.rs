@@ -65,6 +65,37 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A call over one of the gateway's limits (`crate::limits`): refused before it reaches a
+    /// processor.
+    #[error("the request's {what} ({size}) exceed the limit {key} ({limit})")]
+    OverLimit {
+        /// What was measured.
+        what: &'static str,
+        /// The configuration key of the limit.
+        key: &'static str,
+        /// The request's value.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A reply message above `gateway.max-response-bytes` (the command ran; its reply is not
+    /// sent).
+    #[error(
+        "the reply message of {size} bytes exceeds the limit gateway.max-response-bytes ({limit} bytes)"
+    )]
+    ResponseTooLarge {
+        /// The reply's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// Adaptive admission refused the call: the gateway runs as many calls as it measured it
+    /// can take (`statehouse_runtime::admission`).
+    #[error("{0}")]
+    Overloaded(statehouse_runtime::admission::Refused),
+
     /// The request body is not one well-formed gRPC message.
     #[error("malformed gRPC request body: {reason}")]
     BadFrame {
@@ -124,6 +155,10 @@ impl Error {
             }
             Error::Compressed => StatusCode::NOT_IMPLEMENTED,
             Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::OverLimit { .. } => StatusCode::BAD_REQUEST,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            // The command ran; the client must not read "retry later" (429) into it.
+            Error::ResponseTooLarge { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BadFrame { .. }
             | Error::MalformedRequest(_)
             | Error::UnsupportedMediaType(_)
@@ -135,6 +170,34 @@ impl Error {
             }
             Error::Kafka(_) | Error::Feed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Route(e) => http_status_of(route_code(e)),
+        }
+    }
+
+    /// When the client should try again, for a refusal under load (`retry-after`; gRPC
+    /// clients read `grpc-retry-pushback-ms`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Overloaded(refused) => Some(refused.retry_after),
+            Error::Route(router::Error::Processor(status))
+                if status.code() == Code::ResourceExhausted =>
+            {
+                Some(std::time::Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the call ran on a processor, for adaptive admission: a call refused or lost
+    /// before it ran says nothing of how long calls take.
+    pub(crate) fn ran(&self) -> bool {
+        match self {
+            Error::Failure { .. } | Error::BadReply { .. } | Error::ResponseTooLarge { .. } => true,
+            Error::Route(router::Error::Processor(status)) => !matches!(
+                status.code(),
+                Code::ResourceExhausted | Code::Unavailable | Code::Cancelled
+            ),
+            Error::Route(router::Error::DeadlineExceeded { .. }) => true,
+            _ => false,
         }
     }
 
@@ -199,6 +262,11 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::Compressed => Code::Unimplemented,
         // Shed: the client must send less.
         Error::RequestTooLarge { .. } => Code::ResourceExhausted,
+        // What gRPC answers for a message over a size limit.
+        Error::ResponseTooLarge { .. } => Code::ResourceExhausted,
+        Error::OverLimit { .. } => Code::InvalidArgument,
+        // Shed: come back later (`retry-after`).
+        Error::Overloaded(_) => Code::ResourceExhausted,
         Error::BadFrame { .. }
         | Error::MalformedRequest(_)
         | Error::UnsupportedMediaType(_)

@@ -23,6 +23,7 @@ pub mod console;
 mod error;
 mod grpc;
 mod health;
+mod limits;
 mod metadata;
 pub mod metrics;
 mod reflection;

@@ -1,16 +1,12 @@
 //! Request headers to Cloudstate metadata, reply metadata to response headers, and the
-//! per-request values the gateway reads from headers (deadline, idempotency key).
-
-use std::time::Duration;
+//! per-request values the gateway reads from headers (the idempotency key; deadlines and the
+//! metadata limits are `crate::limits`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use statehouse_schemas::cloudstate::{Metadata, MetadataEntry, metadata_entry};
-use tokio::time::Instant;
-
-use crate::grpc;
 
 /// The header that carries a client's idempotency key.
 pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -102,16 +98,6 @@ pub(crate) fn to_headers(metadata: Option<&Metadata>) -> HeaderMap {
         }
     }
     headers
-}
-
-/// The deadline of a call: `grpc-timeout` if the client sent one, else `default`.
-pub(crate) fn deadline(headers: &HeaderMap, default: Duration) -> Instant {
-    Instant::now() + grpc::timeout(headers).unwrap_or(default)
-}
-
-/// The deadline the client set (`grpc-timeout`), if any.
-pub(crate) fn client_deadline(headers: &HeaderMap) -> Option<Instant> {
-    grpc::timeout(headers).map(|timeout| Instant::now() + timeout)
 }
 
 /// The client's idempotency key (`""` = none).

@@ -37,8 +37,10 @@ use tracing::Instrument as _;
 
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
+use crate::limits::Limits;
 use crate::transcode::{self, Binding};
 use crate::{Error, health, metadata, reflection, span, streaming};
+use statehouse_runtime::admission::{self, Limiter};
 use statehouse_runtime::router::{Route, Router};
 
 /// How long in-flight calls may take to finish once shutdown starts.
@@ -48,7 +50,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) max_request_bytes: usize,
-    pub(crate) default_timeout: Duration,
+    pub(crate) limits: Limits,
+    /// Adaptive admission of unary calls (`statehouse_runtime::admission`).
+    admission: Limiter,
+    max_concurrent_streams: u32,
     transcoder: transcode::Cache,
     health: health::Health,
     health_server: health::Server<health::Health>,
@@ -88,7 +93,9 @@ impl Gateway {
         };
         let shared = Arc::new(Shared {
             max_request_bytes: options.max_request_bytes,
-            default_timeout: Duration::from_millis(options.default_timeout_ms),
+            limits: Limits::new(options),
+            admission: Limiter::new(options.admission.clone(), "gateway"),
+            max_concurrent_streams: options.max_concurrent_streams,
             transcoder: transcode::Cache::default(),
             health_server: health::Server::new(health.clone()),
             health,
@@ -120,7 +127,10 @@ impl Gateway {
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(shared.max_concurrent_streams);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -224,8 +234,12 @@ async fn unary_grpc(
     let label = protocol.label();
     let span = span::call(label, &route.method, &parts.headers);
     let outcome = async {
+        let mut permit = shared.admission.try_acquire().map_err(Error::Overloaded)?;
         let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
-        call(shared, &route, &parts.headers, payload).await
+        permit.start();
+        let outcome = call(shared, &route, &parts.headers, payload).await;
+        permit.end(admission_outcome(&outcome));
+        outcome
     }
     .instrument(span.clone())
     .await;
@@ -239,7 +253,8 @@ async fn unary_grpc(
         Ok(None) => grpc::respond(protocol, Ok(None), HeaderMap::new()),
         Err(e) => {
             tracing::debug!(method = %route.method.path, error = %e, "call failed");
-            grpc::respond(protocol, Err(e.into()), HeaderMap::new())
+            let headers = retry_headers(&e);
+            grpc::respond(protocol, Err(e.into()), headers)
         }
     }
 }
@@ -260,20 +275,23 @@ async fn call(
     payload: Bytes,
 ) -> Result<Option<Reply>, Error> {
     let entity_id = route.method.entity_id(&payload)?;
-    let deadline = metadata::deadline(headers, shared.default_timeout);
+    shared.limits.entity_id(&entity_id)?;
+    let metadata = shared.limits.metadata(headers)?;
+    let deadline = shared.limits.deadline(headers);
     let response = shared
         .router
         .call(
             &route.method,
             &entity_id,
             payload,
-            metadata::from_headers(headers),
+            metadata,
             metadata::idempotency_key(headers),
             deadline,
         )
         .await?;
     match response.outcome {
         Some(Outcome::Reply(mut reply)) => {
+            shared.limits.response(reply.payload.len())?;
             if let Some(position) = response.position {
                 header_entry(
                     &mut reply,
@@ -338,7 +356,7 @@ async fn http_call(shared: &Shared, request: Request<Incoming>) -> Response<Body
 async fn json_call(
     shared: &Shared,
     binding: Binding,
-    variables: Vec<(String, String)>,
+    variables: transcode::PathVariables,
     request: Request<Incoming>,
 ) -> Response<Body> {
     if binding.route.method.server_streaming {
@@ -348,9 +366,14 @@ async fn json_call(
     let (parts, body) = request.into_parts();
     let span = span::call("http", &binding.route.method, &parts.headers);
     let outcome = async {
+        let variables = variables?;
+        let mut permit = shared.admission.try_acquire().map_err(Error::Overloaded)?;
         let body = json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
-        match call(shared, &binding.route, &parts.headers, payload).await? {
+        permit.start();
+        let called = call(shared, &binding.route, &parts.headers, payload).await;
+        permit.end(admission_outcome(&called));
+        match called? {
             Some(reply) => {
                 let (content_type, body) = transcode::response_body(&binding, &reply.payload)?;
                 Ok(Some((
@@ -382,7 +405,9 @@ async fn json_call(
         }
         Err(e) => {
             tracing::debug!(method = %binding.route.method.path, error = %e, "HTTP call failed");
-            text(e.http_status(), &e.http_message())
+            let mut response = text(e.http_status(), &e.http_message());
+            response.headers_mut().extend(retry_headers(&e));
+            response
         }
     }
 }
@@ -425,6 +450,30 @@ pub(crate) fn outcome_code<T>(outcome: &Result<T, Error>) -> tonic::Code {
         Ok(_) => tonic::Code::Ok,
         Err(e) => code_of(e),
     }
+}
+
+/// How a call ended, for adaptive admission.
+fn admission_outcome<T>(outcome: &Result<T, Error>) -> admission::Outcome {
+    match outcome {
+        Ok(_) => admission::Outcome::Ran,
+        Err(e) if e.ran() => admission::Outcome::Ran,
+        Err(_) => admission::Outcome::Dropped,
+    }
+}
+
+/// `retry-after` (seconds, rounded up: HTTP) and `grpc-retry-pushback-ms` (gRPC's retry
+/// policy) for an error that asks the client to come back later.
+pub(crate) fn retry_headers(error: &Error) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(after) = error.retry_after() {
+        let seconds = after.as_millis().div_ceil(1000).max(1);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+        headers.insert(
+            "grpc-retry-pushback-ms",
+            HeaderValue::from(after.as_millis() as u64),
+        );
+    }
+    headers
 }
 
 /// Counts a finished call of `method` and its duration.

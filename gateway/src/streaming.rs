@@ -138,7 +138,7 @@ pub(crate) async fn grpc(
 pub(crate) async fn json(
     shared: &Shared,
     binding: Binding,
-    variables: Vec<(String, String)>,
+    variables: transcode::PathVariables,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
@@ -150,7 +150,7 @@ pub(crate) async fn json(
         .is_some_and(|v| v.contains("text/event-stream"));
     let opened = async {
         let body = crate::server::json_body(shared, &binding, &parts.headers, body).await?;
-        let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
+        let payload = transcode::request_message(&binding, variables?, parts.uri.query(), &body)?;
         let (_, no_rest) = mpsc::channel(1);
         let (mut upstream, deadline) = open(
             shared,
@@ -263,15 +263,20 @@ async fn open(
     } else {
         route.method.entity_id(&payload)?
     };
+    shared.limits.entity_id(&entity_id)?;
+    let metadata = shared.limits.metadata(headers)?;
     // A streamed call without a client deadline runs until either side ends it (a
     // subscription); the default timeout bounds only finding a processor that accepts it.
-    let deadline = metadata::client_deadline(headers).unwrap_or_else(router::no_deadline);
-    let accept_by = metadata::deadline(headers, shared.default_timeout);
+    let deadline = shared
+        .limits
+        .client_deadline(headers)
+        .unwrap_or_else(router::no_deadline);
+    let accept_by = shared.limits.deadline(headers);
     let call = Call {
         method: &route.method,
         entity_id: &entity_id,
         payload,
-        metadata: metadata::from_headers(headers),
+        metadata,
         idempotency_key: metadata::idempotency_key(headers),
         traceparent: None,
         hops: 0,

@@ -11,6 +11,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use statehouse_core::topics::{audit_topic, routing_topic, services_topic};
 use statehouse_core::{ServiceName, Topics};
 
+use crate::options::MIN_TOPIC_SLACK_BYTES;
 use crate::{Error, Options};
 
 /// What happened to one topic.
@@ -97,6 +98,11 @@ fn with_isr<const N: usize>(
     entries: [(&'static str, String); N],
 ) -> BTreeMap<&'static str, String> {
     let mut config: BTreeMap<_, _> = entries.into_iter().collect();
+    // Every record `kafka.max-record-bytes` lets through fits (`Options::max_record_bytes`).
+    config.insert(
+        "max.message.bytes",
+        options.producer_max_message_bytes().to_string(),
+    );
     if let Some(min) = options.min_insync_replicas {
         config.insert("min.insync.replicas", min.to_string());
     }
@@ -253,15 +259,13 @@ impl Admin {
                 actual,
             });
         }
-        let Some(expected_policy) = spec.config.get("cleanup.policy") else {
-            return Ok(());
-        };
         let opts = AdminOptions::new().request_timeout(Some(self.options.request_timeout()));
         let described = self
             .client
             .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
             .await
             .map_err(|e| Error::kafka(format!("describing {}", spec.name), e))?;
+        let least_message_bytes = self.options.max_record_bytes + MIN_TOPIC_SLACK_BYTES;
         for resource in described {
             let resource = resource.map_err(|code| {
                 Error::kafka(
@@ -269,7 +273,8 @@ impl Admin {
                     rdkafka::error::KafkaError::AdminOp(code),
                 )
             })?;
-            if let Some(actual) = resource.get("cleanup.policy").and_then(|e| e.value.clone())
+            if let Some(expected_policy) = spec.config.get("cleanup.policy")
+                && let Some(actual) = resource.get("cleanup.policy").and_then(|e| e.value.clone())
                 && &actual != expected_policy
             {
                 return Err(Error::TopicConfigMismatch {
@@ -277,6 +282,24 @@ impl Admin {
                     key: "cleanup.policy".into(),
                     expected: expected_policy.clone(),
                     actual,
+                });
+            }
+            // A topic made before `kafka.max-record-bytes` was raised (or by hand) must take
+            // every record the limit lets through, or Kafka would refuse one mid-transaction.
+            if let Some(actual) = resource
+                .get("max.message.bytes")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.parse::<usize>().ok())
+                && actual < least_message_bytes
+            {
+                return Err(Error::TopicConfigMismatch {
+                    topic: spec.name.clone(),
+                    key: "max.message.bytes".into(),
+                    expected: format!(
+                        "at least {least_message_bytes} (kafka.max-record-bytes + {MIN_TOPIC_SLACK_BYTES}); raise it with kafka-configs.sh --alter --add-config max.message.bytes={}, or lower kafka.max-record-bytes",
+                        self.options.producer_max_message_bytes()
+                    ),
+                    actual: actual.to_string(),
                 });
             }
         }

@@ -35,6 +35,16 @@ pub enum Error {
         max_records: usize,
         max_bytes: usize,
     },
+    /// One record larger than `kafka.max-record-bytes`: refused before it reaches the writer's
+    /// transaction, so no other append is affected. Retrying cannot help.
+    #[error(
+        "a record of {bytes} bytes for {topic} exceeds the record limit kafka.max-record-bytes ({limit} bytes)"
+    )]
+    RecordTooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error(
         "topic {topic} has {actual} partitions, but {expected} are configured; partition counts of a service cannot change"
     )]
@@ -74,6 +84,7 @@ impl Error {
             Error::Aborted { .. } | Error::Indefinite { .. } | Error::Closed { .. } => true,
             Error::Fenced { .. }
             | Error::TooLarge { .. }
+            | Error::RecordTooLarge { .. }
             | Error::PartitionMismatch { .. }
             | Error::TopicConfigMismatch { .. }
             | Error::InvalidOption(_) => false,

@@ -31,4 +31,4 @@ pub mod publisher;
 pub mod reader;
 
 pub use error::Error;
-pub use options::{Options, WriterOptions};
+pub use options::{BATCH_OVERHEAD_BYTES, DEFAULT_MAX_RECORD_BYTES, Options, WriterOptions};

@@ -27,6 +27,13 @@ pub struct Options {
     pub session_timeout_ms: u32,
     /// Timeout of blocking client calls (metadata, admin, init/commit/abort), ms.
     pub request_timeout_ms: u32,
+    /// Largest record Statehouse writes (key + value + headers), bytes: an event, a value
+    /// entity's state, an eventing output. A command whose record is larger is refused with
+    /// INVALID_ARGUMENT naming this key before anything reaches the writer. The topics
+    /// Statehouse creates allow it (`max.message.bytes`, plus room for the batch framing) and
+    /// its producers send it (`message.max.bytes`); existing topics are checked at start.
+    /// The default fits Kafka's default `message.max.bytes` (1048588).
+    pub max_record_bytes: usize,
     /// The partition writer (group commit).
     pub writer: WriterOptions,
     /// Extra librdkafka properties passed through as they are, e.g. `security.protocol`,
@@ -71,6 +78,7 @@ impl Default for Options {
             transaction_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             writer: WriterOptions::default(),
             librdkafka: BTreeMap::new(),
         }
@@ -89,6 +97,24 @@ impl Default for WriterOptions {
     }
 }
 
+/// The largest `kafka.max-record-bytes` accepted: librdkafka's ceiling of `message.max.bytes`
+/// (1000000000) less the batch overhead, rounded down.
+const MAX_RECORD_BYTES_CEILING: usize = 900_000_000;
+
+/// Default of `kafka.max-record-bytes`: within the broker's default `message.max.bytes`
+/// (1048588) with room for the framing of a one-record batch, so topics made before the key
+/// existed (or by hand with defaults) take every record Statehouse lets through.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Bytes a record batch adds around its records (batch header, record framing, varints): the
+/// topics' `max.message.bytes` and the producers' `message.max.bytes` are this much above
+/// `kafka.max-record-bytes`.
+pub const BATCH_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// The smallest `max.message.bytes` an existing topic may have: one record of the limit in a
+/// batch of its own fits.
+pub(crate) const MIN_TOPIC_SLACK_BYTES: usize = 1024;
+
 /// librdkafka properties that Statehouse sets itself because its guarantees depend on them.
 const RESERVED: &[&str] = &[
     "bootstrap.servers",
@@ -101,6 +127,7 @@ const RESERVED: &[&str] = &[
     "enable.auto.commit",
     "group.id",
     "transaction.timeout.ms",
+    "message.max.bytes",
 ];
 
 impl Options {
@@ -157,11 +184,23 @@ impl Options {
         if self.request_timeout_ms < 100 {
             return bad("kafka.request-timeout-ms must be at least 100".into());
         }
+        if !(1_024..=MAX_RECORD_BYTES_CEILING).contains(&self.max_record_bytes) {
+            return bad(format!(
+                "kafka.max-record-bytes {} must be between 1024 and {MAX_RECORD_BYTES_CEILING}",
+                self.max_record_bytes
+            ));
+        }
         let w = &self.writer;
         if w.max_records == 0 || w.max_bytes == 0 || w.queue_capacity == 0 {
             return bad(
                 "kafka.writer.max-records, max-bytes and queue-capacity must be positive".into(),
             );
+        }
+        if w.max_bytes < self.max_record_bytes {
+            return bad(format!(
+                "kafka.writer.max-bytes {} is below kafka.max-record-bytes {}: a record the limit lets through could never be written",
+                w.max_bytes, self.max_record_bytes
+            ));
         }
         if w.linger_ms > 1_000 || w.busy_linger_ms > 1_000 {
             return bad(format!(
@@ -208,8 +247,18 @@ impl Options {
                 self.transaction_timeout_ms.to_string(),
             )
             .set("linger.ms", "0")
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            .set(
+                "message.max.bytes",
+                self.producer_max_message_bytes().to_string(),
+            );
         config
+    }
+
+    /// `message.max.bytes` of Statehouse's producers and `max.message.bytes` of the topics it
+    /// creates: the record limit plus a batch's framing.
+    pub fn producer_max_message_bytes(&self) -> usize {
+        self.max_record_bytes + BATCH_OVERHEAD_BYTES
     }
 
     /// An idempotent (non-transactional) producer, e.g. for CRDT deltas and registry records.
@@ -219,7 +268,11 @@ impl Options {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            .set(
+                "message.max.bytes",
+                self.producer_max_message_bytes().to_string(),
+            );
         config
     }
 
@@ -277,6 +330,32 @@ mod tests {
         o.writer.busy_linger_ms = 1_001;
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("busy-linger-ms 1001"), "{err}");
+
+        let mut o = Options {
+            max_record_bytes: 8 * 1024 * 1024,
+            ..Options::default()
+        };
+        let err = o.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.writer.max-bytes") && err.contains("kafka.max-record-bytes"),
+            "{err}"
+        );
+        o.writer.max_bytes = o.max_record_bytes;
+        o.validate().unwrap();
+        assert_eq!(
+            o.transactional_producer_config("t")
+                .get("message.max.bytes"),
+            Some(
+                (8 * 1024 * 1024 + BATCH_OVERHEAD_BYTES)
+                    .to_string()
+                    .as_str()
+            )
+        );
+
+        let mut o = Options::default();
+        o.librdkafka.insert("message.max.bytes".into(), "1".into());
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("message.max.bytes"), "{err}");
 
         let mut o = Options::default();
         o.librdkafka

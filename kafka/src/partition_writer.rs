@@ -162,6 +162,8 @@ pub struct Handle<M = ()> {
     tx: mpsc::Sender<Append<M>>,
     shared: Arc<Shared>,
     limits: WriterOptions,
+    /// `kafka.max-record-bytes`.
+    max_record_bytes: usize,
     stopped: CancellationToken,
     settled: Arc<[(Arc<str>, i64)]>,
     hanging: Arc<[(Arc<str>, crate::reader::Message)]>,
@@ -173,6 +175,7 @@ impl<M> Clone for Handle<M> {
             tx: self.tx.clone(),
             shared: Arc::clone(&self.shared),
             limits: self.limits.clone(),
+            max_record_bytes: self.max_record_bytes,
             stopped: self.stopped.clone(),
             settled: Arc::clone(&self.settled),
             hanging: Arc::clone(&self.hanging),
@@ -193,8 +196,23 @@ impl<M: Default + Send + 'static> Handle<M> {
 
 impl<M: Send + 'static> Handle<M> {
     /// [`Handle::append`], handing `meta` to the observer with the committed records.
+    ///
+    /// An append the limits refuse ([`Error::RecordTooLarge`], [`Error::TooLarge`]) never
+    /// reaches the transaction: a record Kafka would refuse must not abort the other callers'
+    /// appends that share it.
     pub async fn append_with(&self, records: Vec<Record>, meta: M) -> Result<Committed, Error> {
-        let bytes: usize = records.iter().map(Record::size).sum();
+        let mut bytes = 0;
+        for record in &records {
+            let size = record.size();
+            if size > self.max_record_bytes {
+                return Err(Error::RecordTooLarge {
+                    topic: record.topic.to_string(),
+                    bytes: size,
+                    limit: self.max_record_bytes,
+                });
+            }
+            bytes += size;
+        }
         if records.len() > self.limits.max_records || bytes > self.limits.max_bytes {
             return Err(Error::TooLarge {
                 records: records.len(),
@@ -392,6 +410,7 @@ impl<M: Send + Sync + 'static> Writer<M> {
             tx,
             shared,
             limits: options.writer.clone(),
+            max_record_bytes: options.max_record_bytes,
             stopped,
             settled: Arc::from(settled),
             hanging: Arc::from(hanging),

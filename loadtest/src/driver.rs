@@ -146,6 +146,22 @@ pub struct Phase {
     pub latency: Percentiles,
     /// Per method.
     pub methods: BTreeMap<String, Percentiles>,
+    /// Second by second (by intended send time, from the start of the measured window).
+    #[serde(default)]
+    pub timeline: Vec<Second>,
+}
+
+/// One second of a phase.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Second {
+    /// Successful commands.
+    pub ok: u64,
+    /// Commands refused as overload (`RESOURCE_EXHAUSTED`).
+    pub shed: u64,
+    /// Other failures.
+    pub failed: u64,
+    /// p99 of the successful commands, ms (0 without any).
+    pub p99_ms: f64,
 }
 
 impl Phase {
@@ -174,6 +190,8 @@ struct Recorder {
     ok: u64,
     measured: u64,
     last_done: Instant,
+    /// Per second of the measured window: ok, shed, failed and the successes' latencies.
+    seconds: Vec<(u64, u64, u64, Histogram<u64>)>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -191,6 +209,7 @@ impl Recorder {
             ok: 0,
             measured: 0,
             last_done: measure_from,
+            seconds: Vec::new(),
         }
     }
 
@@ -200,11 +219,24 @@ impl Recorder {
         }
         self.measured += 1;
         self.last_done = self.last_done.max(done);
+        let second = intended
+            .saturating_duration_since(self.measure_from)
+            .as_secs() as usize;
+        while self.seconds.len() <= second {
+            self.seconds.push((0, 0, 0, histogram()));
+        }
+        let bucket = &mut self.seconds[second];
+        match code.as_deref() {
+            None => bucket.0 += 1,
+            Some("ResourceExhausted") => bucket.1 += 1,
+            Some(_) => bucket.2 += 1,
+        }
         match code {
             None => {
                 self.ok += 1;
                 let us = done.saturating_duration_since(intended).as_micros() as u64;
                 let us = us.clamp(1, 120_000_000);
+                bucket.3.saturating_record(us);
                 self.all.saturating_record(us);
                 self.methods
                     .entry(op.method())
@@ -306,6 +338,16 @@ pub async fn run(target: &Target, workload: &Workload, spec: &Spec) -> anyhow::R
             .methods
             .iter()
             .map(|(k, h)| ((*k).to_string(), Percentiles::of(h)))
+            .collect(),
+        timeline: r
+            .seconds
+            .iter()
+            .map(|(ok, shed, failed, h)| Second {
+                ok: *ok,
+                shed: *shed,
+                failed: *failed,
+                p99_ms: Percentiles::of(h).p99_ms,
+            })
             .collect(),
     })
 }

@@ -22,6 +22,7 @@ pub mod floor;
 pub mod keys;
 pub mod kinds;
 pub mod lifecycle;
+pub mod overload;
 pub mod report;
 pub mod scenario;
 pub mod sweep;

@@ -266,6 +266,49 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The overload run (R10): capacity, unloaded p99, `overload-factor` × capacity, then
+    /// `after-fraction` × capacity; refused share, accepted p99, peak memory, recovery time,
+    /// and the check that nothing accepted was lost (`docs/security.md`, "Load shedding").
+    Overload {
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        target: String,
+        #[arg(long, default_value = "es-counter")]
+        scenario: String,
+        #[arg(long, default_value_t = 1000)]
+        entities: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        closed_s: f64,
+        #[arg(long, default_value_t = 0.3)]
+        unloaded_fraction: f64,
+        #[arg(long, default_value_t = 10.0)]
+        unloaded_s: f64,
+        #[arg(long, default_value_t = 2.0)]
+        overload_factor: f64,
+        #[arg(long, default_value_t = 60.0)]
+        overload_s: f64,
+        #[arg(long, default_value_t = 0.5)]
+        after_fraction: f64,
+        #[arg(long, default_value_t = 30.0)]
+        after_s: f64,
+        #[arg(long, default_value_t = 8192)]
+        max_in_flight: usize,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Processes whose memory is sampled: `name=pid,name=pid`.
+        #[arg(long, default_value = "")]
+        pids: String,
+        /// Write the JSON report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// One client, sequential commands: latency percentiles of AddItem (and GetCart).
     Latency {
         /// The gateway.
@@ -564,6 +607,55 @@ async fn main() -> anyhow::Result<()> {
                 combined.valid,
                 "the run is invalid: a correctness check failed (see the rounds' notes)"
             );
+            Ok(())
+        }
+        Command::Overload {
+            target,
+            scenario,
+            entities,
+            clients,
+            connections,
+            closed_s,
+            unloaded_fraction,
+            unloaded_s,
+            overload_factor,
+            overload_s,
+            after_fraction,
+            after_s,
+            max_in_flight,
+            timeout_ms,
+            seed,
+            pids,
+            out,
+            no_progress,
+        } => {
+            let options = statehouse_loadtest::overload::Options {
+                uri: target,
+                scenario,
+                entities,
+                clients,
+                connections,
+                closed_s,
+                unloaded_fraction,
+                unloaded_s,
+                overload_factor,
+                overload_s,
+                after_fraction,
+                after_s,
+                max_in_flight,
+                timeout_ms,
+                seed,
+                run_id: format!("overload-{}", std::process::id()),
+                pids: Probe::parse_pids(&pids)?,
+                progress: !no_progress,
+            };
+            let report = statehouse_loadtest::overload::run(&options).await?;
+            print!("{}", report.text());
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            anyhow::ensure!(report.verification.ok, "acknowledged commands were lost");
             Ok(())
         }
         Command::Latency {

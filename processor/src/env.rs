@@ -26,6 +26,8 @@ pub(crate) struct Env {
     /// Idle time before passivation when the entity type names none.
     pub(crate) passivation: Duration,
     pub(crate) max_active: usize,
+    /// `processor.max-commands-per-entity`: the bound of an entity's mailbox.
+    pub(crate) mailbox: usize,
     pub(crate) backup_interval: Duration,
     /// Active entities of the whole processor.
     pub(crate) active: Arc<AtomicUsize>,

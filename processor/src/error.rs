@@ -93,6 +93,11 @@ impl From<Error> for tonic::Status {
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
             Error::Overloaded(_) => Status::resource_exhausted(message),
             Error::EntityFailure(_) => Status::unknown(message),
+            // A record above a limit: no retry can succeed, and the message names the limit.
+            Error::NotCommitted(
+                statehouse_kafka::Error::RecordTooLarge { .. }
+                | statehouse_kafka::Error::TooLarge { .. },
+            ) => Status::invalid_argument(message),
             // Not committed (aborted, fenced, outcome unknown): retry with the same idempotency
             // key; never OK.
             Error::NotCommitted(_)

@@ -199,6 +199,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         uf: uf.clone(),
         passivation: Duration::from_millis(p.passivation_timeout_ms),
         max_active: p.max_active_entities,
+        mailbox: p.max_commands_per_entity,
         backup_interval: Duration::from_millis(p.backup_interval_ms),
         active: Arc::new(AtomicUsize::new(0)),
         seen_committed: env::SeenCommitted::new(p.partitions),
@@ -301,8 +302,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let server = {
         let service = ProcessorServer::new(server::Service {
             node: Arc::clone(&node),
+            admission: statehouse_runtime::admission::Limiter::new(
+                config.processor.admission.clone(),
+                "processor",
+            ),
         })
-        .max_decoding_message_size(16 * 1024 * 1024);
+        .max_decoding_message_size(statehouse_runtime::router::MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(statehouse_runtime::router::MAX_INTERNAL_MESSAGE_BYTES);
         let health_service = statehouse_schemas::grpc::health::v1::health_server::HealthServer::new(
             health::Service {
                 node: Arc::clone(&node),

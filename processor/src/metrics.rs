@@ -6,6 +6,9 @@ use std::time::Instant;
 
 /// Counter: records (journal events, value-entity states and deletes) committed by entities.
 pub(crate) const RECORDS_PERSISTED: &str = "statehouse_records_persisted_total";
+/// Counter: commands refused because a record they would write exceeds
+/// `kafka.max-record-bytes` (nothing of them was written).
+pub(crate) const RECORDS_REFUSED: &str = "statehouse_records_refused_total";
 /// Counter: entity activations (stream opened, history replayed).
 pub(crate) const ACTIVATIONS: &str = "statehouse_entity_activations_total";
 /// Gauge: active entities.
@@ -68,8 +71,14 @@ pub(crate) fn describe(service: &str, partitions: u32) {
     statehouse_kafka::metrics::describe();
     statehouse_runtime::metrics::describe();
     // (name, help, label key, its values): every label value is exported at 0.
-    let counters: [(&str, &str, &str, &[&str]); 14] = [
+    let counters: [(&str, &str, &str, &[&str]); 15] = [
         (RECORDS_PERSISTED, "Records committed by entities.", "", &[]),
+        (
+            RECORDS_REFUSED,
+            "Commands refused because their record exceeds kafka.max-record-bytes.",
+            "",
+            &[],
+        ),
         (ACTIVATIONS, "Entity activations.", "", &[]),
         (
             COMMANDS,

@@ -30,7 +30,7 @@ use statehouse_core::ids::{entity_key, journal_key, parse_journal_key};
 use statehouse_kafka::headers;
 use statehouse_kafka::partition_writer::Record;
 use statehouse_kafka::reader::Message;
-use statehouse_schemas::avro::{AvroRecord, EventRecord, ValueDeletion, ValueRecord};
+use statehouse_schemas::avro::{self, AvroRecord, EventRecord, ValueDeletion, ValueRecord};
 
 use crate::Error;
 
@@ -125,6 +125,91 @@ pub(crate) struct Output {
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
     pub(crate) headers: Vec<(&'static str, Bytes)>,
+}
+
+/// What a record adds around its variable-length fields, at most: Avro varints and union
+/// indexes, the header names, the seq in text and the key's separator.
+const RECORD_FRAMING_BYTES: usize = 512;
+
+/// An upper bound of the encoded size of a string or bytes field (Avro: a varint length and
+/// the bytes).
+fn field(len: usize) -> usize {
+    len + 10
+}
+
+fn opt(value: &Option<String>) -> usize {
+    value.as_ref().map_or(1, |v| field(v.len()))
+}
+
+impl Written {
+    /// An upper bound of the size of the Kafka record [`Written::to_kafka`] makes (key, value
+    /// and headers), without encoding it: the command path refuses a record above
+    /// `kafka.max-record-bytes` with this before anything is appended, so a command that can
+    /// never be written fails alone and says why (`crate::kinds::journaled`).
+    pub(crate) fn record_bound(&self) -> usize {
+        let writer = |w: &avro::Writer| field(w.processor_id.len()) + 10;
+        let reply = |r: &Option<avro::Reply>| {
+            r.as_ref()
+                .map_or(1, |r| field(r.type_url.len()) + field(r.payload.len()))
+        };
+        let recent = |recent: &[avro::RecentReply]| -> usize {
+            recent
+                .iter()
+                .map(|r| field(r.idempotency_key.len()) + reply(&r.reply))
+                .sum()
+        };
+        // The entity id is in the key, the value and a header; the type URL and the trace
+        // context in the value and a header.
+        let ids = |persistence_id: &str, entity_id: &str| {
+            2 * field(persistence_id.len()) + 3 * field(entity_id.len())
+        };
+        RECORD_FRAMING_BYTES
+            + match self {
+                Written::Event(e) => {
+                    ids(&e.persistence_id, &e.entity_id)
+                        + field(e.service.len())
+                        + 2 * field(e.type_url.len())
+                        + field(e.payload.len())
+                        + opt(&e.command_id)
+                        + opt(&e.idempotency_key)
+                        + writer(&e.writer)
+                        + e.snapshot
+                            .as_ref()
+                            .map_or(1, |s| field(s.type_url.len()) + field(s.payload.len()))
+                        + 2 * opt(&e.traceparent)
+                        + reply(&e.reply)
+                }
+                Written::Value(v) => {
+                    ids(&v.persistence_id, &v.entity_id)
+                        + field(v.service.len())
+                        + 2 * field(v.type_url.len())
+                        + field(v.payload.len())
+                        + opt(&v.command_id)
+                        + opt(&v.idempotency_key)
+                        + writer(&v.writer)
+                        + recent(&v.recent)
+                        + 2 * opt(&v.traceparent)
+                }
+                Written::Deleted(d) => {
+                    ids(&d.persistence_id, &d.entity_id)
+                        + field(d.service.len())
+                        + opt(&d.command_id)
+                        + opt(&d.idempotency_key)
+                        + writer(&d.writer)
+                        + recent(&d.recent)
+                        + 2 * opt(&d.traceparent)
+                }
+                Written::Output(o) => {
+                    o.key.as_ref().map_or(0, Bytes::len)
+                        + o.value.len()
+                        + o.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                }
+                Written::Erased(e) => 2 * field(e.entity_key.len()),
+            }
+    }
 }
 
 impl Written {
@@ -492,5 +577,93 @@ mod tests {
             !values_key.removes(&event("u#1", 3)),
             "a values tombstone keeps the events"
         );
+    }
+
+    /// The bound the command path checks against `kafka.max-record-bytes` is never below the
+    /// record's real size (else a record could pass it and be refused by Kafka inside a
+    /// transaction), and not far above it (else the limit would refuse records that fit).
+    #[test]
+    fn record_bound_covers_the_encoded_record() {
+        let sizes = [0usize, 1, 127, 128, 16_383, 16_384, 300_000];
+        for (i, &payload) in sizes.iter().enumerate() {
+            let big = |n: usize| "x".repeat(n);
+            let id = big(sizes[(i + 2) % sizes.len()].min(2_000));
+            let reply = Some(Reply {
+                type_url: big(40),
+                payload: Bytes::from(vec![7u8; payload / 2]),
+            });
+            let event = Written::Event(EventRecord {
+                service: "shopping-cart".into(),
+                persistence_id: "cart".into(),
+                entity_id: id.clone(),
+                seq: i64::MAX - i as i64,
+                type_url: big(60),
+                payload: Bytes::from(vec![1u8; payload]),
+                command_id: Some(big(36)),
+                idempotency_key: Some(big(i * 10)),
+                timestamp_ms: i64::MAX,
+                writer: Writer {
+                    processor_id: big(36),
+                    epoch: i64::MAX,
+                },
+                snapshot: Some(avro::Snapshot {
+                    type_url: big(50),
+                    payload: Bytes::from(vec![2u8; payload]),
+                }),
+                traceparent: Some(big(55)),
+                reply: reply.clone(),
+            });
+            let value = Written::Value(ValueRecord {
+                service: "shopping-cart".into(),
+                persistence_id: "ve".into(),
+                entity_id: id.clone(),
+                seq: i64::MIN,
+                type_url: big(60),
+                payload: Bytes::from(vec![3u8; payload]),
+                command_id: None,
+                idempotency_key: Some(big(36)),
+                timestamp_ms: -1,
+                writer: writer(),
+                recent: (0..i)
+                    .map(|k| RecentReply {
+                        idempotency_key: big(k * 20),
+                        reply: reply.clone(),
+                    })
+                    .collect(),
+                traceparent: None,
+            });
+            let deleted = Written::Deleted(ValueDeletion {
+                service: "s".into(),
+                persistence_id: "ve".into(),
+                entity_id: id,
+                seq: 1,
+                command_id: Some(big(36)),
+                idempotency_key: None,
+                timestamp_ms: 5,
+                writer: writer(),
+                recent: Vec::new(),
+                traceparent: Some(big(55)),
+            });
+            for written in [event, value, deleted] {
+                let record = written.to_kafka(&topics()).unwrap();
+                let size = record.key.len()
+                    + record.value.as_ref().map_or(0, Bytes::len)
+                    + record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
+                let bound = written.record_bound();
+                assert!(
+                    size <= bound,
+                    "record of {size} bytes above its bound {bound}"
+                );
+                let slack = bound - size;
+                assert!(
+                    slack <= RECORD_FRAMING_BYTES + 4 * written.entity_key().len() + 400,
+                    "bound {bound} is {slack} above the size {size}"
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use statehouse_core::{partition_for, semconv};
+use statehouse_runtime::admission::{self, Limiter};
 use statehouse_runtime::method_index::EntityKind;
 use statehouse_runtime::trace;
 use statehouse_schemas::statehouse::processor::v1::processor_server::Processor;
@@ -33,6 +34,9 @@ const STREAM_BUFFER: usize = 16;
 
 pub(crate) struct Service {
     pub(crate) node: Arc<Node>,
+    /// Adaptive admission of unary commands (`processor.admission`): the processor's own guard,
+    /// whatever the number of gateways (`statehouse_runtime::admission`).
+    pub(crate) admission: Limiter,
 }
 
 impl Service {
@@ -105,6 +109,10 @@ impl Processor for Service {
         &self,
         request: GrpcRequest<HandleRequest>,
     ) -> Result<Response<HandleResponse>, Status> {
+        let mut permit = self.admission.try_acquire().map_err(|refused| {
+            metrics::counter!(m::COMMANDS, "outcome" => "error").increment(1);
+            Status::from(Error::Overloaded(refused.to_string()))
+        })?;
         let request = request.into_inner();
         let span = handle_span(&request);
         let outcome = async {
@@ -115,6 +123,17 @@ impl Processor for Service {
         }
         .instrument(span.clone())
         .await;
+        permit.end(match &outcome {
+            // Not run here: no sign of how long commands take.
+            Err(
+                Error::NotOwner { .. }
+                | Error::Overloaded(_)
+                | Error::ShuttingDown
+                | Error::UnknownMethod(_)
+                | Error::InvalidArgument(_),
+            ) => admission::Outcome::Dropped,
+            _ => admission::Outcome::Ran,
+        });
         if outcome.as_ref().is_err() {
             span.record(semconv::OTEL_STATUS, "error");
         }

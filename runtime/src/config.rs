@@ -21,6 +21,9 @@ pub const ENV_PREFIX: &str = "STATEHOUSE__";
 pub const CONFIG_FILE_ENV: &str = "STATEHOUSE_CONFIG";
 const LIBRDKAFKA_ENV_PREFIX: &str = "STATEHOUSE__KAFKA__LIBRDKAFKA__";
 
+/// Room an internal call needs around a client's message (metadata, ids, trace context).
+const INTERNAL_ENVELOPE_BYTES: usize = 1024 * 1024;
+
 /// The roles of the `statehouse` binary; each validates the sections it uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -115,8 +118,23 @@ pub struct GatewayOptions {
     pub metrics_listen: SocketAddr,
     /// Deadline of a client call that sets none, ms.
     pub default_timeout_ms: u64,
-    /// Largest accepted request message, bytes.
+    /// Longest deadline a client may set (`grpc-timeout`), ms: longer ones are cut to it.
+    pub max_timeout_ms: u64,
+    /// Largest accepted request message, bytes (RESOURCE_EXHAUSTED / 413 above it). A
+    /// command's record is bounded separately by `kafka.max-record-bytes`.
     pub max_request_bytes: usize,
+    /// Largest reply message sent to a client, bytes.
+    pub max_response_bytes: usize,
+    /// Longest entity id (a Kafka and Cassandra key), bytes.
+    pub max_entity_id_bytes: usize,
+    /// Most metadata entries (request headers) forwarded with a command.
+    pub max_metadata_entries: usize,
+    /// Most metadata bytes (keys + values) forwarded with a command.
+    pub max_metadata_bytes: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// Adaptive admission of unary calls (`docs/security.md`, "Load shedding").
+    pub admission: crate::admission::Options,
     /// The web console on the metrics port (`/console`).
     pub console: ConsoleOptions,
 }
@@ -154,7 +172,14 @@ impl Default for GatewayOptions {
             listen: "0.0.0.0:9000".parse().expect("static address"),
             metrics_listen: "0.0.0.0:9090".parse().expect("static address"),
             default_timeout_ms: 30_000,
-            max_request_bytes: 4 * 1024 * 1024,
+            max_timeout_ms: 300_000,
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_entity_id_bytes: 1024,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 16 * 1024,
+            max_concurrent_streams: 256,
+            admission: crate::admission::Options::default(),
             console: ConsoleOptions::default(),
         }
     }
@@ -186,6 +211,12 @@ pub struct ProcessorOptions {
     pub backup_interval_ms: u64,
     /// Most active entities held in memory; beyond it the idlest are passivated.
     pub max_active_entities: usize,
+    /// Most commands waiting in one entity's mailbox; beyond it a command is refused with
+    /// RESOURCE_EXHAUSTED naming this key (one hot entity cannot hold the processor's memory).
+    pub max_commands_per_entity: usize,
+    /// Adaptive admission of the commands the processor runs (`docs/security.md`, "Load
+    /// shedding"): the processor's own guard, whatever the number of gateways.
+    pub admission: crate::admission::Options,
     /// How often a processor tells the others it is alive (and how far it has read the CRDT
     /// topic), ms.
     pub crdt_heartbeat_interval_ms: u64,
@@ -213,6 +244,14 @@ impl Default for ProcessorOptions {
             strict_protocol_version: false,
             backup_interval_ms: 1_000,
             max_active_entities: 100_000,
+            max_commands_per_entity: 256,
+            admission: crate::admission::Options {
+                // Behind the gateway's: the processor refuses only what the gateways let
+                // through together beyond what it can take.
+                initial_limit: 256,
+                max_limit: 16_384,
+                ..crate::admission::Options::default()
+            },
             crdt_heartbeat_interval_ms: 1_000,
             crdt_heartbeat_timeout_ms: 5_000,
             crdt_write_timeout_ms: 5_000,
@@ -378,11 +417,41 @@ impl Config {
         }
         if matches!(role, Role::Gateway | Role::Dev) {
             let g = &self.gateway;
-            if g.default_timeout_ms == 0 || g.max_request_bytes == 0 {
-                return Err(Error::Invalid(
-                    "gateway.default-timeout-ms and gateway.max-request-bytes must be positive"
-                        .into(),
-                ));
+            for (key, value) in [
+                ("default-timeout-ms", g.default_timeout_ms as usize),
+                ("max-timeout-ms", g.max_timeout_ms as usize),
+                ("max-request-bytes", g.max_request_bytes),
+                ("max-response-bytes", g.max_response_bytes),
+                ("max-entity-id-bytes", g.max_entity_id_bytes),
+                ("max-metadata-entries", g.max_metadata_entries),
+                ("max-metadata-bytes", g.max_metadata_bytes),
+                ("max-concurrent-streams", g.max_concurrent_streams as usize),
+            ] {
+                if value == 0 {
+                    return Err(Error::Invalid(format!("gateway.{key} must be positive")));
+                }
+            }
+            g.admission
+                .validate("gateway.admission")
+                .map_err(Error::Invalid)?;
+            if g.default_timeout_ms > g.max_timeout_ms {
+                return Err(Error::Invalid(format!(
+                    "gateway.default-timeout-ms {} is above gateway.max-timeout-ms {}",
+                    g.default_timeout_ms, g.max_timeout_ms
+                )));
+            }
+            // The gateway hands requests to processors and takes replies from them through the
+            // router, whose channels accept at most `MAX_INTERNAL_MESSAGE_BYTES`.
+            for (key, value) in [
+                ("max-request-bytes", g.max_request_bytes),
+                ("max-response-bytes", g.max_response_bytes),
+            ] {
+                if value > crate::router::MAX_INTERNAL_MESSAGE_BYTES - INTERNAL_ENVELOPE_BYTES {
+                    return Err(Error::Invalid(format!(
+                        "gateway.{key} {value} is above {}, the most the internal calls carry",
+                        crate::router::MAX_INTERNAL_MESSAGE_BYTES - INTERNAL_ENVELOPE_BYTES
+                    )));
+                }
             }
             if g.listen == g.metrics_listen {
                 return Err(Error::Invalid(
@@ -455,12 +524,16 @@ impl Config {
             if p.passivation_timeout_ms == 0
                 || p.backup_interval_ms == 0
                 || p.max_active_entities == 0
+                || p.max_commands_per_entity == 0
             {
                 return Err(Error::Invalid(
-                    "processor.passivation-timeout-ms, backup-interval-ms and max-active-entities must be positive"
+                    "processor.passivation-timeout-ms, backup-interval-ms, max-active-entities and max-commands-per-entity must be positive"
                         .into(),
                 ));
             }
+            p.admission
+                .validate("processor.admission")
+                .map_err(Error::Invalid)?;
             if p.crdt_heartbeat_interval_ms == 0
                 || p.crdt_write_timeout_ms == 0
                 || p.crdt_heartbeat_timeout_ms <= p.crdt_heartbeat_interval_ms

@@ -19,6 +19,7 @@
 //!   (liveness) and `/readyz` (readiness: only after discovery and recovery).
 
 pub mod admin_server;
+pub mod admission;
 pub mod config;
 pub mod inspect;
 pub mod method_index;

@@ -9,6 +9,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 /// side effects).
 pub const ROUTER_RETRIES: &str = "statehouse_router_retries_total";
 
+/// Gauge: the concurrency limit adaptive admission learned (label `role`: gateway | processor;
+/// `crate::admission`).
+pub const ADMISSION_LIMIT: &str = "statehouse_admission_limit";
+/// Counter: calls refused by adaptive admission (RESOURCE_EXHAUSTED, HTTP 429) (label `role`).
+pub const ADMISSION_REFUSED: &str = "statehouse_admission_refused_total";
+
 /// The reasons of [`ROUTER_RETRIES`].
 const RETRY_REASONS: [&str; 4] = ["no-owner", "no-processor", "unreachable", "not-owner"];
 
@@ -62,4 +68,12 @@ pub fn describe() {
     for reason in RETRY_REASONS {
         metrics::counter!(ROUTER_RETRIES, "reason" => reason).increment(0);
     }
+    metrics::describe_gauge!(
+        ADMISSION_LIMIT,
+        "Concurrent calls adaptive admission admits, learned from latency, by role."
+    );
+    metrics::describe_counter!(
+        ADMISSION_REFUSED,
+        "Calls refused by adaptive admission (RESOURCE_EXHAUSTED, HTTP 429), by role."
+    );
 }

@@ -149,6 +149,11 @@ impl Error {
     }
 }
 
+/// The largest message of an internal call (gateway → processor, processor → processor), both
+/// ways: the processors' port decodes at most this, the router's channels too. The gateway's
+/// client limits stay below it (`gateway.max-request-bytes`, `max-response-bytes`).
+pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Tuning of a [`Router`].
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -170,7 +175,7 @@ impl Default for Options {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
             max_channels: 1024,
-            max_reply_bytes: 16 * 1024 * 1024,
+            max_reply_bytes: MAX_INTERNAL_MESSAGE_BYTES,
             connect_timeout: Duration::from_secs(2),
         }
     }

@@ -158,20 +158,32 @@ impl Table {
         self.version
     }
 
-    /// The first binding that matches, with its path variables.
+    /// The first binding that matches, with its path variables (an error if one is not UTF-8
+    /// once percent-decoded).
     pub(crate) fn find(
         &self,
         method: &Method,
         path: &str,
-    ) -> Option<(&Binding, Vec<(String, String)>)> {
+    ) -> Option<(&Binding, PathVariables)> {
         self.bindings.iter().find_map(|binding| {
             if binding.method.as_ref().is_some_and(|m| m != method) {
                 return None;
             }
-            binding.template.matches(path).map(|vars| (binding, vars))
+            binding.template.matches(path).map(|vars| {
+                let vars = vars.map_err(|raw| {
+                    Error::MalformedRequest(format!(
+                        "the path segment {raw:?} is not UTF-8 once percent-decoded (path values such as entity ids must be UTF-8)"
+                    ))
+                });
+                (binding, vars)
+            })
         })
     }
 }
+
+/// The path variables of a matched binding, by field path — or why they cannot be used (a
+/// value that is not UTF-8 once percent-decoded).
+pub(crate) type PathVariables = Result<Vec<(String, String)>, Error>;
 
 /// A cached [`Table`], rebuilt when the routes change.
 #[derive(Debug, Default)]
@@ -233,7 +245,7 @@ pub(crate) fn request_message(
     {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = form_decode(key);
+            let key = form_decode(key)?;
             let field = resolve_path(input, &key).map_err(Error::MalformedRequest)?;
             if let BodyRule::Field(body_field) = &binding.body
                 && key.split('.').next() == Some(body_field.name())
@@ -242,7 +254,7 @@ pub(crate) fn request_message(
                     "query parameter {key:?} sets a field of the body"
                 )));
             }
-            set_path(&mut root, input, &key, &field, &form_decode(value))?;
+            set_path(&mut root, input, &key, &field, &form_decode(value)?)?;
         }
     }
     for (path, value) in variables {
@@ -328,11 +340,17 @@ fn print_field(
     }
 }
 
-/// `application/x-www-form-urlencoded` decoding of a query key or value.
-fn form_decode(s: &str) -> String {
+/// `application/x-www-form-urlencoded` decoding of a query key or value; never lossy (two
+/// different raw values must not become the same one).
+fn form_decode(s: &str) -> Result<String, Error> {
     percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| {
+            Error::MalformedRequest(format!(
+                "the query parameter {s:?} is not UTF-8 once percent-decoded"
+            ))
+        })
 }
 
 /// The field a dotted path (proto or JSON names) names in `message`; every step but the last

@@ -101,8 +101,10 @@ impl Template {
     }
 
     /// Matches a request path (without the query); on success, the variables' values by field
-    /// path, in template order.
-    pub(crate) fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+    /// path, in template order — or, when a value is not UTF-8 once percent-decoded, the raw
+    /// path part it came from (never decoded lossily: `%FF` and `%FE` would both become U+FFFD,
+    /// and two different raw ids the same entity).
+    pub(crate) fn matches(&self, path: &str) -> Option<Result<Vec<(String, String)>, String>> {
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
@@ -116,7 +118,7 @@ impl Template {
             match segment {
                 Segment::Literal(literal) => {
                     let part = parts.get(next)?;
-                    if *part != literal && decode(part, true) != *literal {
+                    if *part != literal && decode(part, true).as_deref() != Ok(literal.as_str()) {
                         return None;
                     }
                     ranges.push(next..next + 1);
@@ -146,24 +148,34 @@ impl Template {
             let single = to - from == 1
                 && variable.end - variable.start == 1
                 && self.segments[variable.start] != Segment::Rest;
-            let value = parts[from..to]
-                .iter()
-                .map(|part| decode(part, single))
-                .collect::<Vec<_>>()
-                .join("/");
+            let mut decoded = Vec::with_capacity(to - from);
+            for part in &parts[from..to] {
+                match decode(part, single) {
+                    Ok(part) => decoded.push(part),
+                    Err(()) => return Some(Err((*part).to_string())),
+                }
+            }
+            let value = decoded.join("/");
             if value.is_empty() {
                 return None;
             }
             values.push((variable.field_path.clone(), value));
         }
-        Some(values)
+        Some(Ok(values))
     }
 }
 
 /// Percent-decodes a path part; `%2F` stays encoded unless `slash` (single-segment values).
-fn decode(part: &str, slash: bool) -> String {
+/// `Err` when the bytes are not UTF-8.
+fn decode(part: &str, slash: bool) -> Result<String, ()> {
+    let utf8 = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| ())
+    };
     if slash {
-        return percent_decode_str(part).decode_utf8_lossy().into_owned();
+        return utf8(part);
     }
     part.split_inclusive("%2F")
         .flat_map(|piece| piece.split_inclusive("%2f"))
@@ -175,7 +187,7 @@ fn decode(part: &str, slash: bool) -> String {
             } else {
                 (piece, "")
             };
-            format!("{}{kept}", percent_decode_str(body).decode_utf8_lossy())
+            Ok(format!("{}{kept}", utf8(body)?))
         })
         .collect()
 }
@@ -284,7 +296,10 @@ mod tests {
     use super::*;
 
     fn vars(template: &str, path: &str) -> Option<Vec<(String, String)>> {
-        Template::parse(template).unwrap().matches(path)
+        Template::parse(template)
+            .unwrap()
+            .matches(path)
+            .map(|values| values.expect("UTF-8 values"))
     }
 
     fn pairs(items: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
@@ -340,6 +355,20 @@ mod tests {
             pairs(&[("id", "a/b")]),
             "single-segment values decode everything"
         );
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_refused_not_decoded_lossily() {
+        let t = Template::parse("/carts/{user_id}").unwrap();
+        assert_eq!(t.matches("/carts/%FF%FE"), Some(Err("%FF%FE".to_string())));
+        assert_eq!(t.matches("/carts/%FE%FF"), Some(Err("%FE%FF".to_string())));
+        assert_eq!(
+            t.matches("/carts/%C3%A9"),
+            Some(Ok(vec![("user_id".to_string(), "é".to_string())])),
+            "UTF-8 percent-encoded is fine"
+        );
+        let rest = Template::parse("/files/{path=**}").unwrap();
+        assert_eq!(rest.matches("/files/a/%C0"), Some(Err("%C0".to_string())));
     }
 
     #[test]

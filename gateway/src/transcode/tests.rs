@@ -50,7 +50,7 @@ fn request(table: &Table, method: Method, uri: &str, body: &str) -> Result<(Stri
         method: method.to_string(),
         path: path.into(),
     })?;
-    let message = request_message(binding, vars, query, body.as_bytes())?;
+    let message = request_message(binding, vars?, query, body.as_bytes())?;
     Ok((binding.route.method.path.clone(), message))
 }
 

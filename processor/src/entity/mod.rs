@@ -52,7 +52,8 @@ use crate::{Error, effects, metrics as m};
 
 pub(crate) use window::Window;
 
-/// Bound of one entity's mailbox.
+/// Bound of the channels around one entity stream (cancels, messages to the user function);
+/// the mailbox itself is bounded by `processor.max-commands-per-entity`.
 pub(crate) const MAILBOX: usize = 256;
 /// Elements of one streamed call waiting for its client; a client that falls further behind
 /// loses its call.
@@ -113,6 +114,8 @@ pub(crate) struct Stamp<'a> {
     pub(crate) service: &'a str,
     pub(crate) writer: &'a avro::Writer,
     pub(crate) timestamp_ms: i64,
+    /// `kafka.max-record-bytes`: a command whose record would be larger fails alone.
+    pub(crate) max_record_bytes: usize,
     command_id: &'a (dyn Fn() -> String + Sync),
 }
 
@@ -127,8 +130,15 @@ impl<'a> Stamp<'a> {
             service,
             writer,
             timestamp_ms,
+            max_record_bytes: statehouse_kafka::DEFAULT_MAX_RECORD_BYTES,
             command_id,
         }
+    }
+
+    /// The record limit (`kafka.max-record-bytes`) commands are checked against.
+    pub(crate) fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
     }
 
     /// A new id for the records of this command.
@@ -440,8 +450,8 @@ impl<K: Kind> Home<K> {
                 Err(mpsc::error::TrySendError::Full((_, caller))) => {
                     return Err((
                         Error::Overloaded(format!(
-                            "entity {} has {MAILBOX} commands waiting; slow down",
-                            entity.id
+                            "entity {} has {} commands waiting, the limit (processor.max-commands-per-entity); slow down",
+                            entity.id, self.env.mailbox
                         )),
                         caller,
                     ));
@@ -460,7 +470,7 @@ impl<K: Kind> Home<K> {
                 envelope.1,
             ));
         }
-        let (commands, rx) = mpsc::channel(MAILBOX);
+        let (commands, rx) = mpsc::channel(self.env.mailbox);
         commands.try_send(envelope).expect("a new mailbox has room");
         let inputs = Arc::new(Inbox::new());
         let inputs_rx = Arc::clone(&inputs);
@@ -837,7 +847,8 @@ impl<K: Kind> Entity<K> {
             K::writer(&home.ctx),
             now_ms(),
             &next_id,
-        );
+        )
+        .with_max_record_bytes(home.env.kafka.max_record_bytes);
         let turn = Turn {
             window: &self.window,
             stamp: &stamp,

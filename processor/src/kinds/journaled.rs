@@ -10,6 +10,8 @@
 //! command ──▶ in flight ──answer──▶ Step::Done (no writes) ──▶ Answer, End (after the writes before it)
 //!                          │        Step::Done (writes) ─────▶ Write ──committed──▶ Answer (remembered), End
 //!                          │                                         └─failed────▶ Fail (and every later one), Drop
+//!                          │        Step::Done (a record above kafka.max-record-bytes)
+//!                          │            = Step::Restart (INVALID_ARGUMENT naming the limit)
 //!                          │        Step::Restart ───────────▶ Answer, Drop (after the writes before it)
 //!                          └──────▶ Step::Crash ─────────────▶ Crash
 //! ```
@@ -390,7 +392,36 @@ pub(crate) fn message<K: Journaled>(
     };
     let mut step = machine.answer(entity, &in_flight, out, turn.window, turn.stamp);
     add_output(entity, &in_flight, &mut step, turn.stamp);
+    refuse_oversized(entity, &mut step, turn.stamp.max_record_bytes);
     machine.pipeline().step(in_flight, step)
+}
+
+/// A command whose record would exceed `kafka.max-record-bytes` fails alone, before anything
+/// is appended: Kafka would refuse the record inside the partition's transaction and abort
+/// the other commands sharing it, and a retry can never succeed. The answer is
+/// INVALID_ARGUMENT naming the limit; the stream restarts after the writes before it, since
+/// the user function already applied the change it was refused.
+fn refuse_oversized(entity: &EntityRef, step: &mut Step, max_record_bytes: usize) {
+    let Step::Done { writes, .. } = &*step else {
+        return;
+    };
+    let Some(bytes) = writes
+        .iter()
+        .map(Written::record_bound)
+        .find(|&bytes| bytes > max_record_bytes)
+    else {
+        return;
+    };
+    let description = format!(
+        "the command's record for entity {} would be about {bytes} bytes, above the record limit kafka.max-record-bytes ({max_record_bytes} bytes); nothing was written",
+        entity.id
+    );
+    warn!(entity = %entity.key, bytes, limit = max_record_bytes, "command refused: its record is too large");
+    metrics::counter!(crate::metrics::RECORDS_REFUSED).increment(1);
+    *step = Step::Restart(Reply::Failure {
+        description,
+        code: tonic::Code::InvalidArgument,
+    });
 }
 
 /// The [`Kind`] items every journaled kind shares (a [`Journaled`] kind's context, writes,

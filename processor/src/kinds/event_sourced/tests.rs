@@ -643,3 +643,85 @@ fn the_pipeline_is_bounded() {
     );
     assert!(machine.accepts());
 }
+
+/// Feed the machine the answer `out` to command `id` under a record limit of `limit` bytes.
+fn run_limited(
+    machine: &mut EventSourced,
+    e: &EntityRef,
+    id: i64,
+    out: EventSourcedStreamOut,
+    limit: usize,
+) -> Vec<crate::entity::Action<EventSourced>> {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    machine.command(e, id, &command(&m, "u1", None), false);
+    let w = writer();
+    let window = Window::default();
+    let stamp = stamp(&w).with_max_record_bytes(limit);
+    let turn = crate::entity::Turn {
+        window: &window,
+        stamp: &stamp,
+    };
+    machine.message(e, out, &turn)
+}
+
+fn big_event(id: i64, bytes: usize) -> EventSourcedStreamOut {
+    let mut out = reply(id, Some(message_reply(b"ok")), 1);
+    if let Some(event_sourced_stream_out::Message::Reply(r)) = &mut out.message {
+        r.events[0].value = vec![0; bytes];
+    }
+    out
+}
+
+/// A command whose event exceeds `kafka.max-record-bytes` fails alone with INVALID_ARGUMENT
+/// naming the limit: nothing of it is written, the commands before it commit and are answered
+/// first, and the stream restarts (the user function applied the refused event).
+#[test]
+fn an_event_above_the_record_limit_fails_its_command_alone() {
+    let m = method("AddItem", protocol::EVENT_SOURCED, "cart");
+    let e = entity(&m, "u1");
+    let limit = 4_096;
+
+    // Alone: refused at once, nothing written.
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    let actions = run_limited(&mut machine, &e, 1, big_event(1, limit), limit);
+    assert_eq!(short(&actions), ["A1", "D"]);
+    let refused = actions.iter().find_map(|a| match a {
+        crate::entity::Action::Answer {
+            then: Some(Then::Reply(Reply::Failure { description, code })),
+            ..
+        } => Some((description.clone(), *code)),
+        _ => None,
+    });
+    let (description, code) = refused.expect("a failure answer");
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(
+        description.contains("kafka.max-record-bytes") && description.contains("4096"),
+        "{description}"
+    );
+
+    // Behind a group that commits: that group is answered first, then the refusal.
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    assert_eq!(
+        short(&run_limited(&mut machine, &e, 1, reply(1, None, 1), limit)),
+        ["W1:1"]
+    );
+    assert!(run_limited(&mut machine, &e, 2, big_event(2, 2 * limit), limit).is_empty());
+    assert!(!machine.accepts(), "nothing runs after the refused command");
+    assert_eq!(
+        short(&machine.written(&e, 1, Ok(None))),
+        ["A1+", "E1", "A2", "D"]
+    );
+
+    // Just under the limit (with room for the record's framing): written.
+    let (mut machine, _) = EventSourced::start(&e, Loaded::default());
+    assert_eq!(
+        short(&run_limited(
+            &mut machine,
+            &e,
+            1,
+            big_event(1, limit - 1_500),
+            limit
+        )),
+        ["W1:1"]
+    );
+}
