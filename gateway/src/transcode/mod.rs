@@ -160,11 +160,7 @@ impl Table {
 
     /// The first binding that matches, with its path variables (an error if one is not UTF-8
     /// once percent-decoded).
-    pub(crate) fn find(
-        &self,
-        method: &Method,
-        path: &str,
-    ) -> Option<(&Binding, PathVariables)> {
+    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<(&Binding, PathVariables)> {
         self.bindings.iter().find_map(|binding| {
             if binding.method.as_ref().is_some_and(|m| m != method) {
                 return None;

@@ -131,7 +131,7 @@ Args: (list base override). Returns JSON. */}}
 {{- $items := list -}}
 {{- $seenNames := dict -}}
 {{- $seenResources := dict -}}
-{{- $processorKeys := list "partitions" "passivationTimeoutMs" "strictProtocolVersion" "backupIntervalMs" "maxActiveEntities" "crdtHeartbeatIntervalMs" "crdtHeartbeatTimeoutMs" "crdtWriteTimeoutMs" "crdtPruneAfterMs" -}}
+{{- $processorKeys := list "partitions" "passivationTimeoutMs" "strictProtocolVersion" "backupIntervalMs" "maxActiveEntities" "maxCommandsPerEntity" "crdtHeartbeatIntervalMs" "crdtHeartbeatTimeoutMs" "crdtWriteTimeoutMs" "crdtPruneAfterMs" -}}
 {{- $projectorKeys := list "batchSize" "batchLingerMs" "pollIntervalMs" -}}
 {{- range $i, $entry := .Values.services -}}
 {{- $svc := include "statehouse.merge" (list $root.Values.serviceDefaults $entry) | fromJson -}}
@@ -284,6 +284,7 @@ crdt-retention-ms = {{ include "statehouse.tomlInt" $k.crdtRetentionMs }}
 transaction-timeout-ms = {{ include "statehouse.tomlInt" $k.transactionTimeoutMs }}
 session-timeout-ms = {{ include "statehouse.tomlInt" $k.sessionTimeoutMs }}
 request-timeout-ms = {{ include "statehouse.tomlInt" $k.requestTimeoutMs }}
+max-record-bytes = {{ include "statehouse.tomlInt" $k.maxRecordBytes }}
 
 [kafka.writer]
 linger-ms = {{ include "statehouse.tomlInt" $k.writer.lingerMs }}
@@ -338,7 +339,16 @@ worker-threads = {{ include "statehouse.tomlInt" .Values.config.runtime.workerTh
 listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.client) }}
 metrics-listen = {{ include "statehouse.listen" (list . .Values.gateway.ports.metrics) }}
 default-timeout-ms = {{ include "statehouse.tomlInt" .Values.config.gateway.defaultTimeoutMs }}
+max-timeout-ms = {{ include "statehouse.tomlInt" .Values.config.gateway.maxTimeoutMs }}
 max-request-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxRequestBytes }}
+max-response-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxResponseBytes }}
+max-entity-id-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxEntityIdBytes }}
+max-metadata-entries = {{ include "statehouse.tomlInt" .Values.config.gateway.maxMetadataEntries }}
+max-metadata-bytes = {{ include "statehouse.tomlInt" .Values.config.gateway.maxMetadataBytes }}
+max-concurrent-streams = {{ include "statehouse.tomlInt" .Values.config.gateway.maxConcurrentStreams }}
+
+[gateway.admission]
+{{ include "statehouse.toml.admission" .Values.config.gateway.admission }}
 
 [gateway.console]
 enabled = {{ .Values.config.gateway.console.enabled }}
@@ -371,11 +381,26 @@ passivation-timeout-ms = {{ include "statehouse.tomlInt" $s.passivationTimeoutMs
 strict-protocol-version = {{ $s.strictProtocolVersion }}
 backup-interval-ms = {{ include "statehouse.tomlInt" $s.backupIntervalMs }}
 max-active-entities = {{ include "statehouse.tomlInt" $s.maxActiveEntities }}
+max-commands-per-entity = {{ include "statehouse.tomlInt" $s.maxCommandsPerEntity }}
 crdt-heartbeat-interval-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatIntervalMs }}
 crdt-heartbeat-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatTimeoutMs }}
 crdt-write-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtWriteTimeoutMs }}
 crdt-prune-after-ms = {{ include "statehouse.tomlInt" $s.crdtPruneAfterMs }}
+
+[processor.admission]
+{{ include "statehouse.toml.admission" $root.Values.config.processor.admission }}
 {{ end -}}
+
+{{/* The keys of an [*.admission] section. Arg: its values. */}}
+{{- define "statehouse.toml.admission" -}}
+enabled = {{ .enabled }}
+initial-limit = {{ include "statehouse.tomlInt" .initialLimit }}
+min-limit = {{ include "statehouse.tomlInt" .minLimit }}
+max-limit = {{ include "statehouse.tomlInt" .maxLimit }}
+tolerance = {{ printf "%.6f" (float64 .tolerance) }}
+window = {{ include "statehouse.tomlInt" .window }}
+retry-after-ms = {{ include "statehouse.tomlInt" .retryAfterMs }}
+{{- end -}}
 
 {{/* statehouse.toml of one service's projectors. Args: (list $root $svc). */}}
 {{- define "statehouse.toml.projector" -}}
