@@ -10,6 +10,9 @@
 //! 5. `GET /` → 200 once a service is routable, else 503 (readiness for the Cloudstate TCK and
 //!    plain HTTP probes);
 //! 6. 404.
+//!
+//! With `[gateway.auth]` on, every user method and reflection are checked on the request head
+//! before the body is read (`crate::auth`, `docs/security.md`); health and `GET /` stay open.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -35,6 +38,7 @@ use tonic::body::Body;
 use tonic::codegen::Service as _;
 use tracing::Instrument as _;
 
+use crate::auth::{self, Auth, Principal};
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
 use crate::transcode::{self, Binding};
@@ -49,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) max_request_bytes: usize,
     pub(crate) default_timeout: Duration,
+    /// `None`: authentication off.
+    auth: Option<Auth>,
     transcoder: transcode::Cache,
     health: health::Health,
     health_server: health::Server<health::Health>,
@@ -81,6 +87,7 @@ impl Gateway {
             addr: options.listen,
             source,
         })?;
+        let auth = Auth::start(&options.auth, shutdown.clone()).await?;
         let registry = router.registry().clone();
         let health = health::Health {
             registry: registry.clone(),
@@ -89,6 +96,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             max_request_bytes: options.max_request_bytes,
             default_timeout: Duration::from_millis(options.default_timeout_ms),
+            auth,
             transcoder: transcode::Cache::default(),
             health_server: health::Server::new(health.clone()),
             health,
@@ -169,6 +177,39 @@ async fn handle(
     })
 }
 
+impl Shared {
+    /// Who is calling `service`/`method`, or why the call is refused (always the anonymous
+    /// principal with authentication off).
+    pub(crate) async fn authorize(
+        &self,
+        service: &str,
+        method: &str,
+        headers: &HeaderMap,
+    ) -> Result<Principal, Error> {
+        match &self.auth {
+            None => Ok(Principal::default()),
+            Some(auth) => auth.check(service, method, headers).await,
+        }
+    }
+}
+
+/// The response headers of a refused call: the bearer challenge (`www-authenticate`).
+pub(crate) fn refusal_headers(error: &Error) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(challenge) = auth::challenge(error) {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    headers
+}
+
+/// The HTTP answer to a failed call: its status and text (plus the bearer challenge of a
+/// refusal).
+pub(crate) fn http_error(error: &Error) -> Response<Body> {
+    let mut response = text(error.http_status(), &error.http_message());
+    response.headers_mut().extend(refusal_headers(error));
+    response
+}
+
 async fn grpc_call(
     shared: &Shared,
     request: Request<Incoming>,
@@ -177,17 +218,35 @@ async fn grpc_call(
     let path = request.uri().path().to_string();
     let route = shared.router.registry().routes().method(&path).cloned();
     if let Some(route) = route {
+        let started = std::time::Instant::now();
+        let principal = match shared
+            .authorize(&route.method.service, &route.method.name, request.headers())
+            .await
+        {
+            Ok(principal) => principal,
+            Err(e) => {
+                record_code(protocol.label(), &route.method, code_of(&e), started);
+                let headers = refusal_headers(&e);
+                return grpc::respond(protocol, Err(e.into()), headers);
+            }
+        };
         if route.method.is_unary() {
-            return unary_grpc(shared, route, request, protocol).await;
+            return unary_grpc(shared, route, request, protocol, principal).await;
         }
-        return streaming::grpc(shared, route, request, protocol).await;
+        return streaming::grpc(shared, route, request, protocol, principal).await;
     }
     if protocol == Protocol::Grpc {
-        let service = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        let mut names = path.trim_start_matches('/').split('/');
+        let service = names.next().unwrap_or_default();
+        let method = names.next().unwrap_or_default();
+        if matches!(
+            service,
+            reflection::v1::SERVICE | reflection::v1alpha::SERVICE
+        ) && let Err(e) = shared.authorize(service, method, request.headers()).await
+        {
+            let headers = refusal_headers(&e);
+            return grpc::respond(protocol, Err(e.into()), headers);
+        }
         let served = match service {
             reflection::v1::SERVICE => Some(shared.reflection_v1.clone().call(request).await),
             reflection::v1alpha::SERVICE => {
@@ -218,6 +277,7 @@ async fn unary_grpc(
     route: Route,
     request: Request<Incoming>,
     protocol: Protocol,
+    principal: Principal,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
@@ -225,7 +285,7 @@ async fn unary_grpc(
     let span = span::call(label, &route.method, &parts.headers);
     let outcome = async {
         let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
-        call(shared, &route, &parts.headers, payload).await
+        call(shared, &route, &parts.headers, &principal, payload).await
     }
     .instrument(span.clone())
     .await;
@@ -257,6 +317,7 @@ async fn call(
     shared: &Shared,
     route: &Route,
     headers: &HeaderMap,
+    principal: &Principal,
     payload: Bytes,
 ) -> Result<Option<Reply>, Error> {
     let entity_id = route.method.entity_id(&payload)?;
@@ -267,7 +328,7 @@ async fn call(
             &route.method,
             &entity_id,
             payload,
-            metadata::from_headers(headers),
+            metadata::from_headers(headers, principal),
             metadata::idempotency_key(headers),
             deadline,
         )
@@ -341,16 +402,27 @@ async fn json_call(
     variables: Vec<(String, String)>,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    if binding.route.method.server_streaming {
-        return streaming::json(shared, binding, variables, request).await;
-    }
     let started = std::time::Instant::now();
+    let method = &binding.route.method;
+    let principal = match shared
+        .authorize(&method.service, &method.name, request.headers())
+        .await
+    {
+        Ok(principal) => principal,
+        Err(e) => {
+            record_code("http", method, code_of(&e), started);
+            return http_error(&e);
+        }
+    };
+    if binding.route.method.server_streaming {
+        return streaming::json(shared, binding, variables, request, principal).await;
+    }
     let (parts, body) = request.into_parts();
     let span = span::call("http", &binding.route.method, &parts.headers);
     let outcome = async {
         let body = json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
-        match call(shared, &binding.route, &parts.headers, payload).await? {
+        match call(shared, &binding.route, &parts.headers, &principal, payload).await? {
             Some(reply) => {
                 let (content_type, body) = transcode::response_body(&binding, &reply.payload)?;
                 Ok(Some((
@@ -382,7 +454,7 @@ async fn json_call(
         }
         Err(e) => {
             tracing::debug!(method = %binding.route.method.path, error = %e, "HTTP call failed");
-            text(e.http_status(), &e.http_message())
+            http_error(&e)
         }
     }
 }
