@@ -235,7 +235,7 @@ async fn journal_of(stack: &Stack, user: &str) -> Vec<u64> {
     .unwrap()
     .into_iter()
     .filter_map(|m| {
-        let key = String::from_utf8(m.key?).ok()?;
+        let key = String::from_utf8(m.key?.to_vec()).ok()?;
         let (e, seq) = parse_journal_key(&key).ok()?;
         (e == entity).then_some(seq)
     })
