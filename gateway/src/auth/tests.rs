@@ -745,3 +745,106 @@ fn an_https_jwks_url_needs_a_usable_ca_bundle() {
     assert!(fetch::Fetcher::new("http://issuer.test/jwks", &empty).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A TLS JWKS endpoint on 127.0.0.1 with a certificate for `localhost` issued by a test CA;
+/// its address and the CA's PEM.
+async fn tls_jwks_server(document: Vec<u8>) -> (std::net::SocketAddr, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, document) = (acceptor.clone(), document.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the CA gives up in the handshake.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request: http::Request<_>| {
+                    let body = document.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca.pem())
+}
+
+#[tokio::test]
+async fn an_https_jwks_url_is_fetched_with_the_configured_cas_only() {
+    let ed = Signer::ed();
+    let document = jwks(&[(&ed, "tls")]);
+    let (addr, ca_pem) = tls_jwks_server(document.clone()).await;
+    let dir = std::env::temp_dir().join(format!("statehouse-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let url = format!("https://localhost:{}/jwks.json", addr.port());
+
+    let fetched = fetch::Fetcher::new(&url, &ca_file)
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(fetched, document);
+    let from_url = AuthOptions {
+        jwks_file: None,
+        jwks_url: Some(url.clone()),
+        ca_file: ca_file.clone(),
+        ..options()
+    };
+    let shutdown = CancellationToken::new();
+    let auth = Auth::start(&from_url, shutdown.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    live_check(&auth, &ed.token("tls", &live_claims()))
+        .await
+        .unwrap();
+
+    // Another CA: the handshake fails, nothing is fetched.
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other =
+        rcgen::CertifiedIssuer::self_signed(other, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let other_file = dir.join("other.pem");
+    std::fs::write(&other_file, other.pem()).unwrap();
+    let err = fetch::Fetcher::new(&url, &other_file)
+        .unwrap()
+        .get()
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("TLS"), "{err}");
+    shutdown.cancel();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
