@@ -10,7 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use statehouse_schemas::cloudstate::{Metadata, MetadataEntry, metadata_entry};
 use tokio::time::Instant;
 
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::grpc;
 
 /// The header that carries a client's idempotency key.
@@ -55,7 +55,7 @@ pub(crate) fn from_headers(headers: &HeaderMap, principal: &Principal) -> Metada
         let key = name.as_str();
         if SKIPPED.contains(&key)
             || key.starts_with(':')
-            || key.starts_with(auth::METADATA_PREFIX)
+            || statehouse_core::metadata::is_jwt_entry(key)
             || (principal.drop_authorization && name == http::header::AUTHORIZATION)
         {
             continue;

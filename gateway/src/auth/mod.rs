@@ -38,15 +38,10 @@ use crate::Error;
 pub use jwt::Refusal;
 pub(crate) use keys::Keys;
 
-/// Prefix of every metadata entry the gateway derives from a verified token; client headers
-/// with it are dropped.
-pub const METADATA_PREFIX: &str = "statehouse-jwt-";
-/// Metadata entry: the token's `sub`.
-pub const SUBJECT: &str = "statehouse-jwt-subject";
-/// Metadata entry: the token's `iss`.
-pub const ISSUER: &str = "statehouse-jwt-issuer";
-/// Prefix of the metadata entries of the token's claims: `statehouse-jwt-claim-<name>`.
-pub const CLAIM_PREFIX: &str = "statehouse-jwt-claim-";
+pub use statehouse_core::metadata::{
+    JWT_CLAIM_PREFIX as CLAIM_PREFIX, JWT_ISSUER as ISSUER, JWT_PREFIX as METADATA_PREFIX,
+    JWT_SUBJECT as SUBJECT,
+};
 /// Longest claim value passed as metadata, bytes (longer ones are left out).
 const MAX_CLAIM_VALUE: usize = 4096;
 
