@@ -12,7 +12,10 @@
 //!   saw a refused command;
 //! * a valid token's claims reach the user function as `statehouse-jwt-*` metadata, a client's
 //!   spoofed `statehouse-jwt-*` header and the `authorization` header do not;
-//! * no token appears in any log of the gateway or the processor (logged at debug).
+//! * no token appears in any log of the gateway or the processor (logged at debug);
+//! * the streamed shapes (client, server, bidirectional streaming over gRPC; a server stream
+//!   over HTTP/JSON and gRPC-Web) of the Go TCK's actions are checked before the stream opens:
+//!   a refused one never reaches the user function, an accepted one carries the claims.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -495,6 +498,182 @@ async fn the_gateway_authenticates_and_refused_calls_leave_no_trace() {
                 "a token's signature is in the {name} log"
             );
         }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A TCK action request: one group replying `message`.
+fn tck_request(message: &str) -> statehouse_e2e::proto::tck::action::Request {
+    use statehouse_e2e::proto::tck::action::{self as a, process_step};
+    a::Request {
+        groups: vec![a::ProcessGroup {
+            steps: vec![a::ProcessStep {
+                step: Some(process_step::Step::Reply(a::Reply {
+                    message: message.into(),
+                })),
+            }],
+        }],
+    }
+}
+
+/// The streamed shapes (client, server, bidirectional) of the Go TCK's actions over gRPC, and a
+/// server stream over HTTP/JSON and gRPC-Web: refused calls get their codes and never reach the
+/// user function; an accepted one carries the claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_calls_are_checked_before_they_open() {
+    use statehouse_e2e::proto::tck::action::action_tck_model_client::ActionTckModelClient;
+    use statehouse_schemas::cloudstate::action::ActionCommand;
+
+    let keys = Keys::new();
+    let dir = std::env::temp_dir().join(format!("statehouse-e2e-auth-s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, keys.jwks()).unwrap();
+    let interceptor: Arc<Mutex<Option<Arc<Interceptor>>>> = Arc::default();
+    let slot = Arc::clone(&interceptor);
+    let mut options = Options::new(Kind::GoTck);
+    options.service = "tck".into();
+    options.user_function_port = Some(PortMap(Arc::new(move |port| {
+        let started = Arc::new(Interceptor::start(([127, 0, 0, 1], port).into()));
+        let port = started.port();
+        *slot.lock().unwrap() = Some(started);
+        port
+    })));
+    options.common_sets = vec![
+        "gateway.auth.enabled=true".into(),
+        format!("gateway.auth.jwks-file=\"{}\"", jwks.display()),
+        format!("gateway.auth.issuers=[\"{ISSUER}\"]"),
+        format!("gateway.auth.audiences=[\"{AUDIENCE}\"]"),
+        "gateway.auth.rules=[{method=\"cloudstate.tck.model.action.ActionTckModel/ProcessStreamed\", access=\"claim\", claim=\"role\", any-of=[\"admin\"]}]".into(),
+    ];
+    let mut stack = Stack::start(options);
+    stack.wait_ready(0, Duration::from_secs(120));
+    let interceptor = interceptor
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the interceptor");
+    let channel = Channel::from_shared(format!("http://{}", stack.gateway_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ActionTckModelClient::new(channel);
+    let action_calls = || {
+        interceptor
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.starts_with("/cloudstate.action.ActionProtocol/"))
+            .count()
+    };
+    let user = keys.ed_token("ed1", &claims(&[]));
+    let expired = keys.ed_token("ed1", &claims(&[("exp", json!(now() - 3600))]));
+
+    // Refused: client streaming, server streaming, bidirectional — no token, a bad one, and a
+    // valid one on a method whose rule it does not meet.
+    for token in [None, Some(expired.as_str())] {
+        let status = client
+            .process_streamed_in(authorized(
+                tokio_stream::iter(vec![tck_request("in")]),
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = client
+            .process_streamed_out(authorized(tck_request("out"), token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = client
+            .process_streamed(authorized(
+                tokio_stream::iter(vec![tck_request("duplex")]),
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let status = client
+        .process_streamed(authorized(
+            tokio_stream::iter(vec![tck_request("duplex")]),
+            Some(&user),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let body = r#"{"groups": [{"steps": [{"reply": {"message": "a"}}]}]}"#;
+    let path = "/cloudstate.tck.model.action.ActionTckModel/ProcessStreamedOut";
+    let answer = http_call(&stack, "POST", path.into(), None, Some(body)).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let answer = http_call(
+        &stack,
+        "POST",
+        path.into(),
+        Some(expired.clone()),
+        Some(body),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let mut web = tck_request("web").encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(web.len() as u32).to_be_bytes());
+    framed.append(&mut web);
+    let addr = stack.gateway_addr.clone();
+    let web_answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/grpc-web+proto\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            framed.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&framed).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        String::from_utf8_lossy(&raw).to_ascii_lowercase()
+    })
+    .await
+    .unwrap();
+    assert!(web_answer.contains("grpc-status: 16"), "{web_answer}");
+    assert_eq!(
+        action_calls(),
+        0,
+        "a refused call reached the user function"
+    );
+
+    // Accepted: a server stream with a valid token; the action gets the claims.
+    let mut stream = client
+        .process_streamed_out(authorized(tck_request("ok"), Some(&user)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().message, "ok");
+    let call = interceptor
+        .wait_for(Duration::from_secs(10), |c| {
+            c.path == "/cloudstate.action.ActionProtocol/handleStreamedOut"
+        })
+        .await
+        .expect("the accepted call reached the user function");
+    let command = ActionCommand::decode(call.requests[0].clone()).unwrap();
+    let entries = command.metadata.unwrap().entries;
+    assert!(
+        entries.iter().any(|e| e.key == "statehouse-jwt-subject"
+            && e.value == Some(metadata_entry::Value::StringValue("ada".into()))),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().all(|e| e.key != "authorization"),
+        "{entries:?}"
+    );
+    for (name, log) in [
+        ("gateway", stack.gateway.log()),
+        ("processor", stack.pods[0].processor.log()),
+    ] {
+        assert!(
+            !log.contains(&user) && !log.contains(&expired),
+            "a token is in the {name} log"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
