@@ -5,8 +5,11 @@
 //! * [`topics`] — the names of a service's topics, transactional ids and consumer groups.
 //! * [`ids`] — validated service names and entity ids, and journal record keys.
 //! * [`semconv`] — tracing span and field names, one place for all crates.
+//! * [`metadata`] — the names of the metadata entries Statehouse sets on commands (verified
+//!   JWT claims).
 
 pub mod ids;
+pub mod metadata;
 pub mod partitioner;
 pub mod semconv;
 pub mod topics;

@@ -134,6 +134,21 @@ pub enum Error {
         description: String,
     },
 
+    /// No valid bearer token on a method that needs a caller (`docs/security.md`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(crate::auth::Refusal),
+
+    /// The access rules refuse this caller this method (`docs/security.md`, "Access rules").
+    #[error("permission denied for {method}")]
+    PermissionDenied {
+        /// `pkg.Service/Method`.
+        method: String,
+    },
+
+    /// `[gateway.auth]` cannot start (its keys cannot be loaded).
+    #[error("gateway.auth: {0}")]
+    AuthSetup(String),
+
     /// A reply that does not decode as the method's output type (HTTP/JSON only: gRPC
     /// replies are passed through untouched).
     #[error("the reply is not a valid {message}: {reason}")]
@@ -164,10 +179,13 @@ impl Error {
             | Error::UnsupportedMediaType(_)
             | Error::EntityKey(_) => StatusCode::BAD_REQUEST,
             Error::Body(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             Error::Failure { code, .. } => http_status_of(*code),
-            Error::Bind { .. } | Error::Console(_) | Error::BadReply { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Bind { .. }
+            | Error::Console(_)
+            | Error::AuthSetup(_)
+            | Error::BadReply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Kafka(_) | Error::Feed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Route(e) => http_status_of(route_code(e)),
         }
@@ -253,7 +271,9 @@ pub fn http_status_of(code: Code) -> StatusCode {
 pub(crate) fn code_of(error: &Error) -> Code {
     match error {
         // Not a call; never sent, but mapped on purpose all the same.
-        Error::Bind { .. } | Error::Console(_) => Code::Internal,
+        Error::Bind { .. } | Error::Console(_) | Error::AuthSetup(_) => Code::Internal,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied { .. } => Code::PermissionDenied,
         Error::Kafka(_) | Error::Feed(_) => Code::Unavailable,
         // gRPC's own answer for a method the server does not have.
         Error::UnknownMethod { .. } | Error::NoRoute { .. } => Code::Unimplemented,
@@ -337,6 +357,22 @@ mod tests {
             "Malformed request: bad JSON"
         );
         assert_eq!(http_status_of(Code::NotFound), StatusCode::NOT_FOUND);
+
+        let unauthenticated = Error::Unauthenticated(crate::auth::Refusal::Expired);
+        assert_eq!(unauthenticated.http_status(), StatusCode::UNAUTHORIZED);
+        let status = Status::from(unauthenticated);
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::Unauthenticated,
+                "unauthenticated: the token has expired"
+            )
+        );
+        let denied = Error::PermissionDenied {
+            method: "cart.Cart/Remove".into(),
+        };
+        assert_eq!(denied.http_status(), StatusCode::FORBIDDEN);
+        assert_eq!(Status::from(denied).code(), Code::PermissionDenied);
         assert_eq!(
             http_status_of(Code::InvalidArgument),
             StatusCode::BAD_REQUEST

@@ -19,6 +19,7 @@
 //! Request messages are never re-encoded on the gRPC path: the frame's bytes go to the
 //! processor, and the reply's bytes come back as they are.
 
+mod auth;
 pub mod console;
 mod error;
 mod grpc;
@@ -38,6 +39,7 @@ use statehouse_runtime::router;
 use statehouse_runtime::{Health, admin_server};
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{CLAIM_PREFIX, ISSUER, METADATA_PREFIX, Refusal, SUBJECT};
 pub use error::{Error, http_status_of};
 pub use server::{DEDUPLICATED_HEADER, Gateway, POSITION_HEADER};
 

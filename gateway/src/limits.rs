@@ -26,6 +26,7 @@ use statehouse_runtime::config::GatewayOptions;
 use statehouse_schemas::cloudstate::{Metadata, metadata_entry};
 use tokio::time::Instant;
 
+use crate::auth::Principal;
 use crate::{Error, grpc, metadata};
 
 /// The per-call limits of a gateway, from `[gateway]`.
@@ -51,9 +52,14 @@ impl Limits {
         }
     }
 
-    /// The request's headers as the command's metadata, within the metadata limits.
-    pub(crate) fn metadata(&self, headers: &HeaderMap) -> Result<Metadata, Error> {
-        let metadata = metadata::from_headers(headers);
+    /// The request's headers (and the caller's verified claims) as the command's metadata,
+    /// within the metadata limits.
+    pub(crate) fn metadata(
+        &self,
+        headers: &HeaderMap,
+        principal: &Principal,
+    ) -> Result<Metadata, Error> {
+        let metadata = metadata::from_headers(headers, principal);
         let entries = metadata.entries.len();
         if entries > self.max_metadata_entries {
             return Err(Error::OverLimit {
@@ -170,7 +176,8 @@ mod tests {
         for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
             headers.insert(k, HeaderValue::from_static(v));
         }
-        assert_eq!(l.metadata(&headers).unwrap().entries.len(), 3);
+        let anonymous = Principal::default();
+        assert_eq!(l.metadata(&headers, &anonymous).unwrap().entries.len(), 3);
         headers.insert("d", HeaderValue::from_static("4"));
         let err = l.metadata(&headers).unwrap_err();
         assert!(

@@ -8,6 +8,8 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use statehouse_schemas::cloudstate::{Metadata, MetadataEntry, metadata_entry};
 
+use crate::auth::Principal;
+
 /// The header that carries a client's idempotency key.
 pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -39,12 +41,20 @@ const RESERVED_REPLY: &[&str] = &[
 ];
 
 /// Request headers as string metadata entries (binary `-bin` headers as bytes entries), in
-/// the order received; pseudo and hop-by-hop headers are left out.
-pub(crate) fn from_headers(headers: &HeaderMap) -> Metadata {
-    let mut entries = Vec::with_capacity(headers.len());
+/// the order received, then the caller's verified claims (`docs/security.md`, "Claims as
+/// metadata"). Left out: pseudo and hop-by-hop headers, every client header starting with
+/// `statehouse-jwt-` (only the gateway sets those, from a verified token), and
+/// `authorization` when authentication is on and `gateway.auth.forward-authorization` is off.
+pub(crate) fn from_headers(headers: &HeaderMap, principal: &Principal) -> Metadata {
+    let claims = principal.metadata();
+    let mut entries = Vec::with_capacity(headers.len() + claims.len());
     for (name, value) in headers {
         let key = name.as_str();
-        if SKIPPED.contains(&key) || key.starts_with(':') {
+        if SKIPPED.contains(&key)
+            || key.starts_with(':')
+            || statehouse_core::metadata::is_jwt_entry(key)
+            || (principal.drop_authorization && name == http::header::AUTHORIZATION)
+        {
             continue;
         }
         let value = if key.ends_with("-bin") {
@@ -69,6 +79,7 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> Metadata {
             value: Some(value),
         });
     }
+    entries.extend(claims);
     Metadata { entries }
 }
 
@@ -121,7 +132,7 @@ mod tests {
         headers.insert("content-length", HeaderValue::from_static("12"));
         headers.insert("trace-bin", HeaderValue::from_static("AQI="));
         headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("k-1"));
-        let metadata = from_headers(&headers);
+        let metadata = from_headers(&headers, &Principal::default());
         let keys: Vec<_> = metadata.entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["x-user", "trace-bin", IDEMPOTENCY_KEY]);
         assert_eq!(

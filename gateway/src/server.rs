@@ -10,6 +10,9 @@
 //! 5. `GET /` → 200 once a service is routable, else 503 (readiness for the Cloudstate TCK and
 //!    plain HTTP probes);
 //! 6. 404.
+//!
+//! With `[gateway.auth]` on, every user method and reflection are checked on the request head
+//! before the body is read (`crate::auth`, `docs/security.md`); health and `GET /` stay open.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -35,6 +38,7 @@ use tonic::body::Body;
 use tonic::codegen::Service as _;
 use tracing::Instrument as _;
 
+use crate::auth::{self, Auth, Principal};
 use crate::error::code_of;
 use crate::grpc::{self, Protocol};
 use crate::limits::Limits;
@@ -54,6 +58,8 @@ pub(crate) struct Shared {
     /// Adaptive admission of unary calls (`statehouse_runtime::admission`).
     admission: Limiter,
     max_concurrent_streams: u32,
+    /// `None`: authentication off.
+    auth: Option<Auth>,
     transcoder: transcode::Cache,
     health: health::Health,
     health_server: health::Server<health::Health>,
@@ -86,6 +92,7 @@ impl Gateway {
             addr: options.listen,
             source,
         })?;
+        let auth = Auth::start(&options.auth, shutdown.clone()).await?;
         let registry = router.registry().clone();
         let health = health::Health {
             registry: registry.clone(),
@@ -96,6 +103,7 @@ impl Gateway {
             limits: Limits::new(options),
             admission: Limiter::new(options.admission.clone(), "gateway"),
             max_concurrent_streams: options.max_concurrent_streams,
+            auth,
             transcoder: transcode::Cache::default(),
             health_server: health::Server::new(health.clone()),
             health,
@@ -179,6 +187,39 @@ async fn handle(
     })
 }
 
+impl Shared {
+    /// Who is calling `service`/`method`, or why the call is refused (always the anonymous
+    /// principal with authentication off).
+    pub(crate) async fn authorize(
+        &self,
+        service: &str,
+        method: &str,
+        headers: &HeaderMap,
+    ) -> Result<Principal, Error> {
+        match &self.auth {
+            None => Ok(Principal::default()),
+            Some(auth) => auth.check(service, method, headers).await,
+        }
+    }
+}
+
+/// The response headers of a refused call: the bearer challenge (`www-authenticate`).
+pub(crate) fn refusal_headers(error: &Error) -> HeaderMap {
+    let mut headers = retry_headers(error);
+    if let Some(challenge) = auth::challenge(error) {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    headers
+}
+
+/// The HTTP answer to a failed call: its status and text (plus the bearer challenge of a
+/// refusal).
+pub(crate) fn http_error(error: &Error) -> Response<Body> {
+    let mut response = text(error.http_status(), &error.http_message());
+    response.headers_mut().extend(refusal_headers(error));
+    response
+}
+
 async fn grpc_call(
     shared: &Shared,
     request: Request<Incoming>,
@@ -187,17 +228,35 @@ async fn grpc_call(
     let path = request.uri().path().to_string();
     let route = shared.router.registry().routes().method(&path).cloned();
     if let Some(route) = route {
+        let started = std::time::Instant::now();
+        let principal = match shared
+            .authorize(&route.method.service, &route.method.name, request.headers())
+            .await
+        {
+            Ok(principal) => principal,
+            Err(e) => {
+                record_code(protocol.label(), &route.method, code_of(&e), started);
+                let headers = refusal_headers(&e);
+                return grpc::respond(protocol, Err(e.into()), headers);
+            }
+        };
         if route.method.is_unary() {
-            return unary_grpc(shared, route, request, protocol).await;
+            return unary_grpc(shared, route, request, protocol, principal).await;
         }
-        return streaming::grpc(shared, route, request, protocol).await;
+        return streaming::grpc(shared, route, request, protocol, principal).await;
     }
     if protocol == Protocol::Grpc {
-        let service = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        let mut names = path.trim_start_matches('/').split('/');
+        let service = names.next().unwrap_or_default();
+        let method = names.next().unwrap_or_default();
+        if matches!(
+            service,
+            reflection::v1::SERVICE | reflection::v1alpha::SERVICE
+        ) && let Err(e) = shared.authorize(service, method, request.headers()).await
+        {
+            let headers = refusal_headers(&e);
+            return grpc::respond(protocol, Err(e.into()), headers);
+        }
         let served = match service {
             reflection::v1::SERVICE => Some(shared.reflection_v1.clone().call(request).await),
             reflection::v1alpha::SERVICE => {
@@ -228,6 +287,7 @@ async fn unary_grpc(
     route: Route,
     request: Request<Incoming>,
     protocol: Protocol,
+    principal: Principal,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
@@ -237,7 +297,7 @@ async fn unary_grpc(
         let mut permit = shared.admission.try_acquire().map_err(Error::Overloaded)?;
         let payload = grpc::read_message(body, protocol, shared.max_request_bytes).await?;
         permit.start();
-        let outcome = call(shared, &route, &parts.headers, payload).await;
+        let outcome = call(shared, &route, &parts.headers, &principal, payload).await;
         permit.end(admission_outcome(&outcome));
         outcome
     }
@@ -253,7 +313,7 @@ async fn unary_grpc(
         Ok(None) => grpc::respond(protocol, Ok(None), HeaderMap::new()),
         Err(e) => {
             tracing::debug!(method = %route.method.path, error = %e, "call failed");
-            let headers = retry_headers(&e);
+            let headers = refusal_headers(&e);
             grpc::respond(protocol, Err(e.into()), headers)
         }
     }
@@ -272,11 +332,12 @@ async fn call(
     shared: &Shared,
     route: &Route,
     headers: &HeaderMap,
+    principal: &Principal,
     payload: Bytes,
 ) -> Result<Option<Reply>, Error> {
     let entity_id = route.method.entity_id(&payload)?;
     shared.limits.entity_id(&entity_id)?;
-    let metadata = shared.limits.metadata(headers)?;
+    let metadata = shared.limits.metadata(headers, principal)?;
     let deadline = shared.limits.deadline(headers);
     let response = shared
         .router
@@ -359,10 +420,21 @@ async fn json_call(
     variables: transcode::PathVariables,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    if binding.route.method.server_streaming {
-        return streaming::json(shared, binding, variables, request).await;
-    }
     let started = std::time::Instant::now();
+    let method = &binding.route.method;
+    let principal = match shared
+        .authorize(&method.service, &method.name, request.headers())
+        .await
+    {
+        Ok(principal) => principal,
+        Err(e) => {
+            record_code("http", method, code_of(&e), started);
+            return http_error(&e);
+        }
+    };
+    if binding.route.method.server_streaming {
+        return streaming::json(shared, binding, variables, request, principal).await;
+    }
     let (parts, body) = request.into_parts();
     let span = span::call("http", &binding.route.method, &parts.headers);
     let outcome = async {
@@ -371,7 +443,7 @@ async fn json_call(
         let body = json_body(shared, &binding, &parts.headers, body).await?;
         let payload = transcode::request_message(&binding, variables, parts.uri.query(), &body)?;
         permit.start();
-        let called = call(shared, &binding.route, &parts.headers, payload).await;
+        let called = call(shared, &binding.route, &parts.headers, &principal, payload).await;
         permit.end(admission_outcome(&called));
         match called? {
             Some(reply) => {
@@ -405,9 +477,7 @@ async fn json_call(
         }
         Err(e) => {
             tracing::debug!(method = %binding.route.method.path, error = %e, "HTTP call failed");
-            let mut response = text(e.http_status(), &e.http_message());
-            response.headers_mut().extend(retry_headers(&e));
-            response
+            http_error(&e)
         }
     }
 }

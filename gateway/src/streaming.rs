@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 
+use crate::auth::Principal;
 use crate::error::code_of;
 use crate::grpc::{self, FrameDecoder, Protocol};
 use crate::server::{Shared, record_code, text};
@@ -58,6 +59,7 @@ pub(crate) async fn grpc(
     route: Route,
     request: Request<Incoming>,
     protocol: Protocol,
+    principal: Principal,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
@@ -111,6 +113,7 @@ pub(crate) async fn grpc(
                 protocol.label(),
                 &route,
                 &parts.headers,
+                &principal,
                 first.unwrap_or_default(),
                 rest,
             )
@@ -140,6 +143,7 @@ pub(crate) async fn json(
     binding: Binding,
     variables: transcode::PathVariables,
     request: Request<Incoming>,
+    principal: Principal,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
@@ -157,6 +161,7 @@ pub(crate) async fn json(
             "http",
             &binding.route,
             &parts.headers,
+            &principal,
             payload,
             no_rest,
         )
@@ -255,6 +260,7 @@ async fn open(
     protocol: &'static str,
     route: &Route,
     headers: &HeaderMap,
+    principal: &Principal,
     payload: Bytes,
     rest: mpsc::Receiver<HandleRequest>,
 ) -> Result<(tonic::Streaming<HandleResponse>, Instant), Error> {
@@ -264,7 +270,7 @@ async fn open(
         route.method.entity_id(&payload)?
     };
     shared.limits.entity_id(&entity_id)?;
-    let metadata = shared.limits.metadata(headers)?;
+    let metadata = shared.limits.metadata(headers, principal)?;
     // A streamed call without a client deadline runs until either side ends it (a
     // subscription); the default timeout bounds only finding a processor that accepts it.
     let deadline = shared

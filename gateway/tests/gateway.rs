@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use statehouse_gateway::Gateway;
-use statehouse_runtime::config::GatewayOptions;
+use statehouse_runtime::config::{Access, AccessRule, AuthOptions, GatewayOptions};
 use statehouse_runtime::router::{self, Registry, Router};
 use statehouse_schemas::avro::{
     Entity, Processor as ProcessorRecord, RoutingRecord, ServiceRecord,
@@ -211,7 +211,16 @@ fn route(partition: u32, endpoint: &str, epoch: i64) -> RoutingRecord {
 }
 
 async fn start_gateway(registry: &Registry, shutdown: &CancellationToken) -> SocketAddr {
+    start_gateway_with(registry, shutdown, AuthOptions::default()).await
+}
+
+async fn start_gateway_with(
+    registry: &Registry,
+    shutdown: &CancellationToken,
+    auth: AuthOptions,
+) -> SocketAddr {
     let options = GatewayOptions {
+        auth,
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         default_timeout_ms: 10_000,
@@ -642,4 +651,243 @@ async fn crdt_commands_fall_back_to_any_processor_when_the_owner_is_unreachable(
     assert_eq!(seen[0].partition, -1, "run by a replica, not as the owner");
     assert_eq!(seen[0].entity_id, "u1");
     shutdown.cancel();
+}
+
+/// A token signed with `key` (EdDSA, kid `k1`) carrying `claims`.
+fn token(key: &ring::signature::Ed25519KeyPair, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = serde_json::json!({"alg": "EdDSA", "kid": "k1", "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", b64(signature.as_ref()))
+}
+
+#[tokio::test]
+async fn with_auth_on_refused_calls_never_reach_a_processor_on_any_protocol() {
+    use base64::Engine as _;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+    let shutdown = CancellationToken::new();
+    let (processor, endpoint) = start_processor(Mode::Serve, &shutdown).await;
+    let registry = Registry::new();
+    registry.apply_service(cart_record(&[&endpoint])).unwrap();
+    registry.set_partition_count(SERVICE, 4);
+    for partition in 0..4 {
+        registry.apply_routing(route(partition, &endpoint, 1));
+    }
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+    let dir = std::env::temp_dir().join(format!("statehouse-gw-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": x}]})
+            .to_string(),
+    )
+    .unwrap();
+    let auth = AuthOptions {
+        enabled: true,
+        jwks_file: Some(jwks),
+        issuers: vec!["https://issuer.test".into()],
+        audiences: vec!["shop".into()],
+        rules: vec![
+            AccessRule {
+                method: "com.example.shoppingcart.ShoppingCart/GetCart".into(),
+                access: Access::Anonymous,
+                claim: None,
+                any_of: vec![],
+            },
+            AccessRule {
+                method: "com.example.shoppingcart.ShoppingCart/RemoveItem".into(),
+                access: Access::Claim,
+                claim: Some("role".into()),
+                any_of: vec!["admin".into()],
+            },
+        ],
+        ..AuthOptions::default()
+    };
+    let addr = start_gateway_with(&registry, &shutdown, auth).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |exp: u64| {
+        serde_json::json!({"iss": "https://issuer.test", "aud": "shop", "sub": "ada",
+                           "exp": exp, "role": "user", "tenant": "t1"})
+    };
+    let good = token(&key, &claims(now + 300));
+    let expired = token(&key, &claims(now - 3600));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let mut client = cart_client(addr).await;
+    let add = || AddLineItem {
+        user_id: "u1".into(),
+        product_id: "p".into(),
+        name: "n".into(),
+        quantity: 1,
+    };
+    let with_token = |t: Option<&str>| {
+        let mut request = Request::new(add());
+        if let Some(t) = t {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer(t).parse().unwrap());
+        }
+        request
+            .metadata_mut()
+            .insert("statehouse-jwt-subject", "root".parse().unwrap());
+        request
+    };
+
+    // gRPC.
+    let status = client.add_item(with_token(None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "unauthenticated: a bearer token is required"
+    );
+    let status = client
+        .add_item(with_token(Some(&expired)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        status.metadata().get("www-authenticate").unwrap(),
+        "Bearer error=\"invalid_token\""
+    );
+    let mut remove = Request::new(RemoveLineItem {
+        user_id: "u1".into(),
+        product_id: "p".into(),
+    });
+    remove
+        .metadata_mut()
+        .insert("authorization", bearer(&good).parse().unwrap());
+    let status = client.remove_item(remove).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        processor.requests().is_empty(),
+        "nothing reached the processor"
+    );
+
+    // gRPC-Web (trailers-only answer) and HTTP/JSON.
+    let message = frame(&add().encode_to_vec());
+    let (status, head, _) = http(
+        addr,
+        "POST",
+        ADD_ITEM,
+        &[("Content-Type", "application/grpc-web+proto")],
+        &message,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(head.contains("grpc-status: 16"), "{head}");
+    let json = ("Content-Type", "application/json");
+    let body = br#"{"productId":"p","name":"n","quantity":1}"#;
+    let (status, head, text_body) = http(addr, "POST", "/cart/u1/items/add", &[json], body).await;
+    assert_eq!(status, 401);
+    assert!(
+        head.lines()
+            .any(|l| l.trim_end() == "www-authenticate: bearer"),
+        "{head}"
+    );
+    assert_eq!(
+        text(text_body),
+        "unauthenticated: a bearer token is required"
+    );
+    let mut forged = good.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let forged_header = bearer(&forged);
+    let (status, head, _) = http(
+        addr,
+        "POST",
+        "/cart/u1/items/add",
+        &[json, ("Authorization", &forged_header)],
+        body,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("www-authenticate: bearer error=\"invalid_token\""),
+        "{head}"
+    );
+    let good_header = bearer(&good);
+    let (status, head, _) = http(
+        addr,
+        "POST",
+        "/cart/u1/items/p/remove",
+        &[("Authorization", &good_header)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(head.contains("insufficient_scope"), "{head}");
+    assert!(
+        processor.requests().is_empty(),
+        "nothing reached the processor"
+    );
+
+    // Anonymous access, health and readiness stay open; reflection needs a caller.
+    let (status, _, _) = http(addr, "GET", "/carts/u1", &[], b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(processor.requests().len(), 1);
+    assert_eq!(http(addr, "GET", "/", &[], b"").await.0, 200);
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
+    let question = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([question()]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut request = Request::new(futures::stream::iter([question()]));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(&good).parse().unwrap());
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+
+    // A valid token: the call goes through with the claims as metadata, without the token or
+    // the client's spoofed claim header.
+    client.add_item(with_token(Some(&good))).await.unwrap();
+    let seen = processor.requests().pop().unwrap();
+    let entries = seen.metadata.unwrap().entries;
+    let value = |key: &str| {
+        entries
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| e.value.clone())
+            .collect::<Vec<_>>()
+    };
+    let string = |s: &str| vec![Some(metadata_entry::Value::StringValue(s.into()))];
+    assert_eq!(value("statehouse-jwt-subject"), string("ada"));
+    assert_eq!(value("statehouse-jwt-claim-role"), string("user"));
+    assert_eq!(value("statehouse-jwt-claim-tenant"), string("t1"));
+    assert!(value("authorization").is_empty(), "{entries:?}");
+
+    shutdown.cancel();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -90,16 +90,22 @@ pub(crate) fn recover(partition: u32) -> Span {
     span
 }
 
-/// The metadata an entity command carries to the user function: its call's `traceparent`
-/// when traces are on, otherwise none (entities get no metadata: the reference proxy sends
-/// none and the TCK compares the messages exactly).
+/// The metadata an entity command carries to the user function: the caller's verified claims
+/// (`statehouse-jwt-*`, set by the gateway with `[gateway.auth]` on; `docs/security.md`) and
+/// its call's `traceparent` when traces are on, otherwise none (entities get no request
+/// metadata: the reference proxy sends none and the TCK compares the messages exactly).
 pub(crate) fn entity_metadata(command: &Command) -> Option<cs::Metadata> {
-    command
-        .call_traceparent
-        .as_ref()
-        .map(|traceparent| cs::Metadata {
-            entries: vec![entry(traceparent)],
-        })
+    let mut entries: Vec<cs::MetadataEntry> = command
+        .metadata
+        .iter()
+        .flat_map(|m| &m.entries)
+        .filter(|e| statehouse_core::metadata::is_jwt_entry(&e.key))
+        .cloned()
+        .collect();
+    if let Some(traceparent) = &command.call_traceparent {
+        entries.push(entry(traceparent));
+    }
+    (!entries.is_empty()).then_some(cs::Metadata { entries })
 }
 
 /// An action's metadata: the request's, with `traceparent` replaced by its call's when traces
@@ -144,6 +150,27 @@ mod tests {
                 },
             ],
         });
+        assert_eq!(
+            entity_metadata(&command),
+            None,
+            "entities get no request metadata"
+        );
+        let claim = cs::MetadataEntry {
+            key: "statehouse-jwt-subject".into(),
+            value: Some(cs::metadata_entry::Value::StringValue("ada".into())),
+        };
+        let mut with_claim = command.clone();
+        with_claim
+            .metadata
+            .as_mut()
+            .unwrap()
+            .entries
+            .push(claim.clone());
+        assert_eq!(
+            entity_metadata(&with_claim).unwrap().entries,
+            [claim],
+            "but the gateway's verified claims"
+        );
         assert_eq!(
             action_metadata(&command),
             command.metadata.clone().unwrap(),

@@ -137,6 +137,8 @@ pub struct GatewayOptions {
     pub admission: crate::admission::Options,
     /// The web console on the metrics port (`/console`).
     pub console: ConsoleOptions,
+    /// Bearer-token authentication and per-method access rules (`docs/security.md`).
+    pub auth: AuthOptions,
 }
 
 /// `[gateway.console]`: the web console served on `gateway.metrics-listen`
@@ -181,9 +183,183 @@ impl Default for GatewayOptions {
             max_concurrent_streams: 256,
             admission: crate::admission::Options::default(),
             console: ConsoleOptions::default(),
+            auth: AuthOptions::default(),
         }
     }
 }
+
+// ---- [gateway.auth] (docs/security.md) -------------------------------------------------------
+
+/// `[gateway.auth]`: JWT bearer tokens checked at the gateway and per-method access rules
+/// (`docs/security.md`). Off by default: every call is let through as before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AuthOptions {
+    /// Check bearer tokens and apply `rules`; false = no authentication at all.
+    pub enabled: bool,
+    /// A JWKS file (e.g. a mounted ConfigMap or Secret); re-read when it changes.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`https://…`, or `http://` for a sidecar); fetched at start, every
+    /// `jwks-refresh-s`, and when a token names a key id the set lacks (at most once per
+    /// `jwks-min-refresh-s`).
+    pub jwks_url: Option<String>,
+    /// Periodic refresh of `jwks-url`, s.
+    pub jwks_refresh_s: u64,
+    /// Least time between two fetches of `jwks-url` caused by unknown key ids, s.
+    pub jwks_min_refresh_s: u64,
+    /// PEM bundle of the CAs trusted for an `https` `jwks-url`.
+    pub ca_file: PathBuf,
+    /// Accepted `iss` values (one must match exactly).
+    pub issuers: Vec<String>,
+    /// Accepted audiences: the token's `aud` must hold one of them.
+    pub audiences: Vec<String>,
+    /// Tolerated clock difference for `exp` and `nbf`, s.
+    pub clock_skew_s: u64,
+    /// Longest accepted token, bytes (longer ones are refused unread).
+    pub max_token_bytes: usize,
+    /// Also pass the client's `authorization` header to the user function (it is never
+    /// logged, and the gateway never writes metadata to Kafka).
+    pub forward_authorization: bool,
+    /// Access of a method no rule matches.
+    pub default_access: Access,
+    /// Access rules, first match wins.
+    pub rules: Vec<AccessRule>,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_s: 300,
+            jwks_min_refresh_s: 10,
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            clock_skew_s: 60,
+            max_token_bytes: 8 * 1024,
+            forward_authorization: false,
+            default_access: Access::Authenticated,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Anyone; a token, if sent, is still checked (a bad one is refused) and its claims passed.
+    Anonymous,
+    /// A caller with a valid token.
+    Authenticated,
+    /// A caller with a valid token whose `claim` holds one of `any-of`.
+    Claim,
+    /// Nobody.
+    Deny,
+}
+
+/// `[[gateway.auth.rules]]`: one access rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AccessRule {
+    /// The methods it covers: `pkg.Service/Method`, `pkg.Service/*`, or `*`.
+    pub method: String,
+    /// What it requires.
+    pub access: Access,
+    /// `access = "claim"`: the claim to look at (a top-level claim name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// `access = "claim"`: the claim must hold one of these (a string claim equal to one, or
+    /// holding it as a space-separated word like `scope`; an array claim with it as an element).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_of: Vec<String>,
+}
+
+impl AuthOptions {
+    /// Checks `[gateway.auth]`, naming the key at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Invalid(format!("gateway.auth.{m}")));
+        for (i, rule) in self.rules.iter().enumerate() {
+            let m = rule.method.as_str();
+            let well_formed = m == "*"
+                || m.split_once('/').is_some_and(|(service, method)| {
+                    !service.is_empty()
+                        && !service.contains('*')
+                        && !method.is_empty()
+                        && !method.contains('/')
+                        && (method == "*" || !method.contains('*'))
+                });
+            if !well_formed {
+                return bad(format!(
+                    "rules[{i}].method {m:?} must be \"pkg.Service/Method\", \"pkg.Service/*\" or \"*\""
+                ));
+            }
+            match (rule.access, &rule.claim) {
+                (Access::Claim, None) => {
+                    return bad(format!("rules[{i}]: access = \"claim\" needs claim"));
+                }
+                (Access::Claim, Some(claim)) if claim.is_empty() || rule.any_of.is_empty() => {
+                    return bad(format!(
+                        "rules[{i}]: access = \"claim\" needs a claim name and a non-empty any-of"
+                    ));
+                }
+                (Access::Claim, Some(_)) => {}
+                (_, Some(_)) => {
+                    return bad(format!("rules[{i}]: claim is only for access = \"claim\""));
+                }
+                (_, None) if !rule.any_of.is_empty() => {
+                    return bad(format!("rules[{i}]: any-of is only for access = \"claim\""));
+                }
+                (_, None) => {}
+            }
+        }
+        if self.default_access == Access::Claim {
+            return bad(
+                "default-access cannot be \"claim\" (write a rule with method = \"*\")".into(),
+            );
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (None, None) | (Some(_), Some(_)) => {
+                return bad("enabled needs exactly one of jwks-file and jwks-url".into());
+            }
+            (None, Some(url)) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                return bad(format!(
+                    "jwks-url {url:?} must be an https:// or http:// URL"
+                ));
+            }
+            _ => {}
+        }
+        if self.issuers.is_empty() || self.issuers.iter().any(String::is_empty) {
+            return bad("issuers must list the accepted token issuers".into());
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return bad("audiences must list the accepted audiences".into());
+        }
+        if self.jwks_refresh_s == 0 || self.jwks_min_refresh_s == 0 {
+            return bad("jwks-refresh-s and jwks-min-refresh-s must be positive".into());
+        }
+        if self.clock_skew_s > 600 {
+            return bad(format!(
+                "clock-skew-s {} must be at most 600",
+                self.clock_skew_s
+            ));
+        }
+        if !(256..=65_536).contains(&self.max_token_bytes) {
+            return bad(format!(
+                "max-token-bytes {} must be between 256 and 65536",
+                self.max_token_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of [gateway.auth] -------------------------------------------------------------------
 
 /// `[processor]`: the sidecar of one user function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,6 +648,9 @@ impl Config {
                 ));
             }
         }
+        if matches!(role, Role::Gateway | Role::Dev) {
+            self.gateway.auth.validate()?;
+        }
         if matches!(role, Role::Projector) {
             let p = &self.projector;
             let service = p.service.as_ref().ok_or_else(|| {
@@ -731,5 +910,76 @@ user-function-port = 8081
         .unwrap_err()
         .to_string();
         assert!(wrong_type.contains("partitions"), "{wrong_type}");
+    }
+
+    #[test]
+    fn gateway_auth_is_off_by_default_and_checked_when_on() {
+        let config = Config::default();
+        assert!(!config.gateway.auth.enabled);
+        config.validate(Role::Gateway).unwrap();
+
+        let load = |sets: &[&str]| {
+            Config::load_with_env(
+                &Sources {
+                    file: None,
+                    overrides: sets.iter().map(|s| s.to_string()).collect(),
+                },
+                Vec::new(),
+            )
+        };
+        let good = [
+            "gateway.auth.enabled=true",
+            "gateway.auth.jwks-file=\"/etc/statehouse/jwks.json\"",
+            "gateway.auth.issuers=[\"https://issuer\"]",
+            "gateway.auth.audiences=[\"shop\"]",
+            "gateway.auth.rules=[{method=\"shop.Cart/*\", access=\"claim\", claim=\"role\", any-of=[\"admin\"]}, {method=\"*\", access=\"anonymous\"}]",
+        ];
+        let config = load(&good).unwrap();
+        config.validate(Role::Gateway).unwrap();
+        assert_eq!(config.gateway.auth.rules.len(), 2);
+        assert_eq!(config.gateway.auth.rules[0].any_of, ["admin"]);
+        assert_eq!(config.gateway.auth.default_access, Access::Authenticated);
+
+        let refused = |extra: &str, key: &str| {
+            let mut sets = good.to_vec();
+            sets.push(extra);
+            let err = match load(&sets) {
+                Err(e) => e.to_string(),
+                Ok(config) => config.validate(Role::Gateway).unwrap_err().to_string(),
+            };
+            assert!(err.contains(key), "{extra}: {err}");
+        };
+        refused(
+            "gateway.auth.jwks-url=\"https://issuer/jwks\"",
+            "exactly one of jwks-file",
+        );
+        refused("gateway.auth.issuers=[]", "gateway.auth.issuers");
+        refused("gateway.auth.audiences=[]", "gateway.auth.audiences");
+        refused(
+            "gateway.auth.max-token-bytes=10",
+            "gateway.auth.max-token-bytes",
+        );
+        refused(
+            "gateway.auth.default-access=\"claim\"",
+            "gateway.auth.default-access",
+        );
+        refused("gateway.auth.default-access=\"maybe\"", "maybe");
+        refused("gateway.auth.unknown=1", "unknown");
+        refused(
+            "gateway.auth.rules=[{method=\"shop.*/Get\", access=\"deny\"}]",
+            "gateway.auth.rules[0].method",
+        );
+        refused(
+            "gateway.auth.rules=[{method=\"*\", access=\"claim\"}]",
+            "gateway.auth.rules[0]",
+        );
+        refused(
+            "gateway.auth.rules=[{method=\"*\", access=\"deny\", claim=\"role\"}]",
+            "claim is only for",
+        );
+        refused(
+            "gateway.auth.rules=[{method=\"*\", access=\"deny\", typo=1}]",
+            "typo",
+        );
     }
 }

@@ -96,15 +96,21 @@ impl Statehouse {
         for set in &self.sets {
             command.arg("--set").arg(set);
         }
-        command
-            .arg(&self.role)
-            .env(
+        command.arg(&self.role);
+        // `RUST_LOG` wins over `telemetry.log-filter`: a test that sets the filter gets it.
+        if self
+            .sets
+            .iter()
+            .any(|s| s.starts_with("telemetry.log-filter="))
+        {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env(
                 "RUST_LOG",
                 std::env::var("STATEHOUSE_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err);
+            );
+        }
+        command.stdin(Stdio::null()).stdout(log).stderr(err);
         self.child = Some(
             command
                 .spawn()

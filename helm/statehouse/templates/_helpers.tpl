@@ -355,7 +355,48 @@ enabled = {{ .Values.config.gateway.console.enabled }}
 {{- if .Values.config.gateway.console.adminTokenSecret }}
 admin-token-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.consoleTokenPath" .) .Values.config.gateway.console.adminTokenKey) }}
 {{- end }}
+{{ include "statehouse.toml.gatewayAuth" . }}
 {{ end -}}
+
+{{/* [gateway.auth] (docs/security.md): rendered in full only when enabled. */}}
+{{- define "statehouse.toml.gatewayAuth" -}}
+{{- $a := .Values.config.gateway.auth -}}
+[gateway.auth]
+enabled = {{ $a.enabled }}
+{{- if $a.enabled }}
+{{- if or $a.jwks.configMap $a.jwks.secret }}
+jwks-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.jwksPath" .) $a.jwks.key) }}
+{{- else if $a.jwks.url }}
+jwks-url = {{ include "statehouse.tomlStr" $a.jwks.url }}
+{{- end }}
+jwks-refresh-s = {{ include "statehouse.tomlInt" $a.jwks.refreshSeconds }}
+jwks-min-refresh-s = {{ include "statehouse.tomlInt" $a.jwks.minRefreshSeconds }}
+{{- if $a.jwks.caFile }}
+ca-file = {{ include "statehouse.tomlStr" $a.jwks.caFile }}
+{{- end }}
+issuers = [{{ range $i, $v := $a.issuers }}{{ if $i }}, {{ end }}{{ include "statehouse.tomlStr" $v }}{{ end }}]
+audiences = [{{ range $i, $v := $a.audiences }}{{ if $i }}, {{ end }}{{ include "statehouse.tomlStr" $v }}{{ end }}]
+clock-skew-s = {{ include "statehouse.tomlInt" $a.clockSkewSeconds }}
+max-token-bytes = {{ include "statehouse.tomlInt" $a.maxTokenBytes }}
+forward-authorization = {{ $a.forwardAuthorization }}
+default-access = {{ include "statehouse.tomlStr" $a.defaultAccess }}
+{{- range $rule := $a.rules }}
+
+[[gateway.auth.rules]]
+method = {{ include "statehouse.tomlStr" $rule.method }}
+access = {{ include "statehouse.tomlStr" $rule.access }}
+{{- if $rule.claim }}
+claim = {{ include "statehouse.tomlStr" $rule.claim }}
+{{- end }}
+{{- if $rule.anyOf }}
+any-of = [{{ range $i, $v := $rule.anyOf }}{{ if $i }}, {{ end }}{{ include "statehouse.tomlStr" $v }}{{ end }}]
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the JWKS ConfigMap or Secret is mounted in the gateway. */}}
+{{- define "statehouse.jwksPath" -}}/etc/statehouse/jwks{{- end -}}
 
 {{/* Where the console's admin token Secret is mounted in the gateway. */}}
 {{- define "statehouse.consoleTokenPath" -}}/etc/statehouse/console{{- end -}}

@@ -1216,8 +1216,9 @@ fn relay(
 }
 
 /// The protocol `Command` of an entity command: id `id` of the stream, the method name, the
-/// payload, and no metadata (entities get none: the reference proxy sends none, and the TCK
-/// compares the messages exactly) — except the call's `traceparent` when traces are on.
+/// payload, and no request metadata (entities get none: the reference proxy sends none, and the
+/// TCK compares the messages exactly) — except the caller's verified claims (`statehouse-jwt-*`,
+/// only with `[gateway.auth]` on) and the call's `traceparent` when traces are on.
 pub(crate) fn protocol_command(
     entity: &EntityRef,
     id: i64,
