@@ -179,7 +179,7 @@ mod tests {
         let anonymous = Principal::default();
         assert_eq!(l.metadata(&headers, &anonymous).unwrap().entries.len(), 3);
         headers.insert("d", HeaderValue::from_static("4"));
-        let err = l.metadata(&headers).unwrap_err();
+        let err = l.metadata(&headers, &anonymous).unwrap_err();
         assert!(
             err.to_string().contains("gateway.max-metadata-entries"),
             "{err}"
@@ -188,7 +188,7 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         headers.insert("x-big", HeaderValue::from_str(&"v".repeat(40)).unwrap());
-        let err = l.metadata(&headers).unwrap_err();
+        let err = l.metadata(&headers, &anonymous).unwrap_err();
         assert!(
             err.to_string().contains("gateway.max-metadata-bytes"),
             "{err}"
