@@ -58,8 +58,8 @@ fn metric(pod: &RelayPod, name: &str) -> f64 {
     http::metric_sum(&format!("127.0.0.1:{}", pod.metrics_port), name)
 }
 
-fn owned_partitions(pod: &RelayPod) -> f64 {
-    metric(pod, "statehouse_partitions_owned")
+fn serving_partitions(pod: &RelayPod) -> f64 {
+    metric(pod, "statehouse_partitions_serving")
 }
 
 fn retries(pod: &RelayPod) -> f64 {
@@ -134,7 +134,16 @@ async fn forwards_and_side_effects_reach_other_processors_and_services() {
     let partitions = stack.options.partitions;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let split = pods.iter().all(|p| owned_partitions(p) > 0.0);
+        // Each pod serves partitions and the routing table says so (a partition the group
+        // assigned is in the table only once its new owner took it over).
+        let split = pods.iter().all(|pod| {
+            serving_partitions(pod) > 0.0
+                && (0..partitions).any(|p| {
+                    registry
+                        .owner("relay", p)
+                        .is_some_and(|o| o.endpoint == pod.endpoint)
+                })
+        });
         let routed = (0..partitions).all(|p| {
             registry
                 .owner("relay", p)
