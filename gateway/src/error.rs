@@ -19,6 +19,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// `[gateway.tls]` or `[internal-tls]` cannot be set up (a file, a key, a name).
+    #[error("TLS: {0}")]
+    Tls(#[from] statehouse_runtime::tls::Error),
+
     /// The web console cannot start (its admin token file).
     #[error(transparent)]
     Console(#[from] crate::console::Error),
@@ -130,7 +134,7 @@ impl Error {
             | Error::EntityKey(_) => StatusCode::BAD_REQUEST,
             Error::Body(_) => StatusCode::BAD_REQUEST,
             Error::Failure { code, .. } => http_status_of(*code),
-            Error::Bind { .. } | Error::Console(_) | Error::BadReply { .. } => {
+            Error::Bind { .. } | Error::Tls(_) | Error::Console(_) | Error::BadReply { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Error::Kafka(_) | Error::Feed(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -190,7 +194,7 @@ pub fn http_status_of(code: Code) -> StatusCode {
 pub(crate) fn code_of(error: &Error) -> Code {
     match error {
         // Not a call; never sent, but mapped on purpose all the same.
-        Error::Bind { .. } | Error::Console(_) => Code::Internal,
+        Error::Bind { .. } | Error::Tls(_) | Error::Console(_) => Code::Internal,
         Error::Kafka(_) | Error::Feed(_) => Code::Unavailable,
         // gRPC's own answer for a method the server does not have.
         Error::UnknownMethod { .. } | Error::NoRoute { .. } => Code::Unimplemented,
