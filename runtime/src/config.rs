@@ -834,4 +834,77 @@ user-function-port = 8081
         .to_string();
         assert!(wrong_type.contains("partitions"), "{wrong_type}");
     }
+    #[test]
+    fn tls_is_off_by_default_and_checked_when_on() {
+        let load = |sets: &[&str]| {
+            Config::load_with_env(
+                &Sources {
+                    file: None,
+                    overrides: sets.iter().map(|s| s.to_string()).collect(),
+                },
+                Vec::new(),
+            )
+            .unwrap()
+        };
+        let plain = load(&[]);
+        assert!(!plain.gateway.tls.enabled() && !plain.internal_tls.enabled);
+        plain.validate(Role::Gateway).unwrap();
+        plain.validate(Role::Processor).unwrap();
+
+        let on = load(&[
+            "gateway.tls.cert-file=/tls/server.pem",
+            "gateway.tls.key-file=/tls/server.key",
+            "gateway.tls.client-ca-file=/tls/ca.pem",
+            "internal-tls.enabled=true",
+            "internal-tls.ca-file=/tls/ca.pem",
+            "internal-tls.cert-file=/tls/server.pem",
+            "internal-tls.key-file=/tls/server.key",
+            "internal-tls.allowed-peer-names=[\"statehouse.internal\"]",
+            "internal-tls.server-name=statehouse.internal",
+        ]);
+        assert!(on.gateway.tls.enabled() && on.gateway.tls.require_client_cert);
+        assert_eq!(on.gateway.tls.reload_interval_ms, TLS_RELOAD_INTERVAL_MS);
+        on.validate(Role::Gateway).unwrap();
+        on.validate(Role::Processor).unwrap();
+
+        let error = |sets: &[&str], role| load(sets).validate(role).unwrap_err().to_string();
+        let e = error(&["gateway.tls.cert-file=/c.pem"], Role::Gateway);
+        assert!(e.contains("gateway.tls.key-file"), "{e}");
+        let e = error(&["gateway.tls.client-ca-file=/ca.pem"], Role::Gateway);
+        assert!(e.contains("client-ca-file"), "{e}");
+        let e = error(&["internal-tls.enabled=true"], Role::Processor);
+        assert!(e.contains("internal-tls.ca-file"), "{e}");
+        let e = error(
+            &["internal-tls.enabled=true", "internal-tls.ca-file=/ca.pem"],
+            Role::Processor,
+        );
+        assert!(e.contains("internal-tls.cert-file"), "{e}");
+        let e = error(
+            &["internal-tls.enabled=true", "internal-tls.ca-file=/ca.pem"],
+            Role::Gateway,
+        );
+        assert!(e.contains("require-client-cert"), "{e}");
+        let e = error(
+            &[
+                "internal-tls.enabled=true",
+                "internal-tls.ca-file=/ca.pem",
+                "internal-tls.require-client-cert=false",
+                "internal-tls.allowed-peer-names=[\"not a name\"]",
+            ],
+            Role::Gateway,
+        );
+        assert!(e.contains("not a name"), "{e}");
+        let e = error(&["processor.advertise-address=https://p:9100"], Role::Processor);
+        assert!(e.contains("internal-tls.enabled is false"), "{e}");
+        let typo = Config::load_with_env(
+            &Sources {
+                file: None,
+                overrides: vec!["internal-tls.ca=/ca.pem".into()],
+            },
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("ca"), "{typo}");
+    }
 }
