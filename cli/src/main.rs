@@ -268,12 +268,30 @@ fn certs_dev(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
     let files = statehouse_runtime::tls::dev::mint(out, names)
         .with_context(|| format!("minting development certificates into {}", out.display()))?;
     let show = |p: &std::path::Path| p.display().to_string();
-    println!("Development certificates (do not use in production) for: {}", files.names.join(", "));
-    println!("  CA          {} (key {})", show(&files.ca_cert), show(&files.ca_key));
-    println!("  server      {} (key {}): server and client use", show(&files.server_cert), show(&files.server_key));
-    println!("  client      {} (key {}): client use", show(&files.client_cert), show(&files.client_key));
+    println!(
+        "Development certificates (do not use in production) for: {}",
+        files.names.join(", ")
+    );
+    println!(
+        "  CA          {} (key {})",
+        show(&files.ca_cert),
+        show(&files.ca_key)
+    );
+    println!(
+        "  server      {} (key {}): server and client use",
+        show(&files.server_cert),
+        show(&files.server_key)
+    );
+    println!(
+        "  client      {} (key {}): client use",
+        show(&files.client_cert),
+        show(&files.client_key)
+    );
     println!();
-    println!("TLS on the gateway's client port (clients trust {}):", show(&files.ca_cert));
+    println!(
+        "TLS on the gateway's client port (clients trust {}):",
+        show(&files.ca_cert)
+    );
     println!("  [gateway.tls]");
     println!("  cert-file = {:?}", show(&files.server_cert));
     println!("  key-file = {:?}", show(&files.server_key));
@@ -381,7 +399,9 @@ async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
         AdminCommand::Projections { service, command } => {
             projections::run(config, service.as_deref(), command).await
         }
-        AdminCommand::Certs { command: CertsCommand::Dev { out, names } } => certs_dev(out, names),
+        AdminCommand::Certs {
+            command: CertsCommand::Dev { out, names },
+        } => certs_dev(out, names),
         AdminCommand::Migrate => {
             let report = statehouse_store::migrations::run(&config.cassandra)
                 .await

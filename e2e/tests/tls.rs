@@ -73,12 +73,22 @@ fn client(ca: &Path, cert: Option<&Path>, alpn: &[u8]) -> Arc<ClientTls> {
     let key = cert.map(|dir| {
         Arc::new(ReloadingKey::read_once(&dir.join("client.pem"), &dir.join("client.key")).unwrap())
     });
-    Arc::new(ClientTls::new(read_roots("ca", &ca.join("ca.pem")).unwrap(), key, None, &[alpn]).unwrap())
+    Arc::new(
+        ClientTls::new(
+            read_roots("ca", &ca.join("ca.pem")).unwrap(),
+            key,
+            None,
+            &[alpn],
+        )
+        .unwrap(),
+    )
 }
 
 /// The same, expecting processors' name.
 fn internal_client(ca: &Path, cert: &Path) -> Arc<ClientTls> {
-    let key = Arc::new(ReloadingKey::read_once(&cert.join("client.pem"), &cert.join("client.key")).unwrap());
+    let key = Arc::new(
+        ReloadingKey::read_once(&cert.join("client.pem"), &cert.join("client.key")).unwrap(),
+    );
     Arc::new(
         ClientTls::new(
             read_roots("ca", &ca.join("ca.pem")).unwrap(),
@@ -93,10 +103,12 @@ fn internal_client(ca: &Path, cert: &Path) -> Arc<ClientTls> {
 /// Status and body of `GET /` over TLS (blocking: the harness's readiness probe).
 fn probe(addr: &str, tls: &ClientTls) -> Result<u16, String> {
     let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(
         tls.config(),
-        tls.server_name_for("127.0.0.1").map_err(|e| e.to_string())?,
+        tls.server_name_for("127.0.0.1")
+            .map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let mut stream = rustls::StreamOwned::new(conn, tcp);
@@ -144,7 +156,10 @@ async fn https(
     }
     let text = String::from_utf8_lossy(&answer).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -168,7 +183,9 @@ fn dechunk(mut rest: &str) -> String {
 /// The TLS handshake (and one round trip, where TLS 1.3 reports a refused client
 /// certificate) with `tls` at `addr`: the error that ended it, if any.
 async fn handshake(addr: &str, tls: &ClientTls, host: &str) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = tls.server_name_for(host).map_err(|e| e.to_string())?;
     let mut stream = tokio_rustls::TlsConnector::from(tls.config())
         .connect(name, tcp)
@@ -187,8 +204,11 @@ async fn handshake(addr: &str, tls: &ClientTls, host: &str) -> Result<(), String
 
 async fn cart_client(stack: &Stack, tls: &Arc<ClientTls>) -> ShoppingCartClient<Channel> {
     ShoppingCartClient::new(
-        tls.channel(&format!("https://{}", stack.gateway_addr), Duration::from_secs(5))
-            .unwrap(),
+        tls.channel(
+            &format!("https://{}", stack.gateway_addr),
+            Duration::from_secs(5),
+        )
+        .unwrap(),
     )
 }
 
@@ -293,9 +313,15 @@ async fn the_cart_is_served_over_tls_with_mtls_inside() {
     .await
     .unwrap();
     assert_eq!(added, (200, "{}".to_string()));
-    let got = https(&stack.gateway_addr, &json_tls, "GET", &format!("/carts/{SERVED}"), "")
-        .await
-        .unwrap();
+    let got = https(
+        &stack.gateway_addr,
+        &json_tls,
+        "GET",
+        &format!("/carts/{SERVED}"),
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         got,
         (
@@ -385,12 +411,17 @@ async fn the_cart_is_served_over_tls_with_mtls_inside() {
         .handle(command)
         .await
         .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unavailable, "{addr}: {status:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{addr}: {status:?}"
+        );
 
-        let plain = tokio::task::spawn_blocking(move || http::request(&addr, "GET", "/", &[], None))
-            .await
-            .unwrap()
-            .unwrap();
+        let plain =
+            tokio::task::spawn_blocking(move || http::request(&addr, "GET", "/", &[], None))
+                .await
+                .unwrap()
+                .unwrap();
         assert_eq!(
             (plain.status, plain.body.as_str()),
             (400, "this port requires TLS\n")

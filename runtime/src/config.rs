@@ -894,7 +894,10 @@ user-function-port = 8081
             Role::Gateway,
         );
         assert!(e.contains("not a name"), "{e}");
-        let e = error(&["processor.advertise-address=https://p:9100"], Role::Processor);
+        let e = error(
+            &["processor.advertise-address=https://p:9100"],
+            Role::Processor,
+        );
         assert!(e.contains("internal-tls.enabled is false"), "{e}");
         let typo = Config::load_with_env(
             &Sources {

@@ -84,11 +84,14 @@ impl ClientTls {
         uri: &str,
         connect_timeout: Duration,
     ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?
-            .connect_with_connector_lazy(Connector {
-                tls: Arc::clone(self),
-                connect_timeout,
-            }))
+        Ok(
+            tonic::transport::Endpoint::from_shared(uri.to_string())?.connect_with_connector_lazy(
+                Connector {
+                    tls: Arc::clone(self),
+                    connect_timeout,
+                },
+            ),
+        )
     }
 }
 
@@ -119,11 +122,9 @@ impl tower_service::Service<Uri> for Connector {
             let port = uri.port_u16().unwrap_or(443);
             let name = tls.server_name_for(&host)?;
             let connect = async {
-                let tcp = TcpStream::connect((
-                    host.trim_start_matches('[').trim_end_matches(']'),
-                    port,
-                ))
-                .await?;
+                let tcp =
+                    TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+                        .await?;
                 tcp.set_nodelay(true)?;
                 TlsConnector::from(tls.config()).connect(name, tcp).await
             };

@@ -70,18 +70,19 @@ pub fn mint(dir: &Path, names: &[String]) -> Result<DevFiles, Error> {
     let ca_pem_key = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(rc)?;
 
-    let leaf = |cn: &str, usages: Vec<ExtendedKeyUsagePurpose>| -> Result<(String, String), Error> {
-        let key = KeyPair::generate().map_err(rc)?;
-        let mut params = CertificateParams::new(all_names.clone()).map_err(rc)?;
-        params.distinguished_name = name(cn);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = usages;
-        let cert = params.signed_by(&key, &ca).map_err(rc)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
+    let leaf =
+        |cn: &str, usages: Vec<ExtendedKeyUsagePurpose>| -> Result<(String, String), Error> {
+            let key = KeyPair::generate().map_err(rc)?;
+            let mut params = CertificateParams::new(all_names.clone()).map_err(rc)?;
+            params.distinguished_name = name(cn);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = usages;
+            let cert = params.signed_by(&key, &ca).map_err(rc)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
     let (server_pem, server_key) = leaf(
         "Statehouse development server",
         vec![

@@ -147,7 +147,9 @@ pub fn server_names(key: &str, names: &[String]) -> Result<Vec<ServerName<'stati
         .iter()
         .map(|name| {
             ServerName::try_from(name.clone()).map_err(|e| {
-                Error::Config(format!("{key}: {name:?} is not a DNS name or IP address: {e}"))
+                Error::Config(format!(
+                    "{key}: {name:?} is not a DNS name or IP address: {e}"
+                ))
             })
         })
         .collect()
@@ -237,10 +239,9 @@ pub fn internal_client(options: &InternalTlsOptions) -> Result<Option<Arc<Client
         _ => None,
     };
     let server_name = match &options.server_name {
-        Some(name) => Some(
-            server_names("internal-tls.server-name", std::slice::from_ref(name))?
-                .remove(0),
-        ),
+        Some(name) => {
+            Some(server_names("internal-tls.server-name", std::slice::from_ref(name))?.remove(0))
+        }
         None => None,
     };
     ClientTls::new(roots, key, server_name, &ALPN_INTERNAL).map(|c| Some(Arc::new(c)))

@@ -147,7 +147,10 @@ async fn a_changed_certificate_is_served_and_a_broken_one_is_not() {
         matches!(&refused, Reload::Refused(Error::Invalid { .. })),
         "{refused:?}"
     );
-    assert!(matches!(resolver.check(), Reload::Unchanged), "one error per change");
+    assert!(
+        matches!(resolver.check(), Reload::Unchanged),
+        "one error per change"
+    );
     assert_eq!(
         handshake(&both, &addr, "gw.test").await.unwrap(),
         leaf(&second.server_cert)
@@ -183,7 +186,11 @@ fn unreadable_files_are_named() {
 
 #[test]
 fn peer_names_are_checked_against_the_certificate() {
-    let files = mint(&dir("names"), &names(&["processor.internal", "*.pods.internal"])).unwrap();
+    let files = mint(
+        &dir("names"),
+        &names(&["processor.internal", "*.pods.internal"]),
+    )
+    .unwrap();
     let cert = leaf(&files.client_cert);
     let allowed = |n: &[&str]| server_names("test", &names(n)).unwrap();
     check_peer_name(&cert, &allowed(&["processor.internal"])).unwrap();
@@ -230,7 +237,10 @@ async fn the_internal_port_takes_only_named_peers_of_its_ca() {
     ));
 
     // A client certificate of another CA: refused at the handshake, the client told so.
-    let stranger = client(&ours.ca_cert, Some((&theirs.client_cert, &theirs.client_key)));
+    let stranger = client(
+        &ours.ca_cert,
+        Some((&theirs.client_cert, &theirs.client_key)),
+    );
     let err = handshake(&stranger, &addr, "processor.internal")
         .await
         .unwrap_err();
