@@ -38,7 +38,10 @@ pub struct Options {
 /// Given the gateway's `host:port`, the HTTP status of its `GET /` (200 once a service is
 /// routable) or why there is none.
 #[derive(Clone)]
-pub struct Probe(pub std::sync::Arc<dyn Fn(&str) -> Result<u16, String> + Send + Sync>);
+pub struct Probe(pub std::sync::Arc<ProbeFn>);
+
+/// The function of a [`Probe`].
+pub type ProbeFn = dyn Fn(&str) -> Result<u16, String> + Send + Sync;
 
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -301,3 +301,43 @@ async fn a_plaintext_caller_is_told_the_port_requires_tls() {
         ));
     }
 }
+
+#[tokio::test]
+async fn the_client_port_verifies_client_certificates_when_given_a_ca() {
+    let ours = mint(&dir("gw-ours"), &names(&[])).unwrap();
+    let theirs = mint(&dir("gw-theirs"), &names(&[])).unwrap();
+    let options = |require| crate::config::GatewayTlsOptions {
+        cert_file: Some(ours.server_cert.clone()),
+        key_file: Some(ours.server_key.clone()),
+        client_ca_file: Some(ours.ca_cert.clone()),
+        require_client_cert: require,
+        ..crate::config::GatewayTlsOptions::default()
+    };
+    let good = client(&ours.ca_cert, Some((&ours.client_cert, &ours.client_key)));
+    let anonymous = client(&ours.ca_cert, None);
+    let stranger = client(
+        &ours.ca_cert,
+        Some((&theirs.client_cert, &theirs.client_key)),
+    );
+
+    for require in [true, false] {
+        let acceptor = gateway_acceptor(&options(require)).unwrap().unwrap();
+        let (addr, _) = serve(acceptor).await;
+        handshake(&good, &addr, "localhost").await.unwrap();
+        let err = handshake(&stranger, &addr, "localhost").await.unwrap_err();
+        assert!(err.to_string().contains("UnknownCA"), "{err}");
+        let anonymous = handshake(&anonymous, &addr, "localhost").await;
+        if require {
+            let err = anonymous.unwrap_err();
+            assert!(err.to_string().contains("CertificateRequired"), "{err}");
+        } else {
+            anonymous.unwrap();
+        }
+    }
+    // Off without a certificate file.
+    assert!(
+        gateway_acceptor(&crate::config::GatewayTlsOptions::default())
+            .unwrap()
+            .is_none()
+    );
+}
