@@ -357,7 +357,10 @@ client-ca-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "state
 require-client-cert = {{ $gt.requireClientCert }}
 reload-interval-ms = {{ include "statehouse.tomlInt" $gt.reloadIntervalMs }}
 {{- end }}
-{{ include "statehouse.toml.internalTls" . }}
+{{- with (include "statehouse.toml.internalTls" . | trim) }}
+
+{{ . }}
+{{- end }}
 {{ end -}}
 
 {{/* TLS (docs/tls.md): where the Secrets are mounted, and [internal-tls] of the gateway, the
@@ -455,7 +458,10 @@ crdt-heartbeat-interval-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatInt
 crdt-heartbeat-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtHeartbeatTimeoutMs }}
 crdt-write-timeout-ms = {{ include "statehouse.tomlInt" $s.crdtWriteTimeoutMs }}
 crdt-prune-after-ms = {{ include "statehouse.tomlInt" $s.crdtPruneAfterMs }}
-{{ include "statehouse.toml.internalTls" $root }}
+{{- with (include "statehouse.toml.internalTls" $root | trim) }}
+
+{{ . }}
+{{- end }}
 {{ end -}}
 
 {{/* statehouse.toml of one service's projectors. Args: (list $root $svc). */}}
