@@ -460,6 +460,26 @@ async fn the_cart_is_served_over_tls_with_mtls_inside() {
         );
     }
 
+    // The processors counted the refusals (plaintext once; a stranger's handshake at least
+    // twice: the raw one and the call's).
+    for i in 0..stack.pods.len() {
+        for (reason, least) in [("plaintext", 1.0), ("handshake", 2.0)] {
+            let series = format!("statehouse_tls_refused_total{{reason=\"{reason}\"");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let value: f64 = stack.metrics(i, &series).iter().map(|(_, v)| v).sum();
+                if value >= least {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "processor {i}: {series} is {value}, expected at least {least}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     // Nothing of the refused calls reached the journal; the served cart did.
     let entities = journal_entities(&stack).await;
     assert!(

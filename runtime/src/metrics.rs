@@ -12,6 +12,16 @@ pub const ROUTER_RETRIES: &str = "statehouse_router_retries_total";
 /// The reasons of [`ROUTER_RETRIES`].
 const RETRY_REASONS: [&str; 4] = ["no-owner", "no-processor", "unreachable", "not-owner"];
 
+/// Counter: connections a TLS port refused before any request (label `reason`: plaintext — the
+/// caller spoke plaintext and was answered 400; handshake — the TLS handshake failed, e.g. a
+/// client certificate of an unknown CA or a peer name not allowed; timeout — no handshake in
+/// time). The gateway counts its client port, processors their internal port (`docs/tls.md`);
+/// at 0 while TLS is off.
+pub const TLS_REFUSED: &str = "statehouse_tls_refused_total";
+
+/// The reasons of [`TLS_REFUSED`].
+pub const TLS_REFUSED_REASONS: [&str; 3] = ["plaintext", "handshake", "timeout"];
+
 /// Buckets of every `*_seconds` histogram: half a millisecond (a commit on a local broker) to
 /// five minutes (a projection that fell behind).
 const SECONDS: [f64; 18] = [
@@ -61,5 +71,12 @@ pub fn describe() {
     );
     for reason in RETRY_REASONS {
         metrics::counter!(ROUTER_RETRIES, "reason" => reason).increment(0);
+    }
+    metrics::describe_counter!(
+        TLS_REFUSED,
+        "Connections a TLS port refused before any request, by reason (plaintext, handshake, timeout)."
+    );
+    for reason in TLS_REFUSED_REASONS {
+        metrics::counter!(TLS_REFUSED, "reason" => reason).increment(0);
     }
 }

@@ -160,11 +160,20 @@ impl Acceptor {
 
 /// Logs a refused connection (debug: a port scanner or a misdirected client is no incident;
 /// `docs/tls.md` says how to see them).
+/// Counted in `statehouse_tls_refused_total` (`crate::metrics::TLS_REFUSED`), except a caller
+/// that left without a byte (a TCP probe).
 pub fn log_refused(peer: SocketAddr, refused: &Refused) {
-    match refused {
-        Refused::Closed => tracing::trace!(%peer, "connection closed before the TLS handshake"),
-        other => tracing::debug!(%peer, reason = %other, "connection refused on a TLS port"),
-    }
+    let reason = match refused {
+        Refused::Closed => {
+            tracing::trace!(%peer, "connection closed before the TLS handshake");
+            return;
+        }
+        Refused::Plaintext => "plaintext",
+        Refused::Handshake(_) => "handshake",
+        Refused::TimedOut => "timeout",
+    };
+    ::metrics::counter!(crate::metrics::TLS_REFUSED, "reason" => reason).increment(1);
+    tracing::debug!(%peer, reason = %refused, "connection refused on a TLS port");
 }
 
 async fn answer_plaintext(tcp: &mut TcpStream) {
