@@ -171,3 +171,20 @@ fn an_https_endpoint_without_internal_tls_names_the_setting() {
     assert!(err.to_string().contains("[internal-tls]"), "{err}");
     assert!(!err.is_transient());
 }
+
+#[test]
+fn a_refused_tls_handshake_never_ran_anything() {
+    for message in [
+        "transport error: received fatal alert: UnknownCA",
+        "invalid peer certificate: certificate not valid for name \"p\"",
+        "TLS connect timed out",
+    ] {
+        assert!(
+            super::never_connected(&tonic::Status::unknown(message)),
+            "{message}"
+        );
+    }
+    assert!(!super::never_connected(&tonic::Status::unknown(
+        "connection reset by peer"
+    )));
+}

@@ -341,3 +341,104 @@ async fn the_client_port_verifies_client_certificates_when_given_a_ca() {
             .is_none()
     );
 }
+
+/// A `grpc.health.v1` server answering SERVING, for gRPC over the TLS pieces.
+struct Serving;
+
+#[tonic::async_trait]
+impl statehouse_schemas::grpc::health::v1::health_server::Health for Serving {
+    async fn check(
+        &self,
+        _request: tonic::Request<statehouse_schemas::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<
+        tonic::Response<statehouse_schemas::grpc::health::v1::HealthCheckResponse>,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(
+            statehouse_schemas::grpc::health::v1::HealthCheckResponse { status: 1 },
+        ))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<
+                        statehouse_schemas::grpc::health::v1::HealthCheckResponse,
+                        tonic::Status,
+                    >,
+                > + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<statehouse_schemas::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("watch"))
+    }
+}
+
+#[tokio::test]
+async fn grpc_runs_over_the_internal_port_and_the_routers_connector() {
+    use statehouse_schemas::grpc::health::v1::HealthCheckRequest;
+    use statehouse_schemas::grpc::health::v1::health_client::HealthClient;
+    use statehouse_schemas::grpc::health::v1::health_server::HealthServer;
+
+    let ours = mint(&dir("grpc-ours"), &names(&["processor.internal"])).unwrap();
+    let theirs = mint(&dir("grpc-theirs"), &names(&["processor.internal"])).unwrap();
+    let acceptor = internal_acceptor(&internal(&ours, &["processor.internal"]))
+        .unwrap()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(Serving))
+            .serve_with_incoming_shutdown(
+                acceptor.incoming(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+
+    // The router's side, as `internal_client` builds it from the configuration.
+    let router_side = internal_client(&InternalTlsOptions {
+        cert_file: Some(ours.client_cert.clone()),
+        key_file: Some(ours.client_key.clone()),
+        server_name: Some("processor.internal".into()),
+        ..internal(&ours, &[])
+    })
+    .unwrap()
+    .unwrap();
+    // The endpoint as a processor advertises it; `connect_lazy` is what the router calls.
+    let endpoint = format!("https://{addr}");
+    let channel =
+        crate::router::connect_lazy(&endpoint, Some(&router_side), Duration::from_secs(5)).unwrap();
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 1);
+
+    // A router with a stranger's certificate: the call fails, nothing answered.
+    let stranger = internal_client(&InternalTlsOptions {
+        cert_file: Some(theirs.client_cert.clone()),
+        key_file: Some(theirs.client_key.clone()),
+        server_name: Some("processor.internal".into()),
+        ..internal(&ours, &[])
+    })
+    .unwrap()
+    .unwrap();
+    let status = HealthClient::new(
+        crate::router::connect_lazy(&endpoint, Some(&stranger), Duration::from_secs(5)).unwrap(),
+    )
+    .check(HealthCheckRequest::default())
+    .await
+    .unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok);
+    eprintln!("a stranger's call: {status:?}");
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
