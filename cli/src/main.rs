@@ -102,6 +102,11 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Certificates for trying TLS (`docs/tls.md`).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// A service's projections: their generations, progress, lag and parked events.
     Projections {
         /// The service (default: projector.service, else processor.service).
@@ -133,6 +138,22 @@ enum ProjectionsCommand {
         /// The generation it is parked in (default: the one served).
         #[arg(long)]
         generation: Option<i32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Mint a local CA, a server and a client certificate (development only) and print the
+    /// configuration keys that use them.
+    Dev {
+        /// The folder to write `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem`,
+        /// `client.key` to (created; files replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Names (DNS or IP) the certificates are valid for, besides localhost and 127.0.0.1
+        /// (comma separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
     },
 }
 
@@ -222,6 +243,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.masked_toml());
             Ok(())
         }
+        Command::Admin {
+            command:
+                AdminCommand::Certs {
+                    command: CertsCommand::Dev { out, names },
+                },
+        } => certs_dev(out, names),
         Command::Admin { command } => {
             let config = load(&cli, Role::Admin)?;
             let runtime = runtime(&config.runtime)?;
@@ -234,6 +261,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(admin(command, &config))
         }
     }
+}
+
+/// `statehouse admin certs dev`: needs no configuration (nothing is connected to).
+fn certs_dev(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    let files = statehouse_runtime::tls::dev::mint(out, names)
+        .with_context(|| format!("minting development certificates into {}", out.display()))?;
+    let show = |p: &std::path::Path| p.display().to_string();
+    println!(
+        "Development certificates (do not use in production) for: {}",
+        files.names.join(", ")
+    );
+    println!(
+        "  CA          {} (key {})",
+        show(&files.ca_cert),
+        show(&files.ca_key)
+    );
+    println!(
+        "  server      {} (key {}): server and client use",
+        show(&files.server_cert),
+        show(&files.server_key)
+    );
+    println!(
+        "  client      {} (key {}): client use",
+        show(&files.client_cert),
+        show(&files.client_key)
+    );
+    println!();
+    println!(
+        "TLS on the gateway's client port (clients trust {}):",
+        show(&files.ca_cert)
+    );
+    println!("  [gateway.tls]");
+    println!("  cert-file = {:?}", show(&files.server_cert));
+    println!("  key-file = {:?}", show(&files.server_key));
+    println!("  # client certificates too (clients present client.pem / client.key):");
+    println!("  # client-ca-file = {:?}", show(&files.ca_cert));
+    println!();
+    println!("mTLS between the gateway and processors, and between processors:");
+    println!("  [internal-tls]");
+    println!("  enabled = true");
+    println!("  ca-file = {:?}", show(&files.ca_cert));
+    println!("  # processors: server.pem (it serves and calls); the gateway: client.pem");
+    println!("  cert-file = {:?}", show(&files.server_cert));
+    println!("  key-file = {:?}", show(&files.server_key));
+    if let Some(name) = names.first() {
+        println!("  allowed-peer-names = [{name:?}]");
+        println!("  server-name = {name:?}");
+    }
+    Ok(())
 }
 
 fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Result<()> {
@@ -323,6 +399,9 @@ async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {
         AdminCommand::Projections { service, command } => {
             projections::run(config, service.as_deref(), command).await
         }
+        AdminCommand::Certs {
+            command: CertsCommand::Dev { out, names },
+        } => certs_dev(out, names),
         AdminCommand::Migrate => {
             let report = statehouse_store::migrations::run(&config.cassandra)
                 .await

@@ -19,6 +19,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// `[gateway.tls]` or `[internal-tls]` cannot be set up (a file, a key, a name).
+    #[error("TLS: {0}")]
+    Tls(#[from] statehouse_runtime::tls::Error),
+
     /// The web console cannot start (its admin token file).
     #[error(transparent)]
     Console(#[from] crate::console::Error),
@@ -183,6 +187,7 @@ impl Error {
             Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             Error::Failure { code, .. } => http_status_of(*code),
             Error::Bind { .. }
+            | Error::Tls(_)
             | Error::Console(_)
             | Error::AuthSetup(_)
             | Error::BadReply { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -271,7 +276,9 @@ pub fn http_status_of(code: Code) -> StatusCode {
 pub(crate) fn code_of(error: &Error) -> Code {
     match error {
         // Not a call; never sent, but mapped on purpose all the same.
-        Error::Bind { .. } | Error::Console(_) | Error::AuthSetup(_) => Code::Internal,
+        Error::Bind { .. } | Error::Tls(_) | Error::Console(_) | Error::AuthSetup(_) => {
+            Code::Internal
+        }
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied { .. } => Code::PermissionDenied,
         Error::Kafka(_) | Error::Feed(_) => Code::Unavailable,

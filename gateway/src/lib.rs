@@ -59,7 +59,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let registry = Registry::new();
     let router = Router::with_kafka(
         registry.clone(),
-        router::Options::default(),
+        router::Options {
+            tls: statehouse_runtime::tls::internal_client(&config.internal_tls)?,
+            ..router::Options::default()
+        },
         Admin::new(&config.kafka)?,
         config.kafka.topic_prefix.clone(),
     );

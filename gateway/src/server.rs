@@ -1,5 +1,7 @@
 //! The client port (`docs/protocol.md`, "Exposing services to clients"): HTTP/1.1 and h2c on
-//! one listener, routes tried in this order:
+//! one listener — or, with `[gateway.tls]`, HTTP/1.1 and HTTP/2 over TLS only (ALPN `h2`,
+//! `http/1.1`; a plaintext caller is answered 400 "this port requires TLS",
+//! `statehouse_runtime::tls::accept`, `docs/tls.md`) — routes tried in this order:
 //!
 //! 1. gRPC (HTTP/2, `application/grpc[+proto]`) for every routable user method, then gRPC
 //!    reflection v1 / v1alpha and `grpc.health.v1.Health`; any other gRPC path is UNIMPLEMENTED;
@@ -46,6 +48,7 @@ use crate::transcode::{self, Binding};
 use crate::{Error, health, metadata, reflection, span, streaming};
 use statehouse_runtime::admission::{self, Limiter};
 use statehouse_runtime::router::{Route, Router};
+use statehouse_runtime::tls::{Acceptor, accept::log_refused};
 
 /// How long in-flight calls may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +96,7 @@ impl Gateway {
             source,
         })?;
         let auth = Auth::start(&options.auth, shutdown.clone()).await?;
+        let tls = statehouse_runtime::tls::gateway_acceptor(&options.tls)?;
         let registry = router.registry().clone();
         let health = health::Health {
             registry: registry.clone(),
@@ -115,8 +119,12 @@ impl Gateway {
             }),
             router,
         });
-        tracing::info!(%local_addr, "gateway listening (HTTP/1.1 and h2c)");
-        let task = tokio::spawn(serve(listener, shared, shutdown));
+        if tls.is_some() {
+            tracing::info!(%local_addr, client_certificates = options.tls.client_ca_file.is_some(), "gateway listening (TLS: HTTP/1.1 and HTTP/2)");
+        } else {
+            tracing::info!(%local_addr, "gateway listening (HTTP/1.1 and h2c)");
+        }
+        let task = tokio::spawn(serve(listener, shared, tls, shutdown));
         Ok(Gateway { local_addr, task })
     }
 
@@ -133,7 +141,12 @@ impl Gateway {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Acceptor>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -157,11 +170,31 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellatio
         }
         let shared = Arc::clone(&shared);
         let service = service_fn(move |request| handle(Arc::clone(&shared), request));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = &tls else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task: a slow or hostile caller holds up no
+        // one else's accept.
+        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(refused) => return log_refused(peer, &refused),
+            };
+            let connection = watcher.watch(
+                builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }

@@ -153,13 +153,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let internal_addr = listener
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
+    // With `[internal-tls]` the port speaks TLS only (mTLS unless require-client-cert is
+    // off) and the advertised endpoint says so (`https://`): routers must not try h2c.
+    let tls = statehouse_runtime::tls::internal_acceptor(&config.internal_tls)
+        .map_err(|e| Error::Config(format!("internal-tls: {e}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = match &p.advertise_address {
         Some(a) if a.starts_with("http://") || a.starts_with("https://") => a.clone(),
-        Some(a) => format!("http://{a}"),
+        Some(a) => format!("{scheme}://{a}"),
         None if internal_addr.ip().is_unspecified() => {
-            format!("http://127.0.0.1:{}", internal_addr.port())
+            format!("{scheme}://127.0.0.1:{}", internal_addr.port())
         }
-        None => format!("http://{internal_addr}"),
+        None => format!("{scheme}://{internal_addr}"),
     };
     let processor_id = format!(
         "{}-{}",
@@ -172,7 +177,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     registry.set_partition_count(service.as_str(), p.partitions);
     let router = Router::with_kafka(
         registry.clone(),
-        router::Options::default(),
+        router::Options {
+            tls: statehouse_runtime::tls::internal_client(&config.internal_tls)
+                .map_err(|e| Error::Config(format!("internal-tls: {e}")))?,
+            ..router::Options::default()
+        },
         Admin::new(&config.kafka)?,
         config.kafka.topic_prefix.clone(),
     );
@@ -319,13 +328,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tokio::spawn(async move {
             // Nagle off on every accepted connection (a custom incoming does not inherit the
             // builder's setting): replies are small and must not wait for delayed ACKs.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tonic::transport::Server::builder()
+            let server = tonic::transport::Server::builder()
                 .add_service(service)
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
+                .add_service(health_service);
+            match tls {
+                Some(acceptor) => {
+                    server
+                        .serve_with_incoming_shutdown(
+                            acceptor.incoming(listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await
+                }
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    server
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }
+            }
         })
     };
     let task = tokio::spawn(owner::own_partitions(

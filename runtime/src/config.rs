@@ -60,6 +60,9 @@ pub struct Config {
     pub processor: ProcessorOptions,
     pub projector: ProjectorOptions,
     pub runtime: RuntimeOptions,
+    /// `[internal-tls]`: TLS and mTLS on the processors' internal port and the router's
+    /// channels (`docs/tls.md`).
+    pub internal_tls: InternalTlsOptions,
 }
 
 /// `[runtime]`: the async runtime every role runs on.
@@ -139,6 +142,8 @@ pub struct GatewayOptions {
     pub console: ConsoleOptions,
     /// Bearer-token authentication and per-method access rules (`docs/security.md`).
     pub auth: AuthOptions,
+    /// `[gateway.tls]`: TLS on the client port (`docs/tls.md`); off unless `cert-file` is set.
+    pub tls: GatewayTlsOptions,
 }
 
 /// `[gateway.console]`: the web console served on `gateway.metrics-listen`
@@ -184,6 +189,7 @@ impl Default for GatewayOptions {
             admission: crate::admission::Options::default(),
             console: ConsoleOptions::default(),
             auth: AuthOptions::default(),
+            tls: GatewayTlsOptions::default(),
         }
     }
 }
@@ -473,6 +479,174 @@ impl Default for ProjectorOptions {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// TLS (`docs/tls.md`): `[gateway.tls]` and `[internal-tls]`, their defaults and validation. Kept
+// in one block; the certificates are read (and reloaded) by `crate::tls`.
+// ---------------------------------------------------------------------------------------------
+
+/// Default of `reload-interval-ms`: how often certificate and key files are looked at.
+pub const TLS_RELOAD_INTERVAL_MS: u64 = 5_000;
+
+/// `[gateway.tls]`: TLS on the gateway's client port. Off while `cert-file` is unset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GatewayTlsOptions {
+    /// The server certificate chain (PEM, leaf first); set = the port speaks TLS only.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to; set = clients are asked
+    /// for a certificate.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client-ca-file`: refuse clients without a certificate (false: a client may come
+    /// without one, but a certificate it presents must still chain to the CA).
+    pub require_client_cert: bool,
+    /// How often `cert-file` and `key-file` are looked at for a new certificate, ms.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for GatewayTlsOptions {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: true,
+            reload_interval_ms: TLS_RELOAD_INTERVAL_MS,
+        }
+    }
+}
+
+impl GatewayTlsOptions {
+    /// Whether the client port speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// `[internal-tls]`: TLS on the processors' internal port and on the router's channels (the
+/// gateway's and the processors' own), optionally mutual with names checked both ways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct InternalTlsOptions {
+    /// Turn it on: processors serve TLS only and advertise `https://`; routers connect over TLS.
+    pub enabled: bool,
+    /// CA certificates (PEM) that processors' server certificates — and, with
+    /// `require-client-cert`, every caller's client certificate — must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// This component's certificate (PEM): the processor's server certificate, and the client
+    /// certificate the router presents (gateway and processors).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Processors refuse callers without a certificate chaining to `ca-file` (mTLS).
+    pub require_client_cert: bool,
+    /// Names (DNS) a peer's certificate must be valid for, one of them: checked by processors
+    /// on callers' client certificates. Empty = any certificate of the CA.
+    pub allowed_peer_names: Vec<String>,
+    /// The name the router expects in processors' server certificates; unset = the host of the
+    /// processor's advertised endpoint.
+    pub server_name: Option<String>,
+    /// How often `cert-file` and `key-file` are looked at for a new certificate, ms.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for InternalTlsOptions {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            require_client_cert: true,
+            allowed_peer_names: Vec::new(),
+            server_name: None,
+            reload_interval_ms: TLS_RELOAD_INTERVAL_MS,
+        }
+    }
+}
+
+impl Config {
+    /// `[gateway.tls]` and `[internal-tls]` for `role`. Files are read when the role starts (a
+    /// rendered config is checked where they are not mounted).
+    fn validate_tls(&self, role: Role) -> Result<(), Error> {
+        let g = &self.gateway.tls;
+        if matches!(role, Role::Gateway | Role::Dev) {
+            if g.cert_file.is_some() != g.key_file.is_some() {
+                return Err(Error::Invalid(
+                    "gateway.tls.cert-file and gateway.tls.key-file must be set together".into(),
+                ));
+            }
+            if !g.enabled() && g.client_ca_file.is_some() {
+                return Err(Error::Invalid(
+                    "gateway.tls.client-ca-file needs gateway.tls.cert-file and key-file".into(),
+                ));
+            }
+            if g.reload_interval_ms < 100 {
+                return Err(Error::Invalid(format!(
+                    "gateway.tls.reload-interval-ms {} must be at least 100",
+                    g.reload_interval_ms
+                )));
+            }
+        }
+        let t = &self.internal_tls;
+        if !t.enabled {
+            if let Some(address) = &self.processor.advertise_address
+                && address.starts_with("https://")
+                && matches!(role, Role::Processor | Role::Dev)
+            {
+                return Err(Error::Invalid(format!(
+                    "processor.advertise-address {address:?} is https:// but internal-tls.enabled is false"
+                )));
+            }
+            return Ok(());
+        }
+        if t.ca_file.is_none() {
+            return Err(Error::Invalid(
+                "internal-tls.ca-file must be set when internal-tls.enabled is true".into(),
+            ));
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err(Error::Invalid(
+                "internal-tls.cert-file and internal-tls.key-file must be set together".into(),
+            ));
+        }
+        if matches!(role, Role::Gateway) && t.require_client_cert && t.cert_file.is_none() {
+            return Err(Error::Invalid(
+                "internal-tls.cert-file and key-file must be set on the gateway while internal-tls.require-client-cert is true: processors refuse callers without a client certificate".into(),
+            ));
+        }
+        if matches!(role, Role::Processor | Role::Dev) {
+            if t.cert_file.is_none() {
+                return Err(Error::Invalid(
+                    "internal-tls.cert-file and key-file must be set on a processor: it serves its internal port with them".into(),
+                ));
+            }
+            if let Some(address) = &self.processor.advertise_address
+                && address.starts_with("http://")
+            {
+                return Err(Error::Invalid(format!(
+                    "processor.advertise-address {address:?} is http:// but internal-tls.enabled is true: use https:// or no scheme"
+                )));
+            }
+        }
+        for name in t.allowed_peer_names.iter().chain(&t.server_name) {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(Error::Invalid(format!(
+                    "internal-tls: {name:?} (allowed-peer-names / server-name) is not a DNS name or IP address"
+                )));
+            }
+        }
+        if t.reload_interval_ms < 100 {
+            return Err(Error::Invalid(format!(
+                "internal-tls.reload-interval-ms {} must be at least 100",
+                t.reload_interval_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Where configuration comes from besides the defaults and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
@@ -591,6 +765,7 @@ impl Config {
                 self.telemetry.log_filter
             )));
         }
+        self.validate_tls(role)?;
         if matches!(role, Role::Gateway | Role::Dev) {
             let g = &self.gateway;
             for (key, value) in [
@@ -981,5 +1156,82 @@ user-function-port = 8081
             "gateway.auth.rules=[{method=\"*\", access=\"deny\", typo=1}]",
             "typo",
         );
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_checked_when_on() {
+        let load = |sets: &[&str]| {
+            Config::load_with_env(
+                &Sources {
+                    file: None,
+                    overrides: sets.iter().map(|s| s.to_string()).collect(),
+                },
+                Vec::new(),
+            )
+            .unwrap()
+        };
+        let plain = load(&[]);
+        assert!(!plain.gateway.tls.enabled() && !plain.internal_tls.enabled);
+        plain.validate(Role::Gateway).unwrap();
+        plain.validate(Role::Processor).unwrap();
+
+        let on = load(&[
+            "gateway.tls.cert-file=/tls/server.pem",
+            "gateway.tls.key-file=/tls/server.key",
+            "gateway.tls.client-ca-file=/tls/ca.pem",
+            "internal-tls.enabled=true",
+            "internal-tls.ca-file=/tls/ca.pem",
+            "internal-tls.cert-file=/tls/server.pem",
+            "internal-tls.key-file=/tls/server.key",
+            "internal-tls.allowed-peer-names=[\"statehouse.internal\"]",
+            "internal-tls.server-name=statehouse.internal",
+        ]);
+        assert!(on.gateway.tls.enabled() && on.gateway.tls.require_client_cert);
+        assert_eq!(on.gateway.tls.reload_interval_ms, TLS_RELOAD_INTERVAL_MS);
+        on.validate(Role::Gateway).unwrap();
+        on.validate(Role::Processor).unwrap();
+
+        let error = |sets: &[&str], role| load(sets).validate(role).unwrap_err().to_string();
+        let e = error(&["gateway.tls.cert-file=/c.pem"], Role::Gateway);
+        assert!(e.contains("gateway.tls.key-file"), "{e}");
+        let e = error(&["gateway.tls.client-ca-file=/ca.pem"], Role::Gateway);
+        assert!(e.contains("client-ca-file"), "{e}");
+        let e = error(&["internal-tls.enabled=true"], Role::Processor);
+        assert!(e.contains("internal-tls.ca-file"), "{e}");
+        let e = error(
+            &["internal-tls.enabled=true", "internal-tls.ca-file=/ca.pem"],
+            Role::Processor,
+        );
+        assert!(e.contains("internal-tls.cert-file"), "{e}");
+        let e = error(
+            &["internal-tls.enabled=true", "internal-tls.ca-file=/ca.pem"],
+            Role::Gateway,
+        );
+        assert!(e.contains("require-client-cert"), "{e}");
+        let e = error(
+            &[
+                "internal-tls.enabled=true",
+                "internal-tls.ca-file=/ca.pem",
+                "internal-tls.require-client-cert=false",
+                "internal-tls.allowed-peer-names=[\"not a name\"]",
+            ],
+            Role::Gateway,
+        );
+        assert!(e.contains("not a name"), "{e}");
+        let e = error(
+            &["processor.advertise-address=https://p:9100"],
+            Role::Processor,
+        );
+        assert!(e.contains("internal-tls.enabled is false"), "{e}");
+        let typo = Config::load_with_env(
+            &Sources {
+                file: None,
+                overrides: vec!["internal-tls.ca=/ca.pem".into()],
+            },
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("ca"), "{typo}");
     }
 }

@@ -46,6 +46,8 @@ const READ_STALL: Duration = Duration::from_secs(30);
 const ENDS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an erasure may take at the owner (it waits for the backup to remove the rows).
 const ERASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the erasure waits for a connection to the owner.
+const ERASE_CONNECT: Duration = Duration::from_secs(5);
 /// Attempts at reaching the owner while the partition's ownership moves.
 const ERASE_ATTEMPTS: u32 = 5;
 
@@ -99,6 +101,9 @@ pub enum Error {
     /// Cassandra failed.
     #[error(transparent)]
     Store(#[from] statehouse_store::Error),
+    /// `[internal-tls]` could not be set up (the erasure's channel to the owner).
+    #[error("internal TLS: {0}")]
+    Tls(#[from] crate::tls::Error),
 }
 
 /// A registered service and its entity types.
@@ -287,6 +292,8 @@ pub struct EraseReport {
 pub struct Inspector {
     kafka: statehouse_kafka::Options,
     store: Store,
+    /// How the erasure reaches the owner (`[internal-tls]`).
+    tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
 }
 
 /// The registry as every router sees it, with the raw records.
@@ -299,10 +306,12 @@ impl Inspector {
     /// Connect to Cassandra (the keyspace must be migrated) and check the Kafka options.
     pub async fn new(config: &Config) -> Result<Self, Error> {
         config.kafka.validate()?;
+        let tls = crate::tls::internal_client(&config.internal_tls)?;
         let store = Store::connect(&config.cassandra).await?;
         Ok(Self {
             kafka: config.kafka.clone(),
             store,
+            tls,
         })
     }
 
@@ -539,8 +548,10 @@ impl Inspector {
             let Some(owner) = owner(&registry, service, partition) else {
                 continue;
             };
-            let mut client = match ProcessorClient::connect(owner.endpoint.clone()).await {
-                Ok(client) => client,
+            let channel =
+                crate::router::connect_lazy(&owner.endpoint, self.tls.as_ref(), ERASE_CONNECT);
+            let mut client = match channel {
+                Ok(channel) => ProcessorClient::new(channel),
                 Err(e) => {
                     last = format!("{}: {e}", owner.endpoint);
                     continue;

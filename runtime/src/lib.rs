@@ -15,6 +15,10 @@
 //!   shared by the gateway (client calls) and processors (forwards and side effects).
 //! * [`inspect`] — what `statehouse admin` and the web console show (services, partitions, one
 //!   entity's journal, snapshots and state) and the erasure of an entity through its owner.
+//! * [`tls`] — TLS and mTLS for the gateway's client port, the processors' internal port and
+//!   the router's channels: certificates from PEM files reloaded on change, client
+//!   certificates and peer names checked, plaintext callers told the port needs TLS, and the
+//!   development CA of `statehouse admin certs dev` (`docs/tls.md`).
 //! * [`admin_server`] — the metrics and health port: Prometheus `/metrics`, `/healthz`
 //!   (liveness) and `/readyz` (readiness: only after discovery and recovery).
 
@@ -27,6 +31,7 @@ pub mod metrics;
 pub mod router;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use admin_server::Health;

@@ -18,6 +18,16 @@ pub const ADMISSION_REFUSED: &str = "statehouse_admission_refused_total";
 /// The reasons of [`ROUTER_RETRIES`].
 const RETRY_REASONS: [&str; 4] = ["no-owner", "no-processor", "unreachable", "not-owner"];
 
+/// Counter: connections a TLS port refused before any request (label `reason`: plaintext — the
+/// caller spoke plaintext and was answered 400; handshake — the TLS handshake failed, e.g. a
+/// client certificate of an unknown CA or a peer name not allowed; timeout — no handshake in
+/// time). The gateway counts its client port, processors their internal port (`docs/tls.md`);
+/// at 0 while TLS is off.
+pub const TLS_REFUSED: &str = "statehouse_tls_refused_total";
+
+/// The reasons of [`TLS_REFUSED`].
+pub const TLS_REFUSED_REASONS: [&str; 3] = ["plaintext", "handshake", "timeout"];
+
 /// Buckets of every `*_seconds` histogram: half a millisecond (a commit on a local broker) to
 /// five minutes (a projection that fell behind).
 const SECONDS: [f64; 18] = [
@@ -76,4 +86,11 @@ pub fn describe() {
         ADMISSION_REFUSED,
         "Calls refused by adaptive admission (RESOURCE_EXHAUSTED, HTTP 429), by role."
     );
+    metrics::describe_counter!(
+        TLS_REFUSED,
+        "Connections a TLS port refused before any request, by reason (plaintext, handshake, timeout)."
+    );
+    for reason in TLS_REFUSED_REASONS {
+        metrics::counter!(TLS_REFUSED, "reason" => reason).increment(0);
+    }
 }

@@ -167,6 +167,8 @@ pub struct Options {
     pub max_reply_bytes: usize,
     /// Connection timeout of a processor endpoint.
     pub connect_timeout: Duration,
+    /// TLS to processors (`[internal-tls]`, `crate::tls::internal_client`); `None`: h2c.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl Default for Options {
@@ -177,6 +179,7 @@ impl Default for Options {
             max_channels: 1024,
             max_reply_bytes: MAX_INTERNAL_MESSAGE_BYTES,
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -745,19 +748,11 @@ impl Router {
         if channels.len() >= self.inner.options.max_channels {
             channels.clear();
         }
-        let uri = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| Error::BadEndpoint {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(self.inner.options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = connect_lazy(
+            endpoint,
+            self.inner.options.tls.as_ref(),
+            self.inner.options.connect_timeout,
+        )?;
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }
@@ -768,6 +763,37 @@ impl Router {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(endpoint);
+    }
+}
+
+/// A lazily connecting channel to a processor's endpoint: over TLS when `tls` is given
+/// (`https://`, whatever scheme the endpoint was advertised with), else h2c; an `https://`
+/// endpoint without TLS configured is refused with the setting to change.
+pub fn connect_lazy(
+    endpoint: &str,
+    tls: Option<&Arc<crate::tls::ClientTls>>,
+    connect_timeout: Duration,
+) -> Result<Channel, Error> {
+    let bad = |reason: String| Error::BadEndpoint {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    match tls {
+        Some(tls) => tls
+            .channel(&format!("https://{authority}"), connect_timeout)
+            .map_err(|e| bad(e.to_string())),
+        None if endpoint.starts_with("https://") => Err(bad(
+            "the processor serves TLS; set [internal-tls] (enabled, ca-file, cert-file, key-file) to reach it"
+                .into(),
+        )),
+        None => Ok(Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy()),
     }
 }
 
@@ -875,4 +901,10 @@ fn never_connected(status: &tonic::Status) -> bool {
         || text.contains("tcp connect error")
         || text.contains("error trying to connect")
         || text.contains("dns error")
+        // A refused TLS handshake (`crate::tls`): the processor read no request. Under TLS 1.3
+        // the client's side finishes first, so the refusal arrives as an alert on the first
+        // read, after the request was written — into a connection the server never served.
+        || text.contains("received fatal alert")
+        || text.contains("invalid peer certificate")
+        || text.contains("tls connect timed out")
 }

@@ -30,6 +30,23 @@ pub struct Options {
     pub kafka_cluster: bool,
     /// Extra `--set` overrides for every component: processors and the gateway.
     pub common_sets: Vec<String>,
+    /// How the harness asks the gateway whether it serves (default: `GET /` over plaintext
+    /// HTTP/1.1); a gateway with `[gateway.tls]` needs a probe that speaks TLS.
+    pub gateway_probe: Option<Probe>,
+}
+
+/// Given the gateway's `host:port`, the HTTP status of its `GET /` (200 once a service is
+/// routable) or why there is none.
+#[derive(Clone)]
+pub struct Probe(pub std::sync::Arc<ProbeFn>);
+
+/// The function of a [`Probe`].
+pub type ProbeFn = dyn Fn(&str) -> Result<u16, String> + Send + Sync;
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe(..)")
+    }
 }
 
 /// A map from a user function's port to the port its processor calls.
@@ -55,6 +72,7 @@ impl Options {
             netns: false,
             kafka_cluster: false,
             common_sets: Vec::new(),
+            gateway_probe: None,
         }
     }
 }
@@ -155,8 +173,13 @@ impl Stack {
     pub fn wait_for_gateway(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let answer = crate::http::request(&self.gateway_addr, "GET", "/", &[], None);
-            if answer.as_ref().is_ok_and(|r| r.status == 200) {
+            let answer = match &self.options.gateway_probe {
+                Some(probe) => (probe.0)(&self.gateway_addr),
+                None => crate::http::request(&self.gateway_addr, "GET", "/", &[], None)
+                    .map(|r| r.status)
+                    .map_err(|e| e.to_string()),
+            };
+            if answer.as_ref().is_ok_and(|status| *status == 200) {
                 return;
             }
             if Instant::now() >= deadline {

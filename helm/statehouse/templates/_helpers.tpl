@@ -356,7 +356,90 @@ enabled = {{ .Values.config.gateway.console.enabled }}
 admin-token-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.consoleTokenPath" .) .Values.config.gateway.console.adminTokenKey) }}
 {{- end }}
 {{ include "statehouse.toml.gatewayAuth" . }}
+{{- $gt := .Values.config.gateway.tls }}
+{{- if $gt.existingSecret }}
+
+[gateway.tls]
+cert-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.gatewayTlsPath" .) $gt.certKey) }}
+key-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.gatewayTlsPath" .) $gt.keyKey) }}
+{{- if $gt.clientCaSecret }}
+client-ca-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.gatewayClientCaPath" .) $gt.clientCaKey) }}
+{{- end }}
+require-client-cert = {{ $gt.requireClientCert }}
+reload-interval-ms = {{ include "statehouse.tomlInt" $gt.reloadIntervalMs }}
+{{- end }}
+{{- with (include "statehouse.toml.internalTls" . | trim) }}
+
+{{ . }}
+{{- end }}
 {{ end -}}
+
+{{/* TLS (docs/tls.md): where the Secrets are mounted, and [internal-tls] of the gateway, the
+hook and processors. */}}
+{{- define "statehouse.gatewayTlsPath" -}}/etc/statehouse/gateway-tls{{- end -}}
+{{- define "statehouse.gatewayClientCaPath" -}}/etc/statehouse/gateway-client-ca{{- end -}}
+{{- define "statehouse.internalTlsPath" -}}/etc/statehouse/internal-tls{{- end -}}
+{{- define "statehouse.toml.internalTls" -}}
+{{- $it := .Values.config.internalTls -}}
+{{- if $it.enabled }}
+[internal-tls]
+enabled = true
+ca-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.internalTlsPath" .) $it.caKey) }}
+cert-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.internalTlsPath" .) $it.certKey) }}
+key-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.internalTlsPath" .) $it.keyKey) }}
+require-client-cert = {{ $it.requireClientCert }}
+allowed-peer-names = [{{ range $i, $n := $it.allowedPeerNames }}{{ if $i }}, {{ end }}{{ include "statehouse.tomlStr" $n }}{{ end }}]
+{{- if $it.serverName }}
+server-name = {{ include "statehouse.tomlStr" $it.serverName }}
+{{- end }}
+reload-interval-ms = {{ include "statehouse.tomlInt" $it.reloadIntervalMs }}
+{{- end }}
+{{- end -}}
+
+{{/* The TLS Secrets' volumes. Args: (list $root $withGateway). */}}
+{{- define "statehouse.volumes.tls" -}}
+{{- $root := index . 0 -}}
+{{- $gt := $root.Values.config.gateway.tls -}}
+{{- $it := $root.Values.config.internalTls -}}
+{{- if and (index . 1) $gt.existingSecret }}
+- name: gateway-tls
+  secret:
+    secretName: {{ $gt.existingSecret }}
+    defaultMode: 0440
+{{- if $gt.clientCaSecret }}
+- name: gateway-client-ca
+  secret:
+    secretName: {{ $gt.clientCaSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- if $it.enabled }}
+- name: internal-tls
+  secret:
+    secretName: {{ required "config.internalTls.existingSecret is required when config.internalTls.enabled" $it.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "statehouse.volumeMounts.tls" -}}
+{{- $root := index . 0 -}}
+{{- $gt := $root.Values.config.gateway.tls -}}
+{{- if and (index . 1) $gt.existingSecret }}
+- name: gateway-tls
+  mountPath: {{ include "statehouse.gatewayTlsPath" $root }}
+  readOnly: true
+{{- if $gt.clientCaSecret }}
+- name: gateway-client-ca
+  mountPath: {{ include "statehouse.gatewayClientCaPath" $root }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- if $root.Values.config.internalTls.enabled }}
+- name: internal-tls
+  mountPath: {{ include "statehouse.internalTlsPath" $root }}
+  readOnly: true
+{{- end }}
+{{- end -}}
 
 {{/* [gateway.auth] (docs/security.md): rendered in full only when enabled. */}}
 {{- define "statehouse.toml.gatewayAuth" -}}
@@ -430,6 +513,10 @@ crdt-prune-after-ms = {{ include "statehouse.tomlInt" $s.crdtPruneAfterMs }}
 
 [processor.admission]
 {{ include "statehouse.toml.admission" $root.Values.config.processor.admission }}
+{{- with (include "statehouse.toml.internalTls" $root | trim) }}
+
+{{ . }}
+{{- end }}
 {{ end -}}
 
 {{/* The keys of an [*.admission] section. Arg: its values. */}}
@@ -545,7 +632,8 @@ Pod pieces
 {{/* Probes of a statehouse container. Startup and liveness: HTTP /healthz on the metrics port
 (the process is alive; never restarted for a long recovery). Readiness: HTTP /readyz on the
 metrics port, or with probes.mode=grpc the gRPC health service on the gRPC port. Both turn ready
-only after discovery and recovery. Args: (list $root metricsPort grpcPort-or-0). */}}
+only after discovery and recovery. Args: (list $root metricsPort grpcPort-or-0); a TLS port is
+passed as 0 (the kubelet's gRPC probe speaks plaintext only), so its readiness stays on HTTP. */}}
 {{- define "statehouse.probes" -}}
 {{- $root := index . 0 -}}
 {{- $metrics := index . 1 | int -}}

@@ -162,3 +162,29 @@ async fn without_an_owner_the_call_fails_unavailable_at_the_deadline() {
         other => panic!("expected NoOwner, got {other}"),
     }
 }
+
+#[test]
+fn an_https_endpoint_without_internal_tls_names_the_setting() {
+    let err =
+        super::connect_lazy("https://10.0.0.7:9100", None, Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(err, super::Error::BadEndpoint { .. }), "{err:?}");
+    assert!(err.to_string().contains("[internal-tls]"), "{err}");
+    assert!(!err.is_transient());
+}
+
+#[test]
+fn a_refused_tls_handshake_never_ran_anything() {
+    for message in [
+        "transport error: received fatal alert: UnknownCA",
+        "invalid peer certificate: certificate not valid for name \"p\"",
+        "TLS connect timed out",
+    ] {
+        assert!(
+            super::never_connected(&tonic::Status::unknown(message)),
+            "{message}"
+        );
+    }
+    assert!(!super::never_connected(&tonic::Status::unknown(
+        "connection reset by peer"
+    )));
+}
