@@ -11,7 +11,7 @@ use statehouse_kafka::reader::{Isolation, read_to_end};
 use statehouse_schemas::avro::{AvroRecord, EventRecord};
 use statehouse_schemas::shoppingcart::persistence;
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
-use statehouse_schemas::shoppingcart::{AddLineItem, RemoveLineItem};
+use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart, RemoveLineItem};
 use statehouse_test_support::user_function::Kind;
 use tonic::transport::Channel;
 
@@ -20,6 +20,32 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Cart → its items in the order first added (product, quantity).
 pub type Carts = BTreeMap<String, Vec<(String, i32)>>;
+
+/// Wait until the gateway behind `client` knows the shopping cart and a `GetCart` goes through
+/// (it learns the service and its owners from Kafka once the processor published them):
+/// UNIMPLEMENTED and UNAVAILABLE are retried for 90 s, anything else fails the test.
+pub async fn warm_up(client: &mut ShoppingCartClient<Channel>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut request = tonic::Request::new(GetShoppingCart {
+            user_id: "warm-up".into(),
+        });
+        request.set_timeout(Duration::from_secs(30));
+        match client.get_cart(request).await {
+            Ok(_) => return,
+            Err(s)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(
+                        s.code(),
+                        tonic::Code::Unimplemented | tonic::Code::Unavailable
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("the stack does not serve within 90 s: {s:?}"),
+        }
+    }
+}
 
 /// Command `i` of the mix: adds over `carts` carts (repeated products add up), and every
 /// seventh a remove (refused when the cart does not hold the product).

@@ -29,6 +29,7 @@ use ring::signature::{
 };
 use serde_json::{Value, json};
 use statehouse_core::ids::parse_journal_key;
+use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::clients::{kafka, store};
 use statehouse_e2e::intercept::Interceptor;
 use statehouse_kafka::reader::{self, Isolation};
@@ -180,29 +181,6 @@ async fn grpc_client(stack: &Stack) -> ShoppingCartClient<Channel> {
     ShoppingCartClient::connect(format!("http://{}", stack.gateway_addr))
         .await
         .unwrap()
-}
-
-/// Wait until the gateway knows the service and a command (anonymous: GetCart) goes through.
-async fn warm_up(client: &mut ShoppingCartClient<Channel>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let request = authorized(
-            GetShoppingCart {
-                user_id: "warm-up".into(),
-            },
-            None,
-        );
-        match client.get_cart(request).await {
-            Ok(_) => return,
-            Err(s)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(s.code(), Code::Unimplemented | Code::Unavailable) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("the stack does not serve within 90 s: {s:?}"),
-        }
-    }
 }
 
 fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {

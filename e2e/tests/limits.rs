@@ -5,8 +5,7 @@
 //! an entity id that is not UTF-8 in an HTTP path is a 400, never a lossily decoded entity.
 //! Nothing refused reaches the journal.
 
-use std::time::Duration;
-
+use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::carts::{self, Carts};
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart};
@@ -31,28 +30,6 @@ fn add(user: &str, product: &str, quantity: i32) -> AddLineItem {
         product_id: product.into(),
         name: "Thing".into(),
         quantity,
-    }
-}
-
-async fn warm_up(client: &mut ShoppingCartClient<Channel>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let request = GetShoppingCart {
-            user_id: "warm-up".into(),
-        };
-        match client.get_cart(request).await {
-            Ok(_) => return,
-            Err(s)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(
-                        s.code(),
-                        tonic::Code::Unimplemented | tonic::Code::Unavailable
-                    ) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("the stack does not serve within 90 s: {s:?}"),
-        }
     }
 }
 

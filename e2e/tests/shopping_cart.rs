@@ -3,8 +3,7 @@
 //! the user function as real processes, on the real Kafka and Cassandra. Every call goes
 //! through the gateway over gRPC and over HTTP/JSON, and every reply is checked exactly.
 
-use std::time::Duration;
-
+use statehouse_e2e::carts::warm_up;
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart, LineItem, RemoveLineItem};
 use statehouse_test_support::http;
@@ -24,31 +23,6 @@ async fn grpc(stack: &Stack) -> ShoppingCartClient<Channel> {
     ShoppingCartClient::connect(format!("http://{}", stack.gateway_addr))
         .await
         .unwrap()
-}
-
-/// Wait until the gateway knows the service (it learns it from the registry topic once the
-/// processor has published it) and a command goes through.
-async fn warm_up(client: &mut ShoppingCartClient<Channel>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut request = tonic::Request::new(GetShoppingCart {
-            user_id: "warm-up".into(),
-        });
-        request.set_timeout(Duration::from_secs(30));
-        match client.get_cart(request).await {
-            Ok(_) => return,
-            Err(s)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(
-                        s.code(),
-                        tonic::Code::Unimplemented | tonic::Code::Unavailable
-                    ) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("the stack does not serve within 90 s: {s:?}"),
-        }
-    }
 }
 
 async fn post(stack: &Stack, path: &str, body: &str) -> http::Response {

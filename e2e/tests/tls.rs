@@ -23,6 +23,7 @@ use std::time::Duration;
 use prost::Message as _;
 use rustls_pki_types::ServerName;
 use statehouse_core::ids::parse_journal_key;
+use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::clients::kafka;
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_runtime::tls::{ClientTls, ReloadingKey, read_roots};
@@ -210,30 +211,6 @@ async fn cart_client(stack: &Stack, tls: &Arc<ClientTls>) -> ShoppingCartClient<
         )
         .unwrap(),
     )
-}
-
-/// Until a command goes through (the gateway learns owners from the routing topic).
-async fn warm_up(client: &mut ShoppingCartClient<Channel>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut request = tonic::Request::new(GetShoppingCart {
-            user_id: "warm-up".into(),
-        });
-        request.set_timeout(Duration::from_secs(30));
-        match client.get_cart(request).await {
-            Ok(_) => return,
-            Err(s)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(
-                        s.code(),
-                        tonic::Code::Unimplemented | tonic::Code::Unavailable
-                    ) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(s) => panic!("the stack does not serve over TLS within 90 s: {s:?}"),
-        }
-    }
 }
 
 /// A call that never reached a server: the connection (its TLS handshake) failed. How the
