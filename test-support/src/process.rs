@@ -28,20 +28,44 @@ pub fn binary() -> PathBuf {
 /// given before: the OS may hand a just-released port out again, and two components of one
 /// stack given the same port collide when they bind it (a user function and a processor's
 /// metrics endpoint did).
+///
+/// Ports come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, from
+/// 32768 by default) and above the infra's fixed ports (all below 20000): a port the kernel
+/// handed out for `bind(0)` can be taken meanwhile as the local port of any outgoing
+/// connection — the stack's many Kafka and Cassandra connections — and a processor restarted
+/// on it then fails with "Address already in use" (seen in `admin.rs`).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1_000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port on 127.0.0.1");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    let (low, high) = (20_000u32, ephemeral_start().clamp(20_001, 32_768));
+    let mut state = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        | 1;
+    for _ in 0..10_000 {
+        // xorshift64: a spread of candidates, different per test process.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = (low + (state % u64::from(high - low)) as u32) as u16;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
-    panic!("no port on 127.0.0.1 that this process was not given before");
+    panic!(
+        "no free port on 127.0.0.1 between {low} and {high} that this process was not given before"
+    );
+}
+
+/// The first port of the kernel's ephemeral range (32768 if it cannot be read).
+fn ephemeral_start() -> u32 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A running `statehouse <role>`. SIGKILLed when dropped.
