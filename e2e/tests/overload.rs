@@ -42,7 +42,7 @@ async fn overload_is_shed_early_loses_nothing_and_recovers() {
         overload_factor: 2.0,
         overload_s: seconds("STATEHOUSE_OVERLOAD_S", 15.0),
         after_fraction: 0.5,
-        after_s: seconds("STATEHOUSE_AFTER_S", 15.0),
+        after_s: seconds("STATEHOUSE_AFTER_S", 90.0),
         max_in_flight: 8192,
         timeout_ms: 10_000,
         seed: 7,

@@ -52,8 +52,10 @@ pub struct Options {
     /// The limit never goes above this.
     pub max_limit: usize,
     /// How much slower than its long-term level the latency may get before the limit shrinks
-    /// (2.0 = twice as slow: a partition writer batching more commands per transaction is
-    /// somewhat slower per command and much faster in total).
+    /// (3.0 = three times as slow: a partition writer batching more commands per
+    /// transaction is somewhat slower per command and much faster in total, and a window's
+    /// latency is noisy on a machine Kafka shares; a system past its capacity gets slower
+    /// without bound, so even a wide tolerance catches it).
     pub tolerance: f64,
     /// Samples per limit update.
     pub window: usize,
@@ -68,7 +70,7 @@ impl Default for Options {
             initial_limit: 64,
             min_limit: 8,
             max_limit: 4_096,
-            tolerance: 2.0,
+            tolerance: 3.0,
             window: 64,
             retry_after_ms: 1_000,
         }
@@ -390,8 +392,8 @@ mod tests {
         let system = |limit: f64| 10.0 * (limit / 100.0).max(1.0);
         let limit = run(&mut e, &o, clock, 6_000, system);
         assert!(
-            (90.0..=300.0).contains(&limit),
-            "the limit settles near where latency doubles (200), got {limit}"
+            (90.0..=450.0).contains(&limit),
+            "the limit settles near where latency triples (300), got {limit}"
         );
     }
 
