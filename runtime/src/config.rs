@@ -397,7 +397,7 @@ pub struct ProcessorOptions {
     /// RESOURCE_EXHAUSTED naming this key (one hot entity cannot hold the processor's memory).
     pub max_commands_per_entity: usize,
     /// Adaptive admission of the commands the processor runs (`docs/security.md`, "Load
-    /// shedding"): the processor's own guard, whatever the number of gateways.
+    /// shedding"): the processor's own guard, whatever the number of gateways; off by default.
     pub admission: crate::admission::Options,
     /// How often a processor tells the others it is alive (and how far it has read the CRDT
     /// topic), ms.
@@ -428,8 +428,12 @@ impl Default for ProcessorOptions {
             max_active_entities: 100_000,
             max_commands_per_entity: 256,
             admission: crate::admission::Options {
-                // Behind the gateway's: the processor refuses only what the gateways let
-                // through together beyond what it can take.
+                // Off by default: a processor's in-flight commands include writes stalled on
+                // Kafka (a cut, a slow broker), and a limit they fill would also refuse the
+                // reads its entities could answer from memory (the R5 lease reads were). The
+                // gateways' limits shed first; turn this on when many gateways front one
+                // processor.
+                enabled: false,
                 initial_limit: 256,
                 max_limit: 16_384,
                 ..crate::admission::Options::default()
