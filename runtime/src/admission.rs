@@ -201,7 +201,7 @@ impl Limiter {
     }
 }
 
-/// An admitted call; its drop ends it (a latency sample if [`Permit::ran`] was called).
+/// An admitted call; its drop ends it (a latency sample if [`Permit::end`] said it ran).
 #[derive(Debug)]
 pub struct Permit {
     inner: Arc<Inner>,
@@ -216,11 +216,6 @@ impl Permit {
     /// of a slow system).
     pub fn start(&mut self) {
         self.started = Instant::now();
-    }
-
-    /// The call ran: its latency counts.
-    pub fn ran(&mut self) {
-        self.outcome = Outcome::Ran;
     }
 
     /// Set how the call ended.
