@@ -20,18 +20,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message as _;
-use ring::rand::SystemRandom;
-use ring::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
-};
 use serde_json::{Value, json};
 use statehouse_core::ids::parse_journal_key;
 use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::clients::{kafka, store};
 use statehouse_e2e::intercept::Interceptor;
+use statehouse_e2e::jwt::{Keys, b64, mint, now};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_schemas::cloudstate::eventsourced::{EventSourcedStreamIn, event_sourced_stream_in};
 use statehouse_schemas::cloudstate::metadata_entry;
@@ -49,70 +44,6 @@ const ISSUER: &str = "https://issuer.e2e.test";
 const AUDIENCE: &str = "shop";
 /// The cart every refused call aims at.
 const VICTIM: &str = "auth-victim";
-
-struct Keys {
-    ed: Ed25519KeyPair,
-    ec: EcdsaKeyPair,
-}
-
-impl Keys {
-    fn new() -> Self {
-        let rng = SystemRandom::new();
-        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Self {
-            ed: Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap(),
-            ec: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref(), &rng)
-                .unwrap(),
-        }
-    }
-
-    fn jwks(&self) -> String {
-        let point = self.ec.public_key().as_ref();
-        json!({"keys": [
-            {"kty": "OKP", "crv": "Ed25519", "kid": "ed1", "x": b64(self.ed.public_key().as_ref())},
-            {"kty": "EC", "crv": "P-256", "kid": "ec1", "x": b64(&point[1..33]), "y": b64(&point[33..])},
-        ]})
-        .to_string()
-    }
-
-    fn ed_token(&self, kid: &str, claims: &Value) -> String {
-        mint(&json!({"alg": "EdDSA", "kid": kid}), claims, |m| {
-            self.ed.sign(m).as_ref().to_vec()
-        })
-    }
-
-    fn ec_token(&self, claims: &Value) -> String {
-        mint(&json!({"alg": "ES256", "kid": "ec1"}), claims, |m| {
-            self.ec
-                .sign(&SystemRandom::new(), m)
-                .unwrap()
-                .as_ref()
-                .to_vec()
-        })
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn mint(header: &Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let signature = sign(input.as_bytes());
-    format!("{input}.{}", b64(&signature))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn claims(changes: &[(&str, Value)]) -> Value {
     let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "ada", "exp": now() + 600,

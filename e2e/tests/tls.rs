@@ -25,6 +25,7 @@ use rustls_pki_types::ServerName;
 use statehouse_core::ids::parse_journal_key;
 use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::clients::kafka;
+use statehouse_e2e::tls::{cart_client, client, mint, probe, status_of};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_runtime::tls::{ClientTls, ReloadingKey, read_roots};
 use statehouse_schemas::grpc::health::v1::HealthCheckRequest;
@@ -49,42 +50,6 @@ const REFUSED: [&str; 4] = [
 ];
 const NAME: &str = "statehouse.internal";
 
-/// `statehouse admin certs dev --out <dir> --names statehouse.internal`.
-fn mint(dir: &Path) {
-    let out = Command::new(process::binary())
-        .args(["admin", "certs", "dev", "--out"])
-        .arg(dir)
-        .args(["--names", NAME])
-        .output()
-        .expect("running statehouse admin certs dev");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The summary names the keys to set.
-    for key in ["[gateway.tls]", "cert-file", "[internal-tls]", "ca-file"] {
-        assert!(stdout.contains(key), "{key} missing from:\n{stdout}");
-    }
-}
-
-/// A client of `ca`'s servers presenting `cert` (`client.pem`/`client.key` of a folder).
-fn client(ca: &Path, cert: Option<&Path>, alpn: &[u8]) -> Arc<ClientTls> {
-    let key = cert.map(|dir| {
-        Arc::new(ReloadingKey::read_once(&dir.join("client.pem"), &dir.join("client.key")).unwrap())
-    });
-    Arc::new(
-        ClientTls::new(
-            read_roots("ca", &ca.join("ca.pem")).unwrap(),
-            key,
-            None,
-            &[alpn],
-        )
-        .unwrap(),
-    )
-}
-
 /// The same, expecting processors' name.
 fn internal_client(ca: &Path, cert: &Path) -> Arc<ClientTls> {
     let key = Arc::new(
@@ -99,31 +64,6 @@ fn internal_client(ca: &Path, cert: &Path) -> Arc<ClientTls> {
         )
         .unwrap(),
     )
-}
-
-/// Status and body of `GET /` over TLS (blocking: the harness's readiness probe).
-fn probe(addr: &str, tls: &ClientTls) -> Result<u16, String> {
-    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(
-        tls.config(),
-        tls.server_name_for("127.0.0.1")
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer);
-    status_of(&answer).ok_or_else(|| format!("no HTTP answer ({read:?})"))
-}
-
-fn status_of(answer: &[u8]) -> Option<u16> {
-    let text = String::from_utf8_lossy(answer);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// One HTTP/1.1 request over TLS: (status, body).
@@ -203,16 +143,6 @@ async fn handshake(addr: &str, tls: &ClientTls, host: &str) -> Result<(), String
     }
 }
 
-async fn cart_client(stack: &Stack, tls: &Arc<ClientTls>) -> ShoppingCartClient<Channel> {
-    ShoppingCartClient::new(
-        tls.channel(
-            &format!("https://{}", stack.gateway_addr),
-            Duration::from_secs(5),
-        )
-        .unwrap(),
-    )
-}
-
 /// A call that never reached a server: the connection (its TLS handshake) failed. How the
 /// client reports it depends on when the alert arrives (before or after the request was
 /// written: a transport error, or the connection closed under the call).
@@ -277,8 +207,8 @@ fn temp_dir() -> PathBuf {
 async fn the_cart_is_served_over_tls_with_mtls_inside() {
     let base = temp_dir();
     let (ours, theirs) = (base.join("ours"), base.join("theirs"));
-    mint(&ours);
-    mint(&theirs);
+    mint(&ours, NAME);
+    mint(&theirs, NAME);
     let file = |name: &str| format!("{:?}", ours.join(name).display().to_string());
 
     let mut options = Options::new(Kind::RustShoppingCart);

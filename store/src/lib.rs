@@ -23,6 +23,6 @@ mod store;
 
 pub use erase::EntityRows;
 pub use error::Error;
-pub use options::Options;
+pub use options::{Options, TlsOptions};
 pub use rows::{CrdtRow, JournalRow, SnapshotRow, ValueRow};
 pub use store::Store;

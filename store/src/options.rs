@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ pub struct Options {
     pub username: Option<String>,
     /// Password for password authentication. Prefer `STATEHOUSE__CASSANDRA__PASSWORD` from a secret.
     pub password: Option<String>,
+    /// Client TLS to the nodes (`[cassandra.tls]`).
+    pub tls: TlsOptions,
     /// Per-request timeout, ms.
     pub request_timeout_ms: u64,
     /// Connection timeout, ms.
@@ -40,10 +43,29 @@ impl Default for Options {
             local_datacenter: None,
             username: None,
             password: None,
+            tls: TlsOptions::default(),
             request_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
         }
     }
+}
+
+/// Client TLS to Cassandra / ScyllaDB (`[cassandra.tls]`), through OpenSSL (the library the
+/// Kafka client links too). The nodes' certificates are verified against `ca-file` and against
+/// the IP address the driver connects to (the address each node advertises), so a node
+/// certificate must carry that address as an IP subject alternative name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TlsOptions {
+    /// Connect with TLS (the nodes' `client_encryption_options.enabled`).
+    pub enabled: bool,
+    /// PEM file of the CA(s) that signed the nodes' certificates; unset = the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the nodes (when they require client certificates),
+    /// with `key-file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert-file`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -80,6 +102,18 @@ impl Options {
         }
         if self.username.is_some() != self.password.is_some() {
             return bad("cassandra.username and cassandra.password go together".into());
+        }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return bad("cassandra.tls.cert-file and cassandra.tls.key-file go together".into());
+        }
+        if !tls.enabled
+            && (tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some())
+        {
+            return bad(
+                "cassandra.tls files are set but cassandra.tls.enabled is false; set it to true"
+                    .into(),
+            );
         }
         if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
             return bad("cassandra timeouts must be positive".into());
@@ -145,5 +179,17 @@ mod tests {
             ..Options::default()
         };
         assert!(o.validate().is_err());
+        let mut o = Options::default();
+        o.tls.ca_file = Some("/ca.pem".into());
+        assert!(
+            o.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("tls.enabled")
+        );
+        o.tls.enabled = true;
+        o.validate().unwrap();
+        o.tls.cert_file = Some("/c.pem".into());
+        assert!(o.validate().unwrap_err().to_string().contains("key-file"));
     }
 }

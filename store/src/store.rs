@@ -75,6 +75,9 @@ pub(crate) async fn connect(options: &Options, with_keyspace: bool) -> Result<Se
     if let (Some(user), Some(password)) = (&options.username, &options.password) {
         builder = builder.user(user, password);
     }
+    if options.tls.enabled {
+        builder = builder.tls_context(Some(tls_connector(&options.tls)?));
+    }
     if with_keyspace {
         builder = builder.use_keyspace(&options.keyspace, false);
     }
@@ -82,6 +85,39 @@ pub(crate) async fn connect(options: &Options, with_keyspace: bool) -> Result<Se
         contact_points: options.contact_points.join(","),
         reason: e.to_string(),
     })
+}
+
+/// The OpenSSL client context of `[cassandra.tls]`: peers verified against `ca-file` (else the
+/// system's roots) and, per connection, against the node's IP address (the driver sets it).
+fn tls_connector(
+    tls: &crate::options::TlsOptions,
+) -> Result<openssl::ssl::SslConnectorBuilder, Error> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    let invalid = |what: String, e: openssl::error::ErrorStack| {
+        Error::InvalidOption(format!("cassandra.tls: {what}: {e}"))
+    };
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| invalid("cannot create an OpenSSL context".into(), e))?;
+    if let Some(ca) = &tls.ca_file {
+        builder
+            .set_ca_file(ca)
+            .map_err(|e| invalid(format!("cannot load ca-file {}", ca.display()), e))?;
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        builder
+            .set_certificate_chain_file(cert)
+            .map_err(|e| invalid(format!("cannot load cert-file {}", cert.display()), e))?;
+        builder
+            .set_private_key_file(key, SslFiletype::PEM)
+            .map_err(|e| invalid(format!("cannot load key-file {}", key.display()), e))?;
+        builder.check_private_key().map_err(|e| {
+            invalid(
+                format!("key-file {} does not match cert-file", key.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(builder)
 }
 
 impl Store {

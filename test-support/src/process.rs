@@ -72,6 +72,9 @@ fn ephemeral_start() -> u32 {
 pub struct Statehouse {
     role: String,
     sets: Vec<String>,
+    /// Environment variables beyond the test's own (e.g. `STATEHOUSE__…` secrets, which must
+    /// never be on a command line).
+    env: Vec<(String, String)>,
     /// The network namespace it runs in (`crate::netns`), if not the root one.
     netns: Option<String>,
     child: Option<Child>,
@@ -88,11 +91,22 @@ impl Statehouse {
     /// Like [`Statehouse::start`], inside the network namespace `netns` when given (restarts
     /// stay in it).
     pub fn start_in(role: &str, sets: &[String], netns: Option<&crate::netns::Namespace>) -> Self {
+        Self::start_with(role, sets, &[], netns)
+    }
+
+    /// Like [`Statehouse::start_in`], with extra environment variables (kept for restarts).
+    pub fn start_with(
+        role: &str,
+        sets: &[String],
+        env: &[(String, String)],
+        netns: Option<&crate::netns::Namespace>,
+    ) -> Self {
         let dir = std::env::temp_dir().join("statehouse-e2e");
         fs::create_dir_all(&dir).expect("creating the e2e log folder");
         let mut s = Self {
             role: role.to_string(),
             sets: sets.to_vec(),
+            env: env.to_vec(),
             netns: netns.map(|ns| ns.name().to_string()),
             child: None,
             log_path: dir.join(format!("{}.log", crate::unique(role))),
@@ -121,6 +135,7 @@ impl Statehouse {
             command.arg("--set").arg(set);
         }
         command.arg(&self.role);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         // `RUST_LOG` wins over `telemetry.log-filter`: a test that sets the filter gets it.
         if self
             .sets

@@ -33,6 +33,9 @@ pub struct Options {
     /// How the harness asks the gateway whether it serves (default: `GET /` over plaintext
     /// HTTP/1.1); a gateway with `[gateway.tls]` needs a probe that speaks TLS.
     pub gateway_probe: Option<Probe>,
+    /// Environment variables for every `statehouse` process (secrets: never `--set`, which a
+    /// command line shows).
+    pub env: Vec<(String, String)>,
 }
 
 /// Given the gateway's `host:port`, the HTTP status of its `GET /` (200 once a service is
@@ -73,6 +76,7 @@ impl Options {
             kafka_cluster: false,
             common_sets: Vec::new(),
             gateway_probe: None,
+            env: Vec::new(),
         }
     }
 }
@@ -130,6 +134,7 @@ impl Stack {
                     .flat_map(|s| ["--set".to_string(), s.clone()]),
             )
             .args(["admin", "migrate"])
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .status()
             .expect("running statehouse admin migrate");
@@ -145,7 +150,8 @@ impl Stack {
         let mut sets = common.clone();
         sets.push(format!("gateway.listen=\"{host}:{gateway_port}\""));
         sets.push(format!("gateway.metrics-listen=\"{host}:{}\"", free_port()));
-        let gateway = Statehouse::start_in("gateway", &sets, gateway_netns.as_ref());
+        let gateway =
+            Statehouse::start_with("gateway", &sets, &options.env, gateway_netns.as_ref());
         let mut stack = Self {
             options,
             prefix,
@@ -339,7 +345,7 @@ fn start_pod(common: &[String], options: &Options) -> Pod {
         "processor.backup-interval-ms=200".to_string(),
     ]);
     sets.extend(options.processor_sets.iter().cloned());
-    let processor = Statehouse::start_in("processor", &sets, netns.as_ref());
+    let processor = Statehouse::start_with("processor", &sets, &options.env, netns.as_ref());
     Pod {
         user_function,
         processor,

@@ -333,7 +333,14 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
             "--kafka-brokers 3 measures Statehouse on the replicated cluster; leave the floor out (--only statehouse,plain,lwt)"
         );
     }
-    infra::up(layout, args.more.kafka_brokers, false)?;
+    infra::up(
+        layout,
+        infra::Extras {
+            kafka_brokers: args.more.kafka_brokers,
+            jaeger: false,
+            secure: false,
+        },
+    )?;
     let env = infra::test_env()?;
     let bin = layout.workspace.join("target").join("release");
     let ts = utc_timestamp()?;

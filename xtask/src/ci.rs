@@ -146,12 +146,21 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             ],
             Vec::new(),
         ),
-        // The single broker, Cassandra, the 3-broker cluster of the replication tests, and
-        // Jaeger for the tracing tests.
+        // The single broker, Cassandra, the 3-broker cluster of the replication tests, Jaeger
+        // for the tracing tests, and the secured Kafka and Cassandra of the secure tests.
         Step::new(
             "infra",
-            "cargo xtask infra up --kafka-brokers 3 --jaeger",
-            move || infra::up(&infra_layout, 3, true),
+            "cargo xtask infra up --kafka-brokers 3 --jaeger --secure",
+            move || {
+                infra::up(
+                    &infra_layout,
+                    infra::Extras {
+                        kafka_brokers: 3,
+                        jaeger: true,
+                        secure: true,
+                    },
+                )
+            },
         ),
         Step::script(
             "sdks",
@@ -174,6 +183,7 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
             let mut env = infra::test_env()?;
             env.push(("STATEHOUSE_TEST_KAFKA_CLUSTER", infra::cluster_bootstrap(3)));
             env.extend(infra::jaeger_env());
+            env.extend(infra::secure_env(layout));
             env
         }),
         Step::script("helm", "helm/ci.sh", "the Helm chart checks"),

@@ -53,7 +53,14 @@ impl Drop for Children {
 }
 
 pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
-    infra::up(layout, 1, false)?;
+    infra::up(
+        layout,
+        infra::Extras {
+            kafka_brokers: 1,
+            jaeger: false,
+            secure: false,
+        },
+    )?;
     let env = infra::test_env()?;
     let kafka = env[0].1.clone();
     let cassandra = env[1].1.clone();

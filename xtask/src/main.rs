@@ -50,6 +50,11 @@ enum InfraCommand {
         /// tracing tests.
         #[arg(long)]
         jaeger: bool,
+        /// Also run a Kafka node that takes only SASL_SSL clients (127.0.0.1:9096) and a
+        /// Cassandra node that takes only TLS clients that log in (127.0.0.1:9142), for the
+        /// secured-infrastructure tests; certificates and passwords in `<infra>/secure/`.
+        #[arg(long)]
+        secure: bool,
     },
     /// Stop every service; no process is left behind.
     Down {
@@ -87,7 +92,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             InfraCommand::Up {
                 kafka_brokers,
                 jaeger,
-            } => infra::up(&layout, kafka_brokers, jaeger).map(|()| true),
+                secure,
+            } => infra::up(
+                &layout,
+                infra::Extras {
+                    kafka_brokers,
+                    jaeger,
+                    secure,
+                },
+            )
+            .map(|()| true),
             InfraCommand::Down { wipe } => infra::down(&layout, wipe).map(|()| true),
             InfraCommand::Status => infra::status(&layout),
             InfraCommand::Logs { lines } => infra::logs(&layout, lines).map(|()| true),

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::infra::health;
 use crate::infra::jvm::Java;
+use crate::infra::secure;
 
 /// Env var that moves the single node's client port (its controller port is the next one).
 pub(crate) const PORT_ENV: &str = "STATEHOUSE_KAFKA_PORT";
@@ -44,6 +45,8 @@ pub(crate) struct Node {
     pub(crate) voters: Vec<(i32, u16)>,
     /// Where the cluster id shared by all nodes of this cluster is kept.
     pub(crate) cluster_id_file: PathBuf,
+    /// `Some` for the `SASL_SSL`-only node of `infra up --secure` ([`secure`]).
+    pub(crate) secure: Option<secure::Material>,
 }
 
 /// The client port of the single node (`$STATEHOUSE_KAFKA_PORT` or 9092).
@@ -73,7 +76,21 @@ impl Node {
             netns_port,
             voters: Vec::new(),
             cluster_id_file: dir.join("cluster.id"),
+            secure: None,
         })
+    }
+
+    /// The secured single node of `infra up --secure`, living in `dir` ([`secure`]).
+    pub(crate) fn secured(dir: &Path, material: secure::Material) -> Self {
+        Self {
+            node_id: 1,
+            client_port: secure::KAFKA_PORT,
+            controller_port: secure::KAFKA_CONTROLLER_PORT,
+            netns_port: 0,
+            voters: Vec::new(),
+            cluster_id_file: dir.join("cluster.id"),
+            secure: Some(material),
+        }
     }
 
     /// Node `index` (from 1) of a `size`-node cluster whose nodes live under `cluster_dir`.
@@ -87,6 +104,7 @@ impl Node {
                 .map(|i| (i32::from(i), CLUSTER_CONTROLLER_BASE + i - 1))
                 .collect(),
             cluster_id_file: cluster_dir.join("cluster.id"),
+            secure: None,
         }
     }
 
@@ -94,8 +112,59 @@ impl Node {
         self.voters.len().max(1)
     }
 
+    /// The listener lines of a plain node: `PLAINTEXT` clients, the controller, and `NETNS`.
+    fn plain_listeners(&self) -> String {
+        format!(
+            "listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://0.0.0.0:{netns}
+advertised.listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://{bridge}:{netns}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,NETNS:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT",
+            client = self.client_port,
+            controller = self.controller_port,
+            netns = self.netns_port,
+            bridge = NETNS_BRIDGE,
+        )
+    }
+
+    /// The listener lines of the secured node: clients and the broker itself over `SASL_SSL`
+    /// (SCRAM-SHA-512 or PLAIN, the PEM material of [`secure::Material`]), the controller on
+    /// loopback.
+    fn secure_listeners(&self, material: &secure::Material) -> Result<String> {
+        let admin = material.kafka_admin_password()?;
+        let user = material.kafka_password()?;
+        let path = |p: PathBuf| escape_property(&p.to_string_lossy());
+        Ok(format!(
+            "listeners=SECURE://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=SECURE://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}
+listener.security.protocol.map=SECURE:SASL_SSL,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SECURE
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.secure.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{admin_user}\" password=\"{admin}\";
+listener.name.secure.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"{admin_user}\" password=\"{admin}\" user_{admin_user}=\"{admin}\" user_{user_name}=\"{user}\";
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={truststore}
+ssl.client.auth=none
+super.users=User:{admin_user}",
+            client = self.client_port,
+            controller = self.controller_port,
+            admin_user = secure::KAFKA_ADMIN,
+            user_name = secure::KAFKA_USER,
+            keystore = path(material.server_bundle()),
+            truststore = path(material.ca()),
+        ))
+    }
+
     /// `server.properties` for this node, with its data in `data`.
-    pub(crate) fn properties(&self, data: &Path) -> String {
+    pub(crate) fn properties(&self, data: &Path) -> Result<String> {
+        let listeners = match &self.secure {
+            Some(material) => self.secure_listeners(material)?,
+            None => self.plain_listeners(),
+        };
         let replication = self.cluster_size().min(3);
         let min_isr = if replication > 1 { 2 } else { 1 };
         let quorum = if self.voters.is_empty() {
@@ -112,16 +181,12 @@ impl Node {
             format!("controller.quorum.voters={}", voters.join(","))
         };
         let data = escape_property(&data.to_string_lossy());
-        format!(
+        Ok(format!(
             "# Generated by `cargo xtask infra up`; edits are overwritten.
 process.roles=broker,controller
 node.id={node}
 {quorum}
-listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://0.0.0.0:{netns}
-advertised.listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller},NETNS://{bridge}:{netns}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,NETNS:PLAINTEXT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+{listeners}
 log.dirs={data}
 
 # Topics: created explicitly by the code under test.
@@ -150,11 +215,7 @@ background.threads=4
 num.recovery.threads.per.data.dir=1
 ",
             node = self.node_id,
-            client = self.client_port,
-            controller = self.controller_port,
-            netns = self.netns_port,
-            bridge = NETNS_BRIDGE,
-        )
+        ))
     }
 
     /// Writes the configs into `dir`, formats the storage on first use, and returns the JVM
@@ -165,7 +226,11 @@ num.recovery.threads.per.data.dir=1
         fs::create_dir_all(&data)?;
         fs::create_dir_all(&logs)?;
         let properties = dir.join("server.properties");
-        fs::write(&properties, self.properties(&data))?;
+        fs::write(&properties, self.properties(&data)?)?;
+        if self.secure.is_some() {
+            // Health is read from this start's log ([`secure::health`]).
+            let _ = fs::remove_file(logs.join("server.log"));
+        }
         let log4j = dir.join("log4j2.xml");
         fs::write(&log4j, log4j2_xml(&logs))?;
         let classpath = format!("{}/*", libs.display());
@@ -184,6 +249,16 @@ num.recovery.threads.per.data.dir=1
                 .arg(&properties);
             if self.voters.is_empty() {
                 format.arg("--standalone");
+            }
+            if let Some(material) = &self.secure {
+                for (user, password) in [
+                    (secure::KAFKA_ADMIN, material.kafka_admin_password()?),
+                    (secure::KAFKA_USER, material.kafka_password()?),
+                ] {
+                    format
+                        .arg("--add-scram")
+                        .arg(format!("SCRAM-SHA-512=[name={user},password={password}]"));
+                }
             }
             let out = format
                 .output()
@@ -239,7 +314,10 @@ num.recovery.threads.per.data.dir=1
     }
 
     /// Probes the node (see [`health::kafka`]).
-    pub(crate) fn health(&self) -> Result<String> {
+    pub(crate) fn health(&self, log: &Path) -> Result<String> {
+        if self.secure.is_some() {
+            return secure::health(self.client_port, log, "Kafka Server started", "SASL_SSL");
+        }
         health::kafka(self.client_port, self.node_id, self.cluster_size())
     }
 
@@ -355,15 +433,16 @@ mod tests {
             netns_port: 9094,
             voters: Vec::new(),
             cluster_id_file: dir.join("cluster.id"),
+            secure: None,
         };
-        let props = single.properties(Path::new("/tmp/x/data"));
+        let props = single.properties(Path::new("/tmp/x/data")).unwrap();
         assert!(props.contains("controller.quorum.bootstrap.servers=127.0.0.1:9093\n"));
         assert!(props.contains("transaction.state.log.replication.factor=1\n"));
         assert!(props.contains("transaction.state.log.min.isr=1\n"));
         assert!(props.contains("log.dirs=/tmp/x/data\n"));
 
         let member = Node::cluster_member(dir, 2, 3);
-        let props = member.properties(Path::new("/tmp/x/n2"));
+        let props = member.properties(Path::new("/tmp/x/n2")).unwrap();
         assert!(props.contains("node.id=2\n"));
         assert!(props.contains(
             "controller.quorum.voters=1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194\n"

@@ -22,6 +22,7 @@ mod jaeger;
 mod jvm;
 mod kafka;
 mod process;
+mod secure;
 
 /// Env var overriding how long `up` waits for each service to become healthy (seconds).
 const START_TIMEOUT_ENV: &str = "STATEHOUSE_INFRA_START_TIMEOUT";
@@ -79,9 +80,10 @@ impl Service {
     }
 
     fn health(&self) -> Result<String> {
+        let log = self.main_log();
         match &self.kind {
-            Kind::Kafka(node) => node.health(),
-            Kind::Cassandra(node) => node.health(),
+            Kind::Kafka(node) => node.health(&log),
+            Kind::Cassandra(node) => node.health(&log),
         }
     }
 
@@ -137,6 +139,24 @@ fn core_services(layout: &Layout) -> Result<Vec<Service>> {
     ])
 }
 
+/// The `SASL_SSL` Kafka node and the TLS + password Cassandra node of `--secure`.
+fn secure_services(layout: &Layout) -> Vec<Service> {
+    let material = secure::Material::at(layout);
+    let kafka_dir = layout.infra.join("kafka-secure");
+    vec![
+        Service {
+            name: "kafka-secure".to_owned(),
+            kind: Kind::Kafka(kafka::Node::secured(&kafka_dir, material.clone())),
+            dir: kafka_dir,
+        },
+        Service {
+            name: "cassandra-secure".to_owned(),
+            dir: layout.infra.join("cassandra-secure"),
+            kind: Kind::Cassandra(cassandra::Node::secured(material)),
+        },
+    ]
+}
+
 fn cluster_dir(layout: &Layout) -> PathBuf {
     layout.infra.join("kafka-cluster")
 }
@@ -170,6 +190,11 @@ fn existing_cluster(layout: &Layout) -> Vec<Service> {
 fn known_services(layout: &Layout) -> Result<Vec<Service>> {
     let mut all = core_services(layout)?;
     all.extend(existing_cluster(layout));
+    all.extend(
+        secure_services(layout)
+            .into_iter()
+            .filter(|service| service.dir.exists()),
+    );
     Ok(all)
 }
 
@@ -207,6 +232,11 @@ pub(crate) fn jaeger_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Where the secured-infrastructure tests find `--secure`'s services and material.
+pub(crate) fn secure_env(layout: &Layout) -> Vec<(&'static str, String)> {
+    secure::env(layout)
+}
+
 /// The bootstrap servers of the `n`-node cluster (`--kafka-brokers n`).
 pub(crate) fn cluster_bootstrap(n: u16) -> String {
     (0..n)
@@ -224,9 +254,24 @@ struct Pending {
     since: Instant,
 }
 
-/// Starts whatever is not running and waits until everything is healthy (`with_jaeger`: also
-/// the trace collector of the tracing tests).
-pub(crate) fn up(layout: &Layout, kafka_brokers: u16, with_jaeger: bool) -> Result<()> {
+/// What `infra up` runs beyond the single Kafka node and Cassandra.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extras {
+    /// Nodes of the fault tests' Kafka cluster (1 = none).
+    pub(crate) kafka_brokers: u16,
+    /// Jaeger, the trace collector of the tracing tests.
+    pub(crate) jaeger: bool,
+    /// The secured Kafka and Cassandra nodes ([`secure`]).
+    pub(crate) secure: bool,
+}
+
+/// Starts whatever is not running and waits until everything is healthy.
+pub(crate) fn up(layout: &Layout, extras: Extras) -> Result<()> {
+    let Extras {
+        kafka_brokers,
+        jaeger: with_jaeger,
+        secure: with_secure,
+    } = extras;
     let started = Instant::now();
     if !(1..=9).contains(&kafka_brokers) {
         bail!("--kafka-brokers must be between 1 and 9");
@@ -242,6 +287,12 @@ pub(crate) fn up(layout: &Layout, kafka_brokers: u16, with_jaeger: bool) -> Resu
             );
         }
         wanted.extend(cluster_services(layout, kafka_brokers));
+    }
+    if with_secure {
+        secure::Material::at(layout)
+            .ensure()
+            .context("cannot make the secured services' certificates and passwords")?;
+        wanted.extend(secure_services(layout));
     }
 
     let mut pending = Vec::new();
@@ -345,6 +396,11 @@ pub(crate) fn up(layout: &Layout, kafka_brokers: u16, with_jaeger: bool) -> Resu
     }
     if with_jaeger {
         for (key, value) in jaeger_env() {
+            println!("  {key}={value}");
+        }
+    }
+    if with_secure {
+        for (key, value) in secure_env(layout) {
             println!("  {key}={value}");
         }
     }

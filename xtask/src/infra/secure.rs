@@ -1,0 +1,250 @@
+//! `infra up --secure`: a second Kafka node and a second Cassandra node that only speak to
+//! authenticated clients over TLS, for the tests that prove Statehouse works against secured
+//! infrastructure (`e2e/tests/secure.rs`, `docs/security.md`).
+//!
+//! * Kafka: one KRaft node whose only client listener is `SASL_SSL` on 127.0.0.1:9096
+//!   (mechanisms SCRAM-SHA-512 and PLAIN). Brokers talk to each other over the same listener
+//!   as the super user `admin`; the controller listener (9097) is loopback-only plaintext, as
+//!   the quorum of a combined node never leaves the process's host.
+//! * Cassandra: one node with `client_encryption_options` required (no plaintext fallback) and
+//!   `PasswordAuthenticator` on 127.0.0.1:9142; its superuser is Cassandra's default
+//!   (`cassandra`/`cassandra`), which a test uses only to create the login role it runs as.
+//!
+//! The material lives in `<infra>/secure/`, made once with the `openssl` command line: a CA,
+//! one server certificate for `localhost` and `127.0.0.1`, and random passwords for the Kafka
+//! users `admin` and `statehouse` (files readable by the owner only). The tests find it through
+//! [`env`].
+//!
+//! The plain services answer the hand-written protocol probes of [`super::health`]; these do not
+//! take plaintext, so they count as healthy when their port accepts connections and their log
+//! says (since this start) that they serve clients.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::layout::Layout;
+
+/// The secured Kafka node's `SASL_SSL` client port.
+pub(crate) const KAFKA_PORT: u16 = 9096;
+/// The secured Kafka node's controller port (loopback, plaintext).
+pub(crate) const KAFKA_CONTROLLER_PORT: u16 = 9097;
+/// The secured Cassandra node's CQL port (TLS required).
+pub(crate) const CASSANDRA_PORT: u16 = 9142;
+/// The secured Cassandra node's storage (gossip) port.
+pub(crate) const CASSANDRA_STORAGE_PORT: u16 = 7010;
+/// The secured Cassandra node's local JMX port.
+pub(crate) const CASSANDRA_JMX_PORT: u16 = 7299;
+/// The Kafka user Statehouse authenticates as.
+pub(crate) const KAFKA_USER: &str = "statehouse";
+/// The Kafka super user the broker itself authenticates as.
+pub(crate) const KAFKA_ADMIN: &str = "admin";
+
+/// The certificates and passwords in `<infra>/secure/`.
+#[derive(Debug, Clone)]
+pub(crate) struct Material {
+    pub(crate) dir: PathBuf,
+}
+
+impl Material {
+    pub(crate) fn at(layout: &Layout) -> Self {
+        Self {
+            dir: layout.infra.join("secure"),
+        }
+    }
+
+    pub(crate) fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    pub(crate) fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+
+    pub(crate) fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// The server's private key followed by its certificate chain: the PEM keystore form
+    /// Kafka and Cassandra both read.
+    pub(crate) fn server_bundle(&self) -> PathBuf {
+        self.dir.join("server-bundle.pem")
+    }
+
+    pub(crate) fn kafka_password_file(&self) -> PathBuf {
+        self.dir.join("kafka-password")
+    }
+
+    fn kafka_admin_password_file(&self) -> PathBuf {
+        self.dir.join("kafka-admin-password")
+    }
+
+    pub(crate) fn kafka_password(&self) -> Result<String> {
+        read_secret(&self.kafka_password_file())
+    }
+
+    pub(crate) fn kafka_admin_password(&self) -> Result<String> {
+        read_secret(&self.kafka_admin_password_file())
+    }
+
+    /// Makes whatever is missing: the CA, the server certificate, the passwords.
+    pub(crate) fn ensure(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        for file in [self.kafka_password_file(), self.kafka_admin_password_file()] {
+            if !file.exists() {
+                write_private(&file, &random_password()?)?;
+            }
+        }
+        if self.ca().exists() && self.server_bundle().exists() {
+            return Ok(());
+        }
+        // (CN is at most 64 characters.)
+        let subject = format!("/CN=statehouse infra CA {}", &random_password()?[..16]);
+        // A unique CA name: two test CAs with one name confuse verifiers.
+        openssl(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                ])
+                .args(["-subj", &subject, "-keyout"])
+                .arg(self.ca_key())
+                .arg("-out")
+                .arg(self.ca()),
+        )?;
+        let csr = self.dir.join("server.csr");
+        openssl(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=localhost",
+                ])
+                .arg("-keyout")
+                .arg(self.server_key())
+                .arg("-out")
+                .arg(&csr),
+        )?;
+        let ext = self.dir.join("server.ext");
+        fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )?;
+        openssl(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "3650", "-set_serial", "2", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(self.ca())
+                .arg("-CAkey")
+                .arg(self.ca_key())
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(self.server_cert()),
+        )?;
+        let bundle = format!(
+            "{}{}",
+            fs::read_to_string(self.server_key())?,
+            fs::read_to_string(self.server_cert())?
+        );
+        write_private(&self.server_bundle(), &bundle)?;
+        fs::set_permissions(self.server_key(), fs::Permissions::from_mode(0o600))?;
+        fs::set_permissions(self.ca_key(), fs::Permissions::from_mode(0o600))?;
+        let _ = fs::remove_file(csr);
+        let _ = fs::remove_file(ext);
+        Ok(())
+    }
+}
+
+/// Runs an `openssl` command line, failing with its error output.
+fn openssl(command: &mut Command) -> Result<()> {
+    let out = command
+        .output()
+        .context("cannot run `openssl` (install the openssl package)")?;
+    if !out.status.success() {
+        bail!(
+            "`{command:?}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// 24 random bytes as hex.
+fn random_password() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    Ok(fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+/// Healthy = `port` accepts connections and `log` holds `marker` (the log is removed before
+/// each start, so the marker is from this run).
+pub(crate) fn health(port: u16, log: &Path, marker: &str, what: &str) -> Result<String> {
+    if !super::process::port_open(port) {
+        bail!("port {port} does not accept connections yet");
+    }
+    let text = fs::read_to_string(log).unwrap_or_default();
+    if !text.contains(marker) {
+        bail!("{} does not say {marker:?} yet", log.display());
+    }
+    Ok(format!("{what} on 127.0.0.1:{port}"))
+}
+
+/// Where the secured-infrastructure tests find the services and the material.
+pub(crate) fn env(layout: &Layout) -> Vec<(&'static str, String)> {
+    let material = Material::at(layout);
+    vec![
+        (
+            "STATEHOUSE_TEST_SECURE_KAFKA",
+            format!("127.0.0.1:{KAFKA_PORT}"),
+        ),
+        (
+            "STATEHOUSE_TEST_SECURE_CASSANDRA",
+            format!("127.0.0.1:{CASSANDRA_PORT}"),
+        ),
+        (
+            "STATEHOUSE_TEST_SECURE_DIR",
+            material.dir.display().to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_random_hex() {
+        let a = random_password().unwrap();
+        let b = random_password().unwrap();
+        assert_eq!(a.len(), 48);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
