@@ -16,8 +16,8 @@ ARG DEBIAN_SUITE=bookworm
 # ------------------------------------------------------------------------------------------------
 FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_SUITE} AS builder
 
-# rdkafka builds its bundled librdkafka from source (C toolchain, make, cmake, perl; zlib from the
-# image). Protobuf files are compiled by `protox` (pure Rust): no protoc needed.
+# rdkafka builds its bundled librdkafka from source (C toolchain, make, cmake, perl; zlib and
+# OpenSSL's headers, libssl-dev, from the image). Protobuf files are compiled by `protox` (pure Rust): no protoc needed.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
@@ -34,7 +34,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out/bin /out/lib \
  && cp target/release/statehouse /out/bin/statehouse \
  && strip /out/bin/statehouse \
- # Shared libraries the binary needs beyond glibc/libgcc (today: zlib), from the same Debian.
+ # Shared libraries the binary needs beyond glibc/libgcc (zlib, OpenSSL's libssl/libcrypto for
+ # the Kafka and Cassandra clients' TLS), from the same Debian.
  && for lib in $(ldd /out/bin/statehouse | awk '/=> \// { print $3 }'); do \
       case "$(basename "$lib")" in \
         libc.so*|libm.so*|libgcc_s.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) ;; \

@@ -28,6 +28,11 @@ impl Keys {
         }
     }
 
+    /// The Ed25519 public key (for the tests that misuse it as an HMAC secret).
+    pub fn ed_public_key(&self) -> &[u8] {
+        self.ed.public_key().as_ref()
+    }
+
     /// The JWKS document publishing both public keys.
     pub fn jwks(&self) -> String {
         let point = self.ec.public_key().as_ref();

@@ -69,7 +69,7 @@ fn refused_tokens(keys: &Keys) -> Vec<(&'static str, Option<String>, Code, u16)>
         },
     );
     // The Ed25519 public key as an HMAC secret.
-    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, keys.ed.public_key().as_ref());
+    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, keys.ed_public_key());
     vec![
         ("no token", None, Code::Unauthenticated, 401),
         unauth("malformed", "not-a-jwt".into()),

@@ -14,9 +14,7 @@
 //!   served cart and of none of the refused ones.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +34,7 @@ use statehouse_schemas::statehouse::processor::v1::HandleRequest;
 use statehouse_schemas::statehouse::processor::v1::processor_client::ProcessorClient;
 use statehouse_test_support::stack::{Options, Probe, Stack};
 use statehouse_test_support::user_function::Kind;
-use statehouse_test_support::{http, process, unique};
+use statehouse_test_support::{http, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 

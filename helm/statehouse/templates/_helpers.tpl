@@ -259,6 +259,7 @@ Returns JSON {key: value}. */}}
 {{- end -}}
 
 {{- define "statehouse.kafkaTlsPath" -}}/etc/statehouse/kafka-tls{{- end -}}
+{{- define "statehouse.cassandraTlsPath" -}}/etc/statehouse/cassandra-tls{{- end -}}
 {{/* The config volume and the Kafka TLS secret are mounted side by side (never nested). */}}
 {{- define "statehouse.configPath" -}}/etc/statehouse/config{{- end -}}
 {{- define "statehouse.configFile" -}}/etc/statehouse/config/statehouse.toml{{- end -}}
@@ -311,6 +312,24 @@ username = {{ include "statehouse.tomlStr" $c.username }}
 {{- end }}
 request-timeout-ms = {{ include "statehouse.tomlInt" $c.requestTimeoutMs }}
 connect-timeout-ms = {{ include "statehouse.tomlInt" $c.connectTimeoutMs }}
+{{- if $c.tls.enabled }}
+
+[cassandra.tls]
+enabled = true
+{{- if and (or $c.tls.caKey $c.tls.certKey $c.tls.keyKey) (not $c.tls.existingSecret) }}
+{{- fail "config.cassandra.tls.existingSecret is required when caKey, certKey or keyKey is set" }}
+{{- end }}
+{{- if ne (empty $c.tls.certKey) (empty $c.tls.keyKey) }}
+{{- fail "config.cassandra.tls.certKey and config.cassandra.tls.keyKey go together (client certificates)" }}
+{{- end }}
+{{- if $c.tls.caKey }}
+ca-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.cassandraTlsPath" .) $c.tls.caKey) }}
+{{- end }}
+{{- if $c.tls.certKey }}
+cert-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.cassandraTlsPath" .) $c.tls.certKey) }}
+key-file = {{ include "statehouse.tomlStr" (printf "%s/%s" (include "statehouse.cassandraTlsPath" .) $c.tls.keyKey) }}
+{{- end }}
+{{- end }}
 
 [telemetry]
 log-format = {{ include "statehouse.tomlStr" $t.logFormat }}
@@ -610,6 +629,12 @@ Secrets as environment variables, TLS volumes
     secretName: {{ .Values.config.kafka.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
+{{- if and .Values.config.cassandra.tls.enabled .Values.config.cassandra.tls.existingSecret }}
+- name: cassandra-tls
+  secret:
+    secretName: {{ .Values.config.cassandra.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end -}}
 
 {{- define "statehouse.volumeMounts.common" -}}
@@ -621,6 +646,11 @@ Secrets as environment variables, TLS volumes
 {{- if and .Values.config.kafka.tls.enabled .Values.config.kafka.tls.existingSecret }}
 - name: kafka-tls
   mountPath: {{ include "statehouse.kafkaTlsPath" . }}
+  readOnly: true
+{{- end }}
+{{- if and .Values.config.cassandra.tls.enabled .Values.config.cassandra.tls.existingSecret }}
+- name: cassandra-tls
+  mountPath: {{ include "statehouse.cassandraTlsPath" . }}
   readOnly: true
 {{- end }}
 {{- end -}}

@@ -455,4 +455,27 @@ mod tests {
         ));
         assert!(props.contains("min.insync.replicas=2\n"));
     }
+
+    #[test]
+    fn the_secured_node_takes_only_sasl_ssl_clients() {
+        let dir = std::env::temp_dir().join(format!("xtask-secure-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let material = secure::Material { dir: dir.clone() };
+        fs::write(dir.join("kafka-password"), "user-pw\n").unwrap();
+        fs::write(dir.join("kafka-admin-password"), "admin-pw\n").unwrap();
+        let node = Node::secured(&dir, material);
+        let props = node.properties(Path::new("/tmp/x/data")).unwrap();
+        assert!(props.contains("listeners=SECURE://127.0.0.1:9096,CONTROLLER://127.0.0.1:9097\n"));
+        assert!(
+            props.contains("listener.security.protocol.map=SECURE:SASL_SSL,CONTROLLER:PLAINTEXT\n")
+        );
+        assert!(props.contains("inter.broker.listener.name=SECURE\n"));
+        assert!(props.contains("user_statehouse=\"user-pw\""));
+        assert!(props.contains("username=\"admin\" password=\"admin-pw\""));
+        assert!(
+            !props.contains("PLAINTEXT://"),
+            "no plaintext client listener"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
 }
