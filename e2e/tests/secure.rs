@@ -10,6 +10,8 @@
 //!   neither they nor the token appear in any log;
 //! * the events are in the secured Kafka's journal and the secured Cassandra's backup, and a
 //!   restarted processor recovers the cart from them;
+//! * the broker runs an authorizer, and the processor's ACLs of `docs/security.md` (granted by
+//!   `infra up --secure`) are all the cart needs; a prefix outside them is refused;
 //! * the negatives fail: a wrong Kafka password, a plaintext Kafka client, a plaintext
 //!   Cassandra client; the PLAIN mechanism works as well as SCRAM.
 
@@ -387,6 +389,14 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
     // (librdkafka reports why — the authentication failure — on its main queue, which an
     // admin client does not serve; the command names Kafka and the failed request.)
     assert!(out.contains("Kafka"), "the failure names Kafka:\n{out}");
+    // The broker authorizes: the ACLs that served the cart above (docs/security.md's table,
+    // granted by `infra up --secure` for the `e2e-` prefix) do not cover another prefix.
+    let mut other = short[..short.len() - 2].to_vec();
+    other.extend(set(&["kafka.topic-prefix=other.".to_owned()]));
+    other.extend(["admin", "topics", "create", "--service", SERVICE].map(String::from));
+    let (ok, out) = statehouse(&other, &env("SCRAM-SHA-512", &kafka_password));
+    assert!(!ok, "a topic outside the ACLs was created:\n{out}");
+    assert!(out.contains("TopicAuthorizationFailed"), "{out}");
     // A plaintext Kafka client gets nowhere.
     let mut plaintext = env("SCRAM-SHA-512", &kafka_password);
     plaintext[0].1 = "SASL_PLAINTEXT".to_owned();

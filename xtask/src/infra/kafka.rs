@@ -149,7 +149,11 @@ ssl.keystore.location={keystore}
 ssl.truststore.type=PEM
 ssl.truststore.location={truststore}
 ssl.client.auth=none
-super.users=User:{admin_user}",
+# Authorization: `admin` (the broker itself) and the loopback controller listener's ANONYMOUS
+# principal are super users; everyone else needs ACLs (`secure::grant_acls`).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{admin_user};User:ANONYMOUS",
             client = self.client_port,
             controller = self.controller_port,
             admin_user = secure::KAFKA_ADMIN,

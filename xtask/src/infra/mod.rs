@@ -378,6 +378,20 @@ pub(crate) fn up(layout: &Layout, extras: Extras) -> Result<()> {
     if !failures.is_empty() {
         bail!("infra up failed: {}", failures.join("; "));
     }
+    if with_secure {
+        let java = jvm::find_java()?;
+        let libs = jvm::Artifact::load(layout, "kafka")?.ensure_libs(layout)?;
+        let dir = layout.infra.join("kafka-secure");
+        secure::grant_acls(
+            &java.bin,
+            &libs,
+            &secure::Material::at(layout),
+            &dir,
+            secure::KAFKA_PORT,
+        )
+        .context("kafka-secure: granting the statehouse user's ACLs")?;
+        println!("kafka-secure: the statehouse user's ACLs are granted (docs/security.md)");
+    }
     if with_jaeger {
         jaeger::up(layout)?;
     }

@@ -15,6 +15,11 @@
 //! users `admin` and `statehouse` (files readable by the owner only). The tests find it through
 //! [`env`].
 //!
+//! The secured Kafka node runs an authorizer (`StandardAuthorizer`): `admin` is a super user,
+//! and `statehouse` gets exactly the ACLs `docs/security.md` lists for the processor's principal
+//! (prefixed by `statehouse.` and by the tests' `e2e-`), granted with Kafka's own `AclCommand`
+//! once per cluster ([`grant_acls`]) — so the secured test proves that table is enough.
+//!
 //! The plain services answer the hand-written protocol probes of [`super::health`]; these do not
 //! take plaintext, so they count as healthy when their port accepts connections and their log
 //! says (since this start) that they serve clients.
@@ -203,6 +208,97 @@ fn read_secret(path: &Path) -> Result<String> {
         .to_owned())
 }
 
+/// Topic, group and transactional-id prefixes the `statehouse` user may use: the default
+/// `kafka.topic-prefix` and the whole-stack tests' (`e2e-<unique>.`).
+pub(crate) const ACL_PREFIXES: [&str; 2] = ["statehouse.", "e2e-"];
+
+/// The ACLs of `docs/security.md` ("Kafka ACLs for the processor's principal") for `statehouse`:
+/// each `AclCommand --add` argument list after the connection options.
+fn acl_grants() -> Vec<Vec<String>> {
+    let principal = format!("User:{KAFKA_USER}");
+    let grant = |resource: &str, operations: &[&str], prefixed: bool| {
+        let mut args = vec![
+            "--add".to_owned(),
+            "--allow-principal".to_owned(),
+            principal.clone(),
+        ];
+        if prefixed {
+            args.extend(["--resource-pattern-type".to_owned(), "prefixed".to_owned()]);
+            for prefix in ACL_PREFIXES {
+                args.extend([resource.to_owned(), prefix.to_owned()]);
+            }
+        } else {
+            args.push(resource.to_owned());
+        }
+        for operation in operations {
+            args.extend(["--operation".to_owned(), (*operation).to_owned()]);
+        }
+        args
+    };
+    vec![
+        grant(
+            "--topic",
+            &["Describe", "DescribeConfigs", "Read", "Write", "Create"],
+            true,
+        ),
+        grant("--group", &["Describe", "Read"], true),
+        grant("--transactional-id", &["Describe", "Write"], true),
+        grant("--cluster", &["IdempotentWrite"], false),
+    ]
+}
+
+/// Grants [`acl_grants`] on the secured node at `port` with Kafka's `AclCommand` (as `admin`),
+/// once per cluster: `marker` keeps the cluster id it was done for.
+pub(crate) fn grant_acls(
+    java: &Path,
+    libs: &Path,
+    material: &Material,
+    node_dir: &Path,
+    port: u16,
+) -> Result<()> {
+    let cluster_id = fs::read_to_string(node_dir.join("cluster.id")).unwrap_or_default();
+    let marker = node_dir.join("acls.granted");
+    if !cluster_id.trim().is_empty()
+        && fs::read_to_string(&marker).is_ok_and(|done| done.trim() == cluster_id.trim())
+    {
+        return Ok(());
+    }
+    let admin = node_dir.join("admin.properties");
+    write_private(
+        &admin,
+        &format!(
+            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+             sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \
+             username=\"{KAFKA_ADMIN}\" password=\"{}\";\n\
+             ssl.truststore.type=PEM\nssl.truststore.location={}\n",
+            material.kafka_admin_password()?,
+            material.ca().display()
+        ),
+    )?;
+    for grant in acl_grants() {
+        let out = Command::new(java)
+            .arg("-cp")
+            .arg(format!("{}/*", libs.display()))
+            .arg("org.apache.kafka.tools.AclCommand")
+            .args(["--bootstrap-server", &format!("127.0.0.1:{port}")])
+            .arg("--command-config")
+            .arg(&admin)
+            .args(&grant)
+            .output()
+            .context("cannot run Kafka's AclCommand")?;
+        if !out.status.success() {
+            bail!(
+                "granting Kafka ACLs ({}) failed: {}{}",
+                grant.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    fs::write(&marker, cluster_id)?;
+    Ok(())
+}
+
 /// Healthy = `port` accepts connections and `log` holds `marker` (the log is removed before
 /// each start, so the marker is from this run).
 pub(crate) fn health(port: u16, log: &Path, marker: &str, what: &str) -> Result<String> {
@@ -238,6 +334,30 @@ pub(crate) fn env(layout: &Layout) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_acls_follow_the_documented_table() {
+        let grants = acl_grants();
+        let topic = grants[0].join(" ");
+        assert!(
+            topic.contains("--resource-pattern-type prefixed --topic statehouse. --topic e2e-")
+        );
+        for op in ["Describe", "DescribeConfigs", "Read", "Write", "Create"] {
+            assert!(topic.contains(&format!("--operation {op}")), "{topic}");
+        }
+        assert!(grants[1].join(" ").contains("--group statehouse."));
+        assert!(grants[2].join(" ").contains("--transactional-id e2e-"));
+        assert!(
+            grants[3]
+                .join(" ")
+                .ends_with("--cluster --operation IdempotentWrite")
+        );
+        assert!(
+            grants
+                .iter()
+                .all(|g| g.contains(&"User:statehouse".to_owned()))
+        );
+    }
 
     #[test]
     fn passwords_are_random_hex() {
