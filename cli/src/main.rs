@@ -258,8 +258,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _telemetry =
                 statehouse_runtime::telemetry::init(&inspect::telemetry(&config), "admin")
                     .map_err(anyhow::Error::msg)?;
-            runtime.block_on(admin(command, &config))
+            runtime
+                .block_on(admin(command, &config))
+                .map_err(|e| explain_kafka(e, &config.kafka))
         }
+    }
+}
+
+/// An error that came from brokers Statehouse could not reach gets librdkafka's reason (a
+/// refused SASL login, a failed TLS handshake) in front, when it gives one within 5 s.
+fn explain_kafka(error: anyhow::Error, kafka: &statehouse_kafka::Options) -> anyhow::Error {
+    if !statehouse_kafka::diagnose::is_unreachable(&format!("{error:#}")) {
+        return error;
+    }
+    match statehouse_kafka::diagnose::connection_problem(kafka, std::time::Duration::from_secs(5)) {
+        Some(reason) => error.context(format!("Kafka at {}: {reason}", kafka.bootstrap_servers)),
+        None => error,
     }
 }
 
@@ -326,7 +340,8 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
     let _telemetry =
         statehouse_runtime::telemetry::init(&config.telemetry, name).map_err(anyhow::Error::msg)?;
     tracing::info!(role = name, config = %config.masked_toml(), "starting");
-    runtime.block_on(async move {
+    let kafka = config.kafka.clone();
+    let result = runtime.block_on(async move {
         let shutdown = statehouse_runtime::shutdown::on_signals();
         match role {
             Role::Processor => statehouse_processor::run(config, shutdown)
@@ -342,7 +357,8 @@ fn run_role(cli: &Cli, role: Role, name: &str, args: &RoleArgs) -> anyhow::Resul
                 "the {name} role is not available in this build yet; only `statehouse {name} --check-config` works"
             ),
         }
-    })
+    });
+    result.map_err(|e| explain_kafka(e, &kafka))
 }
 
 async fn admin(command: &AdminCommand, config: &Config) -> anyhow::Result<()> {

@@ -14,11 +14,14 @@
 //! * [`reader`] — reads a partition to its end with `read_committed` (recovery, checkers, tests).
 //! * [`ends`] — the last stable offset and high watermark of partitions (the hanging-transaction
 //!   gauge).
+//! * [`diagnose`] — librdkafka's own reason when the brokers cannot be reached (a refused
+//!   login, a failed handshake), which a bare transport failure hides.
 //! * The partitioner itself is Kafka's murmur2 in `statehouse_core::partitioner`.
 
 pub mod admin;
 pub mod broadcast;
 mod context;
+pub mod diagnose;
 pub mod ends;
 mod error;
 pub mod group;
