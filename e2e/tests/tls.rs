@@ -390,6 +390,42 @@ async fn the_cart_is_served_over_tls_with_mtls_inside() {
         }
     }
 
+    // Each processor exports when its certificate expires: the notAfter `openssl` reads from
+    // the file, as `date` converts it.
+    let pem = ours.join("server.pem");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let end = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-enddate",
+            "-in",
+            &pem.display().to_string(),
+        ],
+    );
+    let end = end.strip_prefix("notAfter=").expect("openssl's notAfter");
+    let expected: f64 = run("date", &["-u", "-d", end, "+%s"]).parse().unwrap();
+    let series = format!(
+        "statehouse_tls_certificate_expiry_timestamp_seconds{{file=\"{}\"}}",
+        pem.display()
+    );
+    for i in 0..stack.pods.len() {
+        let samples = stack.metrics(i, &series);
+        assert_eq!(
+            samples.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [expected],
+            "processor {i}: {series}"
+        );
+    }
+
     // Nothing of the refused calls reached the journal; the served cart did.
     let entities = journal_entities(&stack).await;
     assert!(

@@ -25,6 +25,11 @@ const RETRY_REASONS: [&str; 4] = ["no-owner", "no-processor", "unreachable", "no
 /// at 0 while TLS is off.
 pub const TLS_REFUSED: &str = "statehouse_tls_refused_total";
 
+/// Gauge: when a certificate Statehouse serves or presents stops being valid, seconds since the
+/// epoch (its `notAfter`; label `file`: the certificate file), set when it is read or reloaded
+/// (`docs/tls.md`). Exported only by roles with TLS configured.
+pub const TLS_CERT_EXPIRY: &str = "statehouse_tls_certificate_expiry_timestamp_seconds";
+
 /// The reasons of [`TLS_REFUSED`].
 pub const TLS_REFUSED_REASONS: [&str; 3] = ["plaintext", "handshake", "timeout"];
 
@@ -93,4 +98,8 @@ pub fn describe() {
     for reason in TLS_REFUSED_REASONS {
         metrics::counter!(TLS_REFUSED, "reason" => reason).increment(0);
     }
+    metrics::describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "When a certificate this process serves or presents expires (notAfter), seconds since the epoch, by file."
+    );
 }

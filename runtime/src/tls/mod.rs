@@ -24,6 +24,7 @@
 pub mod accept;
 pub mod connect;
 pub mod dev;
+mod expiry;
 pub mod peer;
 pub mod reload;
 

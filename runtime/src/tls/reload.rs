@@ -7,7 +7,8 @@
 //! refused with one error in the log (per change of the files, not per poll), and the previous
 //! certificate keeps being served: a half-written rotation (new certificate, old key) waits for
 //! the key to arrive. New handshakes get the new certificate; running connections are not
-//! touched.
+//! touched. Each certificate read sets the expiry gauge
+//! (`statehouse_tls_certificate_expiry_timestamp_seconds{file}`, [`super::expiry`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -67,6 +68,7 @@ impl ReloadingKey {
     pub fn read_once(cert_file: &Path, key_file: &Path) -> Result<Self, Error> {
         let seen = stamp(cert_file, key_file);
         let current = read_pair(cert_file, key_file)?;
+        record_expiry(cert_file, &current);
         Ok(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -92,6 +94,7 @@ impl ReloadingKey {
         }
         match read_pair(&self.cert_file, &self.key_file) {
             Ok(key) => {
+                record_expiry(&self.cert_file, &key);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
                 tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
                 Reload::Reloaded
@@ -148,6 +151,25 @@ fn stamp(cert_file: &Path, key_file: &Path) -> Stamp {
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
     [of(cert_file), of(key_file)]
+}
+
+/// Sets the expiry gauge of `cert_file` to its end-entity certificate's `notAfter`.
+fn record_expiry(cert_file: &Path, key: &CertifiedKey) {
+    match key
+        .cert
+        .first()
+        .and_then(|c| super::expiry::not_after(c.as_ref()))
+    {
+        Some(end) => ::metrics::gauge!(
+            crate::metrics::TLS_CERT_EXPIRY,
+            "file" => cert_file.display().to_string()
+        )
+        .set(end as f64),
+        None => tracing::warn!(
+            cert_file = %cert_file.display(),
+            "cannot read the certificate's expiry; it is served, but not in the expiry gauge"
+        ),
+    }
 }
 
 fn read_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Error> {
