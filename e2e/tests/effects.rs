@@ -9,6 +9,10 @@
 //! until the caller's deadline and then fails (UNAVAILABLE, or DEADLINE_EXCEEDED when the
 //! caller's own deadline passes first), an asynchronous side effect does not fail its call, and
 //! a forward that is still being retried when the target comes back succeeds.
+//!
+//! Every processor-to-processor call here runs over mTLS (`[internal-tls]`: client certificates
+//! required, the peers' names checked; `docs/tls.md`), so forwards and side effects are also the
+//! test of the routers' client certificates; the gateway's client port stays plaintext.
 
 use std::time::{Duration, Instant};
 
@@ -17,15 +21,18 @@ use statehouse_e2e::proto::relay::{RelayRequest, Target};
 use statehouse_e2e::proto::tck::valueentity::value_entity_tck_model_client::ValueEntityTckModelClient;
 use statehouse_e2e::proto::tck::valueentity::{self as ve, RequestAction, request_action};
 use statehouse_e2e::relay;
+use statehouse_e2e::tls::mint;
 use statehouse_runtime::router::{Registry, feed};
 use statehouse_test_support::process::{Statehouse, free_port};
 use statehouse_test_support::stack::{Options, Stack};
 use statehouse_test_support::user_function::Kind;
-use statehouse_test_support::{http, kafka_bootstrap};
+use statehouse_test_support::{http, kafka_bootstrap, unique};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 const TCK_MODEL: &str = "cloudstate.tck.model.valueentity.ValueEntityTckModel";
+/// The name the processors' certificate carries and their peers must present.
+const NAME: &str = "statehouse.internal";
 
 /// A relay processor and its in-process user function.
 struct RelayPod {
@@ -49,7 +56,7 @@ async fn start_relay(stack: &Stack, stop: &CancellationToken) -> RelayPod {
     RelayPod {
         processor: Statehouse::start("processor", &sets),
         metrics_port,
-        endpoint: format!("http://127.0.0.1:{internal_port}"),
+        endpoint: format!("https://127.0.0.1:{internal_port}"),
     }
 }
 
@@ -111,8 +118,19 @@ fn owned_by(registry: &Registry, endpoint: &str, partitions: u32, taken: &[Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_and_side_effects_reach_other_processors_and_services() {
+    let certs = std::env::temp_dir().join(unique("statehouse-e2e-effects"));
+    mint(&certs, NAME);
+    let file = |name: &str| format!("{:?}", certs.join(name).display().to_string());
     let mut options = Options::new(Kind::GoTck);
     options.service = "tck".into();
+    options.common_sets = vec![
+        "internal-tls.enabled=true".into(),
+        format!("internal-tls.ca-file={}", file("ca.pem")),
+        format!("internal-tls.cert-file={}", file("server.pem")),
+        format!("internal-tls.key-file={}", file("server.key")),
+        format!("internal-tls.allowed-peer-names=[\"{NAME}\"]"),
+        format!("internal-tls.server-name=\"{NAME}\""),
+    ];
     let mut stack = Stack::start(options);
     stack.wait_ready(0, Duration::from_secs(120));
     let stop = CancellationToken::new();
