@@ -270,36 +270,8 @@ enum Command {
     /// `after-fraction` × capacity; refused share, accepted p99, peak memory, recovery time,
     /// and the check that nothing accepted was lost (`docs/security.md`, "Load shedding").
     Overload {
-        #[arg(long, default_value = "http://127.0.0.1:9000")]
-        target: String,
-        #[arg(long, default_value = "es-counter")]
-        scenario: String,
-        #[arg(long, default_value_t = 1000)]
-        entities: u64,
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        #[arg(long, default_value_t = 10.0)]
-        closed_s: f64,
-        #[arg(long, default_value_t = 0.3)]
-        unloaded_fraction: f64,
-        #[arg(long, default_value_t = 10.0)]
-        unloaded_s: f64,
-        #[arg(long, default_value_t = 2.0)]
-        overload_factor: f64,
-        #[arg(long, default_value_t = 60.0)]
-        overload_s: f64,
-        #[arg(long, default_value_t = 0.5)]
-        after_fraction: f64,
-        #[arg(long, default_value_t = 30.0)]
-        after_s: f64,
-        #[arg(long, default_value_t = 8192)]
-        max_in_flight: usize,
-        #[arg(long, default_value_t = 10_000)]
-        timeout_ms: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        options: statehouse_loadtest::overload::Options,
         /// Processes whose memory is sampled: `name=pid,name=pid`.
         #[arg(long, default_value = "")]
         pids: String,
@@ -610,45 +582,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Overload {
-            target,
-            scenario,
-            entities,
-            clients,
-            connections,
-            closed_s,
-            unloaded_fraction,
-            unloaded_s,
-            overload_factor,
-            overload_s,
-            after_fraction,
-            after_s,
-            max_in_flight,
-            timeout_ms,
-            seed,
+            mut options,
             pids,
             out,
             no_progress,
         } => {
-            let options = statehouse_loadtest::overload::Options {
-                uri: target,
-                scenario,
-                entities,
-                clients,
-                connections,
-                closed_s,
-                unloaded_fraction,
-                unloaded_s,
-                overload_factor,
-                overload_s,
-                after_fraction,
-                after_s,
-                max_in_flight,
-                timeout_ms,
-                seed,
-                run_id: format!("overload-{}", std::process::id()),
-                pids: Probe::parse_pids(&pids)?,
-                progress: !no_progress,
-            };
+            options.run_id = format!("overload-{}", std::process::id());
+            options.pids = Probe::parse_pids(&pids)?;
+            options.progress = !no_progress;
             let report = statehouse_loadtest::overload::run(&options).await?;
             print!("{}", report.text());
             if let Some(out) = out {

@@ -25,27 +25,51 @@ use crate::scenario::{self, Acks, Verification};
 /// Seconds of each step of the light phase.
 const AFTER_STEP_S: f64 = 5.0;
 
-/// Settings of an overload run.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Settings of an overload run (also the arguments of `statehouse-loadtest overload`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
 pub struct Options {
+    /// The gateway.
+    #[arg(long = "target", default_value = "http://127.0.0.1:9000")]
     pub uri: String,
+    /// The scenario (`scenario::by_name`).
+    #[arg(long, default_value = "es-counter")]
     pub scenario: String,
+    #[arg(long, default_value_t = 1000)]
     pub entities: u64,
+    /// Clients of the closed-loop phase that measures capacity.
+    #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    #[arg(long, default_value_t = 10.0)]
     pub closed_s: f64,
+    /// The unloaded phase's rate, a fraction of the measured capacity.
+    #[arg(long, default_value_t = 0.3)]
     pub unloaded_fraction: f64,
+    #[arg(long, default_value_t = 10.0)]
     pub unloaded_s: f64,
+    /// The overload phase's rate, a multiple of the measured capacity.
+    #[arg(long, default_value_t = 2.0)]
     pub overload_factor: f64,
+    #[arg(long, default_value_t = 60.0)]
     pub overload_s: f64,
+    /// The rate after the overload, a fraction of the measured capacity.
+    #[arg(long, default_value_t = 0.5)]
     pub after_fraction: f64,
+    #[arg(long, default_value_t = 30.0)]
     pub after_s: f64,
+    #[arg(long, default_value_t = 8192)]
     pub max_in_flight: usize,
+    #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[arg(skip)]
     pub run_id: String,
     /// Processes whose memory is sampled: `(name, pid)`.
+    #[arg(skip)]
     pub pids: Vec<(String, u32)>,
+    #[arg(skip)]
     pub progress: bool,
 }
 
