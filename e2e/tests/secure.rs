@@ -32,7 +32,7 @@ use statehouse_kafka::reader::{self, Isolation};
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart, LineItem};
 use statehouse_test_support::stack::{Options, Probe, Stack};
 use statehouse_test_support::user_function::Kind;
-use statehouse_test_support::{process, unique};
+use statehouse_test_support::{infra, process, unique};
 
 const SERVICE: &str = "shopping-cart";
 const PARTITIONS: u32 = 4;
@@ -51,27 +51,27 @@ struct Secured {
 
 impl Secured {
     fn from_env() -> Self {
-        let var = |name: &str| {
+        // `infra up --secure` prints these; its defaults stand when they are not set.
+        let var = |name: &str, default: String| {
             std::env::var(name)
                 .ok()
                 .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| {
-                    panic!(
-                        "{name} is not set: start the secured Kafka and Cassandra with \
-                     `cargo xtask infra up --secure` and export the variables it prints \
-                     (`cargo xtask ci` does both)"
-                    )
-                })
+                .unwrap_or(default)
         };
         let secured = Self {
-            kafka: var("STATEHOUSE_TEST_SECURE_KAFKA"),
-            cassandra: var("STATEHOUSE_TEST_SECURE_CASSANDRA"),
-            dir: PathBuf::from(var("STATEHOUSE_TEST_SECURE_DIR")),
+            kafka: var("STATEHOUSE_TEST_SECURE_KAFKA", "127.0.0.1:9096".into()),
+            cassandra: var("STATEHOUSE_TEST_SECURE_CASSANDRA", "127.0.0.1:9142".into()),
+            dir: PathBuf::from(var(
+                "STATEHOUSE_TEST_SECURE_DIR",
+                infra::infra_dir().join("secure").display().to_string(),
+            )),
         };
         for addr in [&secured.kafka, &secured.cassandra] {
             assert!(
                 std::net::TcpStream::connect(addr).is_ok(),
-                "nothing listens on {addr}: run `cargo xtask infra up --secure`"
+                "nothing listens on {addr}: start the secured Kafka and Cassandra with \
+                 `cargo xtask infra up --secure` (and export the STATEHOUSE_TEST_SECURE_* \
+                 variables it prints if you moved them)"
             );
         }
         secured

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn infra_dir() -> PathBuf {
+/// The folder `cargo xtask infra up` keeps its services in (`STATEHOUSE_INFRA_DIR`, default
+/// `<repo>/.infra`).
+pub fn infra_dir() -> PathBuf {
     std::env::var_os("STATEHOUSE_INFRA_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
