@@ -24,3 +24,30 @@ pub async fn store(stack: &Stack) -> Store {
     .await
     .expect("connecting to the stack's keyspace")
 }
+
+/// The sequence numbers of `entity`'s events (`<service>|<id>`) in `topic`'s `partition`,
+/// committed ones only, from offset 0.
+pub async fn journal_seqs(
+    kafka: &statehouse_kafka::Options,
+    topic: &str,
+    partition: u32,
+    entity: &str,
+) -> Vec<u64> {
+    statehouse_kafka::reader::read_to_end(
+        kafka,
+        topic,
+        partition,
+        0,
+        statehouse_kafka::reader::Isolation::ReadCommitted,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("reading {topic} partition {partition}: {e}"))
+    .into_iter()
+    .filter_map(|m| {
+        let key = String::from_utf8(m.key?.to_vec()).ok()?;
+        let (e, seq) = statehouse_core::ids::parse_journal_key(&key).ok()?;
+        (e == entity).then_some(seq)
+    })
+    .collect()
+}

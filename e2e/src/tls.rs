@@ -86,3 +86,27 @@ pub async fn cart_client(stack: &Stack, tls: &Arc<ClientTls>) -> ShoppingCartCli
         .unwrap(),
     )
 }
+
+/// The `--set`s of `[internal-tls]` with the certificates `mint` put in `dir` for `name`:
+/// mTLS between the gateway and the processors and among the processors, client certificates
+/// required, `name` the peers must carry.
+pub fn internal_tls_sets(dir: &Path, name: &str) -> Vec<String> {
+    let file = |f: &str| format!("{:?}", dir.join(f).display().to_string());
+    vec![
+        "internal-tls.enabled=true".into(),
+        format!("internal-tls.ca-file={}", file("ca.pem")),
+        format!("internal-tls.cert-file={}", file("server.pem")),
+        format!("internal-tls.key-file={}", file("server.key")),
+        format!("internal-tls.allowed-peer-names=[\"{name}\"]"),
+        format!("internal-tls.server-name=\"{name}\""),
+    ]
+}
+
+/// The `--set`s of `[gateway.tls]` with the server certificate `mint` put in `dir`.
+pub fn gateway_tls_sets(dir: &Path) -> Vec<String> {
+    let file = |f: &str| format!("{:?}", dir.join(f).display().to_string());
+    vec![
+        format!("gateway.tls.cert-file={}", file("server.pem")),
+        format!("gateway.tls.key-file={}", file("server.key")),
+    ]
+}

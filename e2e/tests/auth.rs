@@ -22,12 +22,10 @@ use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::{Value, json};
-use statehouse_core::ids::parse_journal_key;
 use statehouse_e2e::carts::warm_up;
-use statehouse_e2e::clients::{kafka, store};
+use statehouse_e2e::clients::{journal_seqs, kafka, store};
 use statehouse_e2e::intercept::Interceptor;
 use statehouse_e2e::jwt::{Keys, b64, mint, now};
-use statehouse_kafka::reader::{self, Isolation};
 use statehouse_schemas::cloudstate::eventsourced::{EventSourcedStreamIn, event_sourced_stream_in};
 use statehouse_schemas::cloudstate::metadata_entry;
 use statehouse_schemas::shoppingcart::shopping_cart_client::ShoppingCartClient;
@@ -156,25 +154,13 @@ async fn http_call(
 
 /// The journal records of cart `user` (read_committed, from offset 0).
 async fn journal_of(stack: &Stack, user: &str) -> Vec<u64> {
-    let entity = format!("{SERVICE}|{user}");
-    let partition = statehouse_core::partition_for(user.as_bytes(), PARTITIONS);
-    reader::read_to_end(
+    journal_seqs(
         &kafka(stack),
         &format!("{}{SERVICE}.journal", stack.prefix),
-        partition,
-        0,
-        Isolation::ReadCommitted,
-        Duration::from_secs(30),
+        statehouse_core::partition_for(user.as_bytes(), PARTITIONS),
+        &format!("{SERVICE}|{user}"),
     )
     .await
-    .unwrap()
-    .into_iter()
-    .filter_map(|m| {
-        let key = String::from_utf8(m.key?.to_vec()).ok()?;
-        let (e, seq) = parse_journal_key(&key).ok()?;
-        (e == entity).then_some(seq)
-    })
-    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use statehouse_e2e::proto::relay::{RelayRequest, Target};
 use statehouse_e2e::proto::tck::valueentity::value_entity_tck_model_client::ValueEntityTckModelClient;
 use statehouse_e2e::proto::tck::valueentity::{self as ve, RequestAction, request_action};
 use statehouse_e2e::relay;
-use statehouse_e2e::tls::mint;
+use statehouse_e2e::tls::{internal_tls_sets, mint};
 use statehouse_runtime::router::{Registry, feed};
 use statehouse_test_support::process::{Statehouse, free_port};
 use statehouse_test_support::stack::{Options, Stack};
@@ -120,17 +120,9 @@ fn owned_by(registry: &Registry, endpoint: &str, partitions: u32, taken: &[Strin
 async fn forwards_and_side_effects_reach_other_processors_and_services() {
     let certs = std::env::temp_dir().join(unique("statehouse-e2e-effects"));
     mint(&certs, NAME);
-    let file = |name: &str| format!("{:?}", certs.join(name).display().to_string());
     let mut options = Options::new(Kind::GoTck);
     options.service = "tck".into();
-    options.common_sets = vec![
-        "internal-tls.enabled=true".into(),
-        format!("internal-tls.ca-file={}", file("ca.pem")),
-        format!("internal-tls.cert-file={}", file("server.pem")),
-        format!("internal-tls.key-file={}", file("server.key")),
-        format!("internal-tls.allowed-peer-names=[\"{NAME}\"]"),
-        format!("internal-tls.server-name=\"{NAME}\""),
-    ];
+    options.common_sets = internal_tls_sets(&certs, NAME);
     let mut stack = Stack::start(options);
     stack.wait_ready(0, Duration::from_secs(120));
     let stop = CancellationToken::new();

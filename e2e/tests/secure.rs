@@ -24,11 +24,10 @@ use openssl::ssl::{SslConnector, SslMethod};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use serde_json::json;
-use statehouse_core::ids::parse_journal_key;
 use statehouse_e2e::carts::warm_up;
+use statehouse_e2e::clients::journal_seqs;
 use statehouse_e2e::jwt::{Keys, now};
-use statehouse_e2e::tls::{cart_client, client, mint, probe};
-use statehouse_kafka::reader::{self, Isolation};
+use statehouse_e2e::tls::{cart_client, client, gateway_tls_sets, internal_tls_sets, mint, probe};
 use statehouse_schemas::shoppingcart::{AddLineItem, GetShoppingCart, LineItem};
 use statehouse_test_support::stack::{Options, Probe, Stack};
 use statehouse_test_support::user_function::Kind;
@@ -233,7 +232,6 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
     let keys = Keys::new();
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, keys.jwks()).unwrap();
-    let file = |name: &str| format!("{:?}", dir.join(name).display().to_string());
 
     let mut options = Options::new(Kind::RustShoppingCart);
     options.partitions = PARTITIONS;
@@ -242,14 +240,6 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
         format!("cassandra.contact-points=[\"{}\"]", secured.cassandra),
         "cassandra.tls.enabled=true".into(),
         format!("cassandra.tls.ca-file={:?}", secured.ca().display().to_string()),
-        format!("gateway.tls.cert-file={}", file("server.pem")),
-        format!("gateway.tls.key-file={}", file("server.key")),
-        "internal-tls.enabled=true".into(),
-        format!("internal-tls.ca-file={}", file("ca.pem")),
-        format!("internal-tls.cert-file={}", file("server.pem")),
-        format!("internal-tls.key-file={}", file("server.key")),
-        format!("internal-tls.allowed-peer-names=[\"{NAME}\"]"),
-        format!("internal-tls.server-name=\"{NAME}\""),
         "gateway.auth.enabled=true".into(),
         format!("gateway.auth.jwks-file=\"{}\"", jwks.display()),
         format!("gateway.auth.issuers=[\"{ISSUER}\"]"),
@@ -258,6 +248,8 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
         // Debug logs of our crates: the secrets must not be in them either.
         "telemetry.log-filter=\"info,statehouse_gateway=debug,statehouse_processor=debug,statehouse_kafka=debug,statehouse_store=debug\"".into(),
     ];
+    options.common_sets.extend(gateway_tls_sets(&dir));
+    options.common_sets.extend(internal_tls_sets(&dir, NAME));
     // The secrets only in the environment.
     let env = |mechanism: &str, kafka_password: &str| {
         let mut env = secured.kafka_env(mechanism, kafka_password);
@@ -308,23 +300,13 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
     // The events are in the secured Kafka's journal (read over SASL_SSL) ...
     let kafka = secured.kafka_options(&stack.prefix);
     let entity = format!("{SERVICE}|{CART}");
-    let journal: Vec<u64> = reader::read_to_end(
+    let journal = journal_seqs(
         &kafka,
         &format!("{}{SERVICE}.journal", stack.prefix),
         statehouse_core::partition_for(CART.as_bytes(), PARTITIONS),
-        0,
-        Isolation::ReadCommitted,
-        Duration::from_secs(30),
+        &entity,
     )
-    .await
-    .unwrap()
-    .into_iter()
-    .filter_map(|m| {
-        let key = String::from_utf8(m.key?.to_vec()).ok()?;
-        let (e, seq) = parse_journal_key(&key).ok()?;
-        (e == entity).then_some(seq)
-    })
-    .collect();
+    .await;
     assert_eq!(journal, [1, 2], "the journal holds the two accepted events");
 
     // ... and in the secured Cassandra's backup (read over TLS as the role).

@@ -23,7 +23,9 @@ use rustls_pki_types::ServerName;
 use statehouse_core::ids::parse_journal_key;
 use statehouse_e2e::carts::warm_up;
 use statehouse_e2e::clients::kafka;
-use statehouse_e2e::tls::{cart_client, client, mint, probe, status_of};
+use statehouse_e2e::tls::{
+    cart_client, client, gateway_tls_sets, internal_tls_sets, mint, probe, status_of,
+};
 use statehouse_kafka::reader::{self, Isolation};
 use statehouse_runtime::tls::{ClientTls, ReloadingKey, read_roots};
 use statehouse_schemas::grpc::health::v1::HealthCheckRequest;
@@ -211,17 +213,11 @@ async fn the_cart_is_served_over_tls_with_mtls_inside() {
 
     let mut options = Options::new(Kind::RustShoppingCart);
     options.processors = 2;
-    options.common_sets = vec![
-        format!("gateway.tls.cert-file={}", file("server.pem")),
-        format!("gateway.tls.key-file={}", file("server.key")),
-        format!("gateway.tls.client-ca-file={}", file("ca.pem")),
-        "internal-tls.enabled=true".into(),
-        format!("internal-tls.ca-file={}", file("ca.pem")),
-        format!("internal-tls.cert-file={}", file("server.pem")),
-        format!("internal-tls.key-file={}", file("server.key")),
-        format!("internal-tls.allowed-peer-names=[\"{NAME}\"]"),
-        format!("internal-tls.server-name=\"{NAME}\""),
-    ];
+    options.common_sets = gateway_tls_sets(&ours);
+    options
+        .common_sets
+        .push(format!("gateway.tls.client-ca-file={}", file("ca.pem")));
+    options.common_sets.extend(internal_tls_sets(&ours, NAME));
     let probe_tls = client(&ours, Some(&ours), b"http/1.1");
     options.gateway_probe = Some(Probe(Arc::new(move |addr| probe(addr, &probe_tls))));
     let stack = Stack::start_ready(options);
