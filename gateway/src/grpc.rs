@@ -156,7 +156,7 @@ pub(crate) fn parse_frame(body: Bytes, limit: usize) -> Result<Bytes, Error> {
 }
 
 /// Base64 as gRPC-Web text bodies carry it: possibly several padded chunks back to back.
-fn decode_base64_chunks(text: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn decode_base64_chunks(text: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let clean: Vec<u8> = text
         .iter()
