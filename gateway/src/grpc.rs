@@ -213,6 +213,10 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    // ASCII digits only: `u64::from_str` would also take a sign ("+5m").
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.checked_mul(3600)?),
@@ -494,6 +498,9 @@ mod tests {
         headers.insert("grpc-timeout", HeaderValue::from_static("123456789S"));
         assert_eq!(timeout(&headers), None, "at most 8 digits");
         headers.insert("grpc-timeout", HeaderValue::from_static("5x"));
+        assert_eq!(timeout(&headers), None);
+        // Digits only, no sign (found by fuzz target grpc_frame).
+        headers.insert("grpc-timeout", HeaderValue::from_static("+0m"));
         assert_eq!(timeout(&headers), None);
     }
 
