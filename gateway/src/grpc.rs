@@ -136,14 +136,7 @@ pub(crate) fn parse_frame(body: Bytes, limit: usize) -> Result<Bytes, Error> {
             reason: "truncated message header",
         });
     };
-    if header[0] & 1 == 1 {
-        return Err(Error::Compressed);
-    }
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > limit {
-        return Err(Error::RequestTooLarge { limit });
-    }
-    let end = FRAME_HEADER + len;
+    let end = FRAME_HEADER + message_len(header, limit)?;
     match body.len().cmp(&end) {
         std::cmp::Ordering::Less => Err(Error::BadFrame {
             reason: "truncated message",
@@ -155,8 +148,33 @@ pub(crate) fn parse_frame(body: Bytes, limit: usize) -> Result<Bytes, Error> {
     }
 }
 
+/// The message length a frame header announces, checked: flags 0 (1 = compressed, which the
+/// gateway does not take; anything else — e.g. gRPC-Web's trailers flag 0x80 — is not a request
+/// message), at most `limit` bytes.
+fn message_len(header: &[u8], limit: usize) -> Result<usize, Error> {
+    let [flags, a, b, c, d] = header else {
+        return Err(Error::BadFrame {
+            reason: "truncated message header",
+        });
+    };
+    match flags {
+        0 => {}
+        1 => return Err(Error::Compressed),
+        _ => {
+            return Err(Error::BadFrame {
+                reason: "invalid message flags (only 0, uncompressed, is taken)",
+            });
+        }
+    }
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if len > limit {
+        return Err(Error::RequestTooLarge { limit });
+    }
+    Ok(len)
+}
+
 /// Base64 as gRPC-Web text bodies carry it: possibly several padded chunks back to back.
-fn decode_base64_chunks(text: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn decode_base64_chunks(text: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let clean: Vec<u8> = text
         .iter()
@@ -195,6 +213,10 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    // ASCII digits only: `u64::from_str` would also take a sign ("+5m").
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.checked_mul(3600)?),
@@ -326,13 +348,7 @@ impl FrameDecoder {
         let Some(header) = self.buf.get(..FRAME_HEADER) else {
             return Ok(None);
         };
-        if header[0] & 1 == 1 {
-            return Err(Error::Compressed);
-        }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > self.limit {
-            return Err(Error::RequestTooLarge { limit: self.limit });
-        }
+        let len = message_len(header, self.limit)?;
         if self.buf.len() < FRAME_HEADER + len {
             return Ok(None);
         }
@@ -410,6 +426,22 @@ mod tests {
             parse_frame(compressed.into(), 100),
             Err(Error::Compressed)
         ));
+        // Any other flags (a gRPC-Web trailers frame, garbage) are no request message, for
+        // unary bodies and the streaming deframer alike (found by fuzz target grpc_frame).
+        for flags in [0x80, 0x9e, 0x02] {
+            let mut odd = frame(message).to_vec();
+            odd[0] = flags;
+            assert!(matches!(
+                parse_frame(odd.clone().into(), 100),
+                Err(Error::BadFrame { .. })
+            ));
+            let mut decoder = FrameDecoder::new(100);
+            decoder.push(&odd);
+            assert!(matches!(
+                decoder.next_message(),
+                Err(Error::BadFrame { .. })
+            ));
+        }
         assert!(matches!(
             parse_frame(Bytes::new(), 100),
             Err(Error::BadFrame {
@@ -466,6 +498,9 @@ mod tests {
         headers.insert("grpc-timeout", HeaderValue::from_static("123456789S"));
         assert_eq!(timeout(&headers), None, "at most 8 digits");
         headers.insert("grpc-timeout", HeaderValue::from_static("5x"));
+        assert_eq!(timeout(&headers), None);
+        // Digits only, no sign (found by fuzz target grpc_frame).
+        headers.insert("grpc-timeout", HeaderValue::from_static("+0m"));
         assert_eq!(timeout(&headers), None);
     }
 

@@ -22,6 +22,8 @@
 mod auth;
 pub mod console;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod health;
 mod limits;

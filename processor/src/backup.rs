@@ -181,6 +181,11 @@ impl Backup {
         self.erase(&mut erase_journal, &mut erase_values).await?;
         self.flush(&mut rows, &mut snapshots, &mut values).await?;
         for (topic, offset) in next {
+            // Never past a quarantined record: the next owner must find it again.
+            let offset = self
+                .tail
+                .checkpoint_floor(topic)
+                .map_or(offset, |floor| offset.min(floor));
             self.store
                 .write_checkpoint(
                     service,

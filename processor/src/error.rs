@@ -42,6 +42,10 @@ pub enum Error {
     UserFunctionCall(tonic::Status),
     #[error("corrupt journal: {0}")]
     Journal(String),
+    /// A record of the entity did not decode on recovery (`crate::tail`, "quarantined"): its
+    /// state would be wrong, so it refuses commands while every other entity works.
+    #[error("{0}")]
+    Quarantined(String),
     #[error("shutting down")]
     ShuttingDown,
     #[error("configuration: {0}")]
@@ -109,6 +113,8 @@ impl From<Error> for tonic::Status {
             Error::UserFunction(_) => Status::unavailable(message),
             Error::UserFunctionCall(status) => Status::new(status.code(), status.message()),
             Error::Journal(_) => Status::internal(message),
+            // No retry helps until an operator resolved the record; the message names it.
+            Error::Quarantined(_) => Status::failed_precondition(message),
             Error::Config(_) | Error::Startup { .. } => Status::failed_precondition(message),
             Error::Route(e) => route_status(e, message),
         }

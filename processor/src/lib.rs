@@ -22,6 +22,8 @@ mod env;
 mod erase;
 mod error;
 mod eventing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod journal;
 mod kinds;

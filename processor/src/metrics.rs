@@ -9,6 +9,10 @@ pub(crate) const RECORDS_PERSISTED: &str = "statehouse_records_persisted_total";
 /// Counter: commands refused because a record they would write exceeds
 /// `kafka.max-record-bytes` (nothing of them was written).
 pub(crate) const RECORDS_REFUSED: &str = "statehouse_records_refused_total";
+/// Counter: records of the journal or values topic that did not decode when a partition was
+/// recovered, skipped and quarantined (label `topic`: journal | values); their entity refuses
+/// commands until an operator resolves it (`docs/runbooks.md`).
+pub(crate) const RECORDS_QUARANTINED: &str = "statehouse_records_quarantined_total";
 /// Counter: entity activations (stream opened, history replayed).
 pub(crate) const ACTIVATIONS: &str = "statehouse_entity_activations_total";
 /// Gauge: active entities.
@@ -71,13 +75,19 @@ pub(crate) fn describe(service: &str, partitions: u32) {
     statehouse_kafka::metrics::describe();
     statehouse_runtime::metrics::describe();
     // (name, help, label key, its values): every label value is exported at 0.
-    let counters: [(&str, &str, &str, &[&str]); 15] = [
+    let counters: [(&str, &str, &str, &[&str]); 16] = [
         (RECORDS_PERSISTED, "Records committed by entities.", "", &[]),
         (
             RECORDS_REFUSED,
             "Commands refused because their record exceeds kafka.max-record-bytes.",
             "",
             &[],
+        ),
+        (
+            RECORDS_QUARANTINED,
+            "Records that did not decode on recovery, skipped and quarantined, by topic.",
+            "topic",
+            &["journal", "values"],
         ),
         (ACTIVATIONS, "Entity activations.", "", &[]),
         (

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use statehouse_kafka::partition_writer::{self, Observer, Record, Writer};
-use statehouse_kafka::reader::{self, Isolation};
+use statehouse_kafka::reader::{self, Isolation, Message};
 use statehouse_runtime::method_index::EntityKind;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -27,8 +27,8 @@ use crate::env::Env;
 use crate::journal::Journal;
 use crate::kinds::event_sourced::EventSourced;
 use crate::kinds::value::Value;
-use crate::records::{Typed, Written};
-use crate::tail::Tail;
+use crate::records::{Topic, Typed, Written};
+use crate::tail::{Quarantined, Tail};
 
 /// A takeover gives up (and is retried) when reading a topic to its end makes no progress for
 /// this long; a long journal may take as long as it needs while it moves.
@@ -174,7 +174,14 @@ impl Partition {
             )
             .await?;
             for message in messages {
-                if let Some(written) = Written::from_kafka(topic, &message)? {
+                let written = match Written::from_kafka(topic, &message) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        quarantine(&tail, topic, name, &message, &e);
+                        continue;
+                    }
+                };
+                if let Some(written) = written {
                     if let Some(traceparent) = written.traceparent()
                         && linked < statehouse_core::semconv::MAX_LINKS
                     {
@@ -188,7 +195,7 @@ impl Partition {
                 }
             }
         }
-        rescue_hanging(&writer, env, id, checkpoints).await?;
+        rescue_hanging(&writer, env, &tail, id, checkpoints).await?;
         info!(
             partition = id,
             journal_checkpoint = checkpoints[0],
@@ -377,6 +384,40 @@ async fn checkpoint(env: &Env, topic: &str, partition: u32) -> i64 {
     }
 }
 
+/// A record that does not decode on recovery: skipped — failing the takeover would only fail
+/// it again, forever — and quarantined in the tail (its entity refuses commands, the backup
+/// checkpoint stays at it), with an error naming it and a count.
+fn quarantine(tail: &Tail, topic: Topic, name: &str, message: &Message, error: &Error) {
+    let entity = message
+        .key
+        .as_deref()
+        .and_then(|key| topic.entity_of_key(key));
+    let key = message
+        .key
+        .as_deref()
+        .map(|key| String::from_utf8_lossy(key).into_owned());
+    error!(
+        topic = %name,
+        partition = message.partition,
+        offset = message.offset,
+        key = key.as_deref().unwrap_or(""),
+        entity = entity.as_deref().unwrap_or(""),
+        error = %error,
+        "a record does not decode: skipped and quarantined; its entity refuses commands, and the backup checkpoint stays at this offset until an operator resolves it (docs/runbooks.md)"
+    );
+    metrics::counter!(crate::metrics::RECORDS_QUARANTINED, "topic" => topic.label()).increment(1);
+    tail.quarantine(
+        entity,
+        Quarantined {
+            topic,
+            topic_name: name.to_string(),
+            partition: u32::try_from(message.partition).unwrap_or_default(),
+            offset: message.offset,
+            reason: error.to_string(),
+        },
+    );
+}
+
 /// Records of a transaction Kafka left open (and the settle aborted): those below the backup
 /// checkpoint, and those this process's own writer saw committed (a takeover repairing a
 /// partition it owned), were committed — the writer saw the commit succeed — so they are
@@ -384,6 +425,7 @@ async fn checkpoint(env: &Env, topic: &str, partition: u32) -> i64 {
 async fn rescue_hanging(
     writer: &partition_writer::Handle<Typed>,
     env: &Env,
+    tail: &Tail,
     partition: u32,
     checkpoints: [i64; 2],
 ) -> Result<(), Error> {
@@ -413,8 +455,13 @@ async fn rescue_hanging(
             );
         }
         for message in rescue {
-            let Some(written) = Written::from_kafka(topic, message)? else {
-                continue;
+            let written = match Written::from_kafka(topic, message) {
+                Ok(Some(written)) => written,
+                Ok(None) => continue,
+                Err(e) => {
+                    quarantine(tail, topic, name, message, &e);
+                    continue;
+                }
             };
             records.push(Record {
                 topic: Arc::clone(name),
@@ -454,7 +501,68 @@ fn epoch_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::proven_committed;
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn garbage(key: &str, offset: i64) -> Message {
+        Message {
+            partition: 3,
+            offset,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: Some(Bytes::from_static(b"\xc3\x01not an avro record")),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    /// A record that does not decode on recovery is skipped, not fatal: only its own entity
+    /// refuses (FAILED_PRECONDITION naming the record), every other entity of the partition
+    /// activates, and no backup checkpoint passes the record, so the next owner finds it again.
+    #[test]
+    fn an_undecodable_record_quarantines_its_entity_only() {
+        let tail = Tail::default();
+        let bad = garbage("cart|u1#4", 120);
+        let error = Written::from_kafka(Topic::Journal, &bad).unwrap_err();
+        quarantine(&tail, Topic::Journal, "cart.journal", &bad, &error);
+
+        let refused = tail.refuse_quarantined("cart|u1").unwrap_err();
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        for part in [
+            "cart|u1",
+            "cart.journal",
+            "partition 3",
+            "offset 120",
+            "does not decode",
+        ] {
+            assert!(
+                status.message().contains(part),
+                "{part}: {}",
+                status.message()
+            );
+        }
+        tail.refuse_quarantined("cart|u2").unwrap();
+        assert_eq!(tail.checkpoint_floor(Topic::Journal), Some(120));
+        assert_eq!(tail.checkpoint_floor(Topic::Values), None);
+        assert_eq!(tail.len(), 0, "nothing of it reaches the tail");
+
+        // A later bad record of the same entity keeps the first one named; a values record
+        // whose key names no entity still holds the checkpoint back.
+        let later = garbage("cart|u1#5", 130);
+        quarantine(&tail, Topic::Journal, "cart.journal", &later, &error);
+        assert!(
+            tail.refuse_quarantined("cart|u1")
+                .unwrap_err()
+                .to_string()
+                .contains("offset 120")
+        );
+        assert_eq!(tail.checkpoint_floor(Topic::Journal), Some(120));
+        let keyless = garbage("no entity here", 7);
+        quarantine(&tail, Topic::Values, "cart.values", &keyless, &error);
+        assert_eq!(tail.checkpoint_floor(Topic::Values), Some(7));
+        tail.refuse_quarantined("no entity here").unwrap();
+    }
 
     #[test]
     fn open_records_are_rescued_when_the_backup_or_this_process_saw_them_committed() {

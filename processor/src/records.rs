@@ -41,6 +41,28 @@ pub(crate) enum Topic {
     Values,
 }
 
+impl Topic {
+    /// The `topic` label of the metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Topic::Journal => "journal",
+            Topic::Values => "values",
+        }
+    }
+
+    /// The entity (`<persistence_id>|<entity_id>`) a record of this topic with `key` belongs
+    /// to, from the key alone: all that is known of a record whose value does not decode.
+    pub(crate) fn entity_of_key(self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        match self {
+            Topic::Journal => parse_journal_key(key)
+                .ok()
+                .map(|(entity, _)| entity.to_string()),
+            Topic::Values => key.contains('|').then(|| key.to_string()),
+        }
+    }
+}
+
 /// The names of the topics a partition writes.
 #[derive(Debug, Clone)]
 pub(crate) struct Topics {

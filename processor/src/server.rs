@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use statehouse_core::{partition_for, semconv};
 use statehouse_runtime::admission::{self, Limiter};
-use statehouse_runtime::method_index::EntityKind;
+use statehouse_runtime::method_index::{EntityKind, MethodIndex};
 use statehouse_runtime::trace;
 use statehouse_schemas::statehouse::processor::v1::processor_server::Processor;
 use statehouse_schemas::statehouse::processor::v1::{
@@ -41,66 +41,81 @@ pub(crate) struct Service {
 
 impl Service {
     /// The command a request describes, checked against this processor's service and method
-    /// index. The router already read the entity id from the key fields; only the partition is
-    /// recomputed (a cheap hash) to catch a router that disagrees.
+    /// index ([`command_of`]).
     fn command(&self, request: HandleRequest) -> Result<Command, Error> {
         let node = &self.node;
-        if request.service != node.service.as_str() {
+        command_of(
+            node.service.as_str(),
+            &node.index,
+            node.partition_count,
+            request,
+        )
+    }
+}
+
+/// The command a request describes, checked against the processor's `service`, its method
+/// `index` and its partition count. The router already read the entity id from the key fields;
+/// only the partition is recomputed (a cheap hash) to catch a router that disagrees. This is
+/// all the internal API decodes of a request: the payload stays opaque bytes for the user
+/// function.
+pub(crate) fn command_of(
+    service: &str,
+    index: &MethodIndex,
+    partition_count: u32,
+    request: HandleRequest,
+) -> Result<Command, Error> {
+    if request.service != service {
+        return Err(Error::InvalidArgument(format!(
+            "this processor serves {service}, not {:?}",
+            request.service
+        )));
+    }
+    let method = index
+        .method(&request.method)
+        .cloned()
+        .ok_or_else(|| Error::UnknownMethod(request.method.clone()))?;
+    let keyed = method.entity.kind().is_some_and(EntityKind::is_keyed);
+    if keyed {
+        if request.entity_id.is_empty() {
             return Err(Error::InvalidArgument(format!(
-                "this processor serves {}, not {:?}",
-                node.service, request.service
-            )));
-        }
-        let method = node
-            .index
-            .method(&request.method)
-            .cloned()
-            .ok_or_else(|| Error::UnknownMethod(request.method.clone()))?;
-        let keyed = method.entity.kind().is_some_and(EntityKind::is_keyed);
-        if keyed {
-            if request.entity_id.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} needs an entity key",
-                    method.path
-                )));
-            }
-            let partition =
-                partition_for(request.entity_id.as_bytes(), node.partition_count) as i32;
-            if request.partition >= 0 && request.partition != partition {
-                return Err(Error::InvalidArgument(format!(
-                    "entity {:?} is in partition {partition}, not {}",
-                    request.entity_id, request.partition
-                )));
-            }
-        } else if !request.entity_id.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is an action method: it takes no entity id",
+                "{} needs an entity key",
                 method.path
             )));
         }
-        let deadline = (request.deadline_unix_ms > 0).then(|| {
-            let remaining = request
-                .deadline_unix_ms
-                .saturating_sub(crate::entity::now_ms());
-            Instant::now() + Duration::from_millis(remaining.max(0) as u64)
-        });
-        Ok(Command {
-            method,
-            entity_id: request.entity_id,
-            payload: request.payload,
-            type_url: (!request.type_url.is_empty()).then_some(request.type_url),
-            metadata: request.metadata,
-            idempotency_key: (!request.idempotency_key.is_empty())
-                .then_some(request.idempotency_key),
-            deadline,
-            // What the user function and the records continue: this processor's span, or
-            // (traces off) the caller's context as it came.
-            traceparent: trace::traceparent(&tracing::Span::current())
-                .or_else(|| (!request.traceparent.is_empty()).then_some(request.traceparent)),
-            call_traceparent: None,
-            hops: request.hops,
-        })
+        let partition = partition_for(request.entity_id.as_bytes(), partition_count) as i32;
+        if request.partition >= 0 && request.partition != partition {
+            return Err(Error::InvalidArgument(format!(
+                "entity {:?} is in partition {partition}, not {}",
+                request.entity_id, request.partition
+            )));
+        }
+    } else if !request.entity_id.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is an action method: it takes no entity id",
+            method.path
+        )));
     }
+    let deadline = (request.deadline_unix_ms > 0).then(|| {
+        let remaining = request
+            .deadline_unix_ms
+            .saturating_sub(crate::entity::now_ms());
+        Instant::now() + Duration::from_millis(remaining.max(0) as u64)
+    });
+    Ok(Command {
+        method,
+        entity_id: request.entity_id,
+        payload: request.payload,
+        type_url: (!request.type_url.is_empty()).then_some(request.type_url),
+        metadata: request.metadata,
+        idempotency_key: (!request.idempotency_key.is_empty()).then_some(request.idempotency_key),
+        deadline,
+        // What the user function and the records continue: this processor's span, or
+        // (traces off) the caller's context as it came.
+        traceparent: trace::traceparent(&tracing::Span::current())
+            .or_else(|| (!request.traceparent.is_empty()).then_some(request.traceparent)),
+        call_traceparent: None,
+        hops: request.hops,
+    })
 }
 
 #[tonic::async_trait]

@@ -11,12 +11,19 @@
 //! the tombstone itself stays in the commit-ordered entries until the backup has removed the
 //! entity's rows from Cassandra.
 //!
+//! A record that did not decode when the partition was recovered is not in the tail: it is
+//! *quarantined* ([`Tail::quarantine`]). Its entity (known from the record's key) refuses to
+//! activate — serving it without that record would serve a wrong state — and the backup's
+//! checkpoint of its topic stays at its offset, so every later owner finds it again instead of
+//! recovering past it.
+//!
 //! Records arrive in commit order: per topic that is offset order, which is what the backup's
 //! per-topic checkpoints rely on (a prefix of the tail is a prefix of each topic).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::Error;
 use crate::records::{Topic, Written};
 
 /// One tail entry: a record and where it is in Kafka.
@@ -27,10 +34,26 @@ pub(crate) struct Entry {
     pub(crate) record: Arc<Written>,
 }
 
+/// A record of the partition that did not decode on recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Quarantined {
+    pub(crate) topic: Topic,
+    /// The topic's name, for messages.
+    pub(crate) topic_name: String,
+    pub(crate) partition: u32,
+    pub(crate) offset: i64,
+    /// Why it does not decode.
+    pub(crate) reason: String,
+}
+
 #[derive(Default)]
 struct Inner {
     entries: VecDeque<Entry>,
     by_entity: HashMap<String, Vec<Arc<Written>>>,
+    /// The first quarantined record of each entity.
+    quarantined: HashMap<String, Quarantined>,
+    /// Per topic, the lowest offset quarantined (with or without an entity).
+    floors: HashMap<Topic, i64>,
 }
 
 /// See the module docs.
@@ -102,6 +125,42 @@ impl Tail {
             .entries
             .iter()
             .any(|e| records.iter().any(|r| Arc::ptr_eq(r, &e.record)))
+    }
+
+    /// Quarantine a record that does not decode: `entity` (if its key names one) refuses to
+    /// activate ([`Tail::refuse_quarantined`]) and no backup checkpoint of the record's topic
+    /// passes it ([`Tail::checkpoint_floor`]).
+    pub(crate) fn quarantine(&self, entity: Option<String>, record: Quarantined) {
+        let mut inner = self.inner.lock().expect("tail lock");
+        let floor = inner.floors.entry(record.topic).or_insert(record.offset);
+        *floor = (*floor).min(record.offset);
+        if let Some(entity) = entity {
+            inner.quarantined.entry(entity).or_insert(record);
+        }
+    }
+
+    /// Fails if a record of the entity `key` is quarantined: its state without that record
+    /// would be wrong, so it does not activate (FAILED_PRECONDITION, naming the record).
+    pub(crate) fn refuse_quarantined(&self, key: &str) -> Result<(), Error> {
+        let inner = self.inner.lock().expect("tail lock");
+        match inner.quarantined.get(key) {
+            None => Ok(()),
+            Some(q) => Err(Error::Quarantined(format!(
+                "entity {key} is quarantined: its record at {} partition {} offset {} does not decode ({}); the entity refuses commands until an operator resolves it",
+                q.topic_name, q.partition, q.offset, q.reason
+            ))),
+        }
+    }
+
+    /// The highest backup checkpoint `topic` may have: the offset of its first quarantined
+    /// record, if any.
+    pub(crate) fn checkpoint_floor(&self, topic: Topic) -> Option<i64> {
+        self.inner
+            .lock()
+            .expect("tail lock")
+            .floors
+            .get(&topic)
+            .copied()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -25,6 +25,8 @@
 pub mod admin_server;
 pub mod admission;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod method_index;
 pub mod metrics;

@@ -313,23 +313,32 @@ impl MethodInfo {
         }
         let values = match scan_key_values(&self.key_fields, request) {
             Some(values) => values,
-            None => {
-                let message =
-                    DynamicMessage::decode(self.input.clone(), request).map_err(|source| {
-                        Error::MalformedRequest {
-                            message: self.input.full_name().to_string(),
-                            source,
-                        }
-                    })?;
-                self.key_fields
-                    .iter()
-                    .map(|field| message.get_field(field).into_owned())
-                    .collect()
-            }
+            None => self.decoded_key_values(request)?,
         };
+        self.id_of(&values)
+    }
+
+    /// The key fields' values from a full decode of `request` (what the wire scan of
+    /// [`MethodInfo::entity_id`] must agree with).
+    pub(crate) fn decoded_key_values(&self, request: &[u8]) -> Result<Vec<Value>, Error> {
+        let message = DynamicMessage::decode(self.input.clone(), request).map_err(|source| {
+            Error::MalformedRequest {
+                message: self.input.full_name().to_string(),
+                source,
+            }
+        })?;
+        Ok(self
+            .key_fields
+            .iter()
+            .map(|field| message.get_field(field).into_owned())
+            .collect())
+    }
+
+    /// The entity id of the key fields' `values`: joined with `-`, never all empty.
+    pub(crate) fn id_of(&self, values: &[Value]) -> Result<String, Error> {
         let mut id = String::new();
         let mut all_empty = true;
-        for (i, (field, value)) in self.key_fields.iter().zip(&values).enumerate() {
+        for (i, (field, value)) in self.key_fields.iter().zip(values).enumerate() {
             if i > 0 {
                 id.push('-');
             }

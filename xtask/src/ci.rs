@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the whole local verification, in order, failing fast: formatting,
-//! clippy, the infra (reused when healthy), then every test of the workspace (doc tests
-//! included) against the real Kafka and Cassandra. `.ci/run` calls this.
+//! clippy, the infra (reused when healthy), a short run of every fuzz target, then every test
+//! of the workspace (doc tests included) against the real Kafka and Cassandra. `.ci/run` calls
+//! this.
 //!
 //! To add a check, add a [`Step`] to [`steps`].
 
@@ -11,7 +12,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::layout::Layout;
-use crate::{digest, infra};
+use crate::{digest, fuzz, infra};
+
+/// Seconds each fuzz target runs in CI: a smoke test (longer runs: `docs/fuzzing.md`).
+const FUZZ_SECONDS: u32 = 10;
 
 /// Where a failed test run leaves its digest (relative to the workspace).
 pub(crate) const DIGEST: &str = "target/ci-failures.txt";
@@ -132,6 +136,7 @@ impl Step {
 /// The CI steps, in order.
 fn steps(layout: &Layout) -> Result<Vec<Step>> {
     let infra_layout = layout.clone();
+    let fuzz_layout = layout.clone();
     Ok(vec![
         Step::cargo("fmt", &["fmt", "--all", "--", "--check"], Vec::new()),
         Step::cargo(
@@ -178,6 +183,21 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
                 "statehouse-sample-shopping-cart",
             ],
             Vec::new(),
+        ),
+        // Every fuzz target for a few seconds (`cargo xtask fuzz`, `docs/fuzzing.md`).
+        Step::new(
+            "fuzz",
+            format!("cargo xtask fuzz --seconds {FUZZ_SECONDS}"),
+            move || {
+                fuzz::run(
+                    &fuzz_layout,
+                    &fuzz::Args {
+                        seconds: FUZZ_SECONDS,
+                        build_only: false,
+                        targets: Vec::new(),
+                    },
+                )
+            },
         ),
         Step::cargo_test("test", &["test", "--workspace", "--no-fail-fast"], {
             let mut env = infra::test_env()?;

@@ -4,6 +4,7 @@
 //!   the integration tests, without Docker ([`infra`]).
 //! * `ci`: everything CI checks, in order ([`ci`]).
 //! * `dev`: Statehouse with its sample service, for trying it out ([`dev`]).
+//! * `fuzz`: build the fuzz targets and run each for a few seconds ([`fuzz`]).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ mod bench;
 mod ci;
 mod dev;
 mod digest;
+mod fuzz;
 mod infra;
 mod layout;
 
@@ -34,6 +36,8 @@ enum Command {
     Ci(ci::Args),
     /// Run Statehouse with the sample shopping cart (infra, user function, processor, gateway).
     Dev(dev::Args),
+    /// Build the fuzz targets (cargo-fuzz) and run each for a few seconds from its corpus.
+    Fuzz(fuzz::Args),
     /// Benchmark Statehouse against the stateless+Cassandra baseline and the Kafka floor.
     Bench(bench::Args),
 }
@@ -108,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         },
         Command::Ci(args) => ci::run(&layout, &args).map(|()| true),
         Command::Dev(args) => dev::run(&layout, &args).map(|()| true),
+        Command::Fuzz(args) => fuzz::run(&layout, &args).map(|()| true),
         Command::Bench(args) => bench::run(&layout, &args).map(|()| true),
     }
 }

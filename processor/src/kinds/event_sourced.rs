@@ -81,6 +81,7 @@ impl Kind for EventSourced {
     }
 
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
+        ctx.tail.refuse_quarantined(&entity.key)?;
         // The tail first: the backup deletes from it only after Cassandra has the events.
         let tail: Vec<EventRecord> = ctx
             .tail

@@ -72,6 +72,7 @@ impl Kind for Value {
     }
 
     async fn load(ctx: &Journal, entity: &EntityRef) -> Result<Loaded, Error> {
+        ctx.tail.refuse_quarantined(&entity.key)?;
         // The tail first: the backup deletes from it only after Cassandra has the record.
         let newest_in_tail = ctx
             .tail
