@@ -187,13 +187,14 @@ fn steps(layout: &Layout) -> Result<Vec<Step>> {
         // Every fuzz target for a few seconds (`cargo xtask fuzz`, `docs/fuzzing.md`).
         Step::new(
             "fuzz",
-            format!("cargo xtask fuzz --seconds {FUZZ_SECONDS}"),
+            format!("cargo xtask fuzz --dev --seconds {FUZZ_SECONDS}"),
             move || {
                 fuzz::run(
                     &fuzz_layout,
                     &fuzz::Args {
                         seconds: FUZZ_SECONDS,
                         build_only: false,
+                        dev: true,
                         targets: Vec::new(),
                     },
                 )

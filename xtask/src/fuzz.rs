@@ -35,6 +35,11 @@ pub(crate) struct Args {
     /// Only build the targets.
     #[arg(long)]
     pub(crate) build_only: bool,
+    /// Build without optimizations (cargo-fuzz `--dev`): a cold build takes about half as long
+    /// and runs several times fewer executions per second — what a short CI smoke run wants;
+    /// long runs use the default optimized build.
+    #[arg(long)]
+    pub(crate) dev: bool,
     /// Targets to run (default: every target of `cargo fuzz list`).
     pub(crate) targets: Vec<String>,
 }
@@ -95,6 +100,7 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
     let status = cargo_fuzz(layout)
         .arg("build")
         .args(BUILD_FLAGS)
+        .args(args.dev.then_some("--dev"))
         .status()
         .context("cannot run `cargo fuzz` (install it: cargo install cargo-fuzz --locked)")?;
     if !status.success() {
@@ -110,7 +116,7 @@ pub(crate) fn run(layout: &Layout, args: &Args) -> Result<()> {
     let scratch = scratch_dir(layout);
     let mut report = Vec::new();
     for target in &targets {
-        let stats = run_one(layout, &scratch, target, args.seconds)?;
+        let stats = run_one(layout, &scratch, target, args)?;
         report.push((target.as_str(), stats));
     }
     println!("\nfuzz summary ({} s each):", args.seconds);
@@ -153,12 +159,8 @@ fn scratch_dir(layout: &Layout) -> PathBuf {
         .join("fuzz-corpus")
 }
 
-fn run_one(
-    layout: &Layout,
-    scratch: &std::path::Path,
-    target: &str,
-    seconds: u32,
-) -> Result<Stats> {
+fn run_one(layout: &Layout, scratch: &std::path::Path, target: &str, args: &Args) -> Result<Stats> {
+    let seconds = args.seconds;
     let work = scratch.join(target);
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let seeds = layout.workspace.join("fuzz").join("corpus").join(target);
@@ -166,6 +168,7 @@ fn run_one(
     let output = cargo_fuzz(layout)
         .arg("run")
         .args(BUILD_FLAGS)
+        .args(args.dev.then_some("--dev"))
         .arg(target)
         .arg(&work)
         .arg(&seeds)
