@@ -268,42 +268,13 @@ reflection_version!(v1alpha, "grpc.reflection.v1alpha.ServerReflection");
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use prost::Message;
-    use statehouse_schemas::avro::{Entity, ServiceRecord};
     use statehouse_schemas::grpc::reflection::{v1 as pb1, v1alpha as pb};
-    use statehouse_schemas::{FILE_DESCRIPTOR_SET, protocol};
 
     use super::*;
 
     fn registry() -> Registry {
-        let registry = Registry::new();
-        let entity = |service: &str, entity_type: &str| Entity {
-            entity_type: entity_type.into(),
-            service_name: service.into(),
-            persistence_id: service.into(),
-            passivation_timeout_ms: None,
-        };
-        registry
-            .apply_service(ServiceRecord {
-                service: "shopping-cart".into(),
-                descriptor_set: Bytes::from_static(FILE_DESCRIPTOR_SET),
-                entities: vec![
-                    entity(
-                        "com.example.shoppingcart.ShoppingCart",
-                        protocol::EVENT_SOURCED,
-                    ),
-                    entity("cloudstate.EntityDiscovery", protocol::ACTION),
-                ],
-                processors: vec![],
-                protocol_major: 0,
-                protocol_minor: 2,
-                support_library_name: String::new(),
-                support_library_version: String::new(),
-                updated_at_ms: 0,
-            })
-            .unwrap();
-        registry
+        crate::fuzzing::shopping_cart_registry()
     }
 
     fn ask(
