@@ -57,6 +57,9 @@ LABEL org.opencontainers.image.title="statehouse" \
 COPY --from=builder /out/lib/ /usr/local/lib/statehouse/
 COPY --from=builder /out/bin/statehouse /usr/local/bin/statehouse
 ENV LD_LIBRARY_PATH=/usr/local/lib/statehouse
+# The system roots for the Kafka and Cassandra clients' OpenSSL when no CA file is configured
+# (distroless has the bundle, not Debian's /usr/lib/ssl layout OpenSSL looks in by default).
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 
 # distroless "nonroot": uid/gid 65532, home /home/nonroot. No ./statehouse.toml in the working
 # directory, so only --config / STATEHOUSE_CONFIG select a configuration file.
