@@ -224,7 +224,7 @@ paxos_variant: v2
             // One test's keyspaces only: a smaller heap (the last flag wins). Health is read
             // from this start's log ([`secure::health`]).
             args.extend(["-Xms1g".to_owned(), "-Xmx1g".to_owned()]);
-            let _ = fs::remove_file(logs.join("system.log"));
+            secure::forget_start(&logs.join("system.log"));
         }
         args.extend(JAVA17_MODULE_FLAGS.iter().map(|s| (*s).to_owned()));
         if let Some(jamm) = find_jar(libs, "jamm-") {

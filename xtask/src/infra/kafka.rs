@@ -233,7 +233,7 @@ num.recovery.threads.per.data.dir=1
         fs::write(&properties, self.properties(&data)?)?;
         if self.secure.is_some() {
             // Health is read from this start's log ([`secure::health`]).
-            let _ = fs::remove_file(logs.join("server.log"));
+            secure::forget_start(&logs.join("server.log"));
         }
         let log4j = dir.join("log4j2.xml");
         fs::write(&log4j, log4j2_xml(&logs))?;

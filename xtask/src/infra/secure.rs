@@ -22,7 +22,7 @@
 //!
 //! The plain services answer the hand-written protocol probes of [`super::health`]; these do not
 //! take plaintext, so they count as healthy when their port accepts connections and their log
-//! says (since this start) that they serve clients.
+//! said (since this start) that they serve clients ([`health`]).
 
 use std::fs;
 use std::io::Read as _;
@@ -299,15 +299,30 @@ pub(crate) fn grant_acls(
     Ok(())
 }
 
-/// Healthy = `port` accepts connections and `log` holds `marker` (the log is removed before
-/// each start, so the marker is from this run).
+/// The file that says this start of a secured service was seen healthy (next to its log).
+fn started_file(log: &Path) -> PathBuf {
+    log.with_extension("started")
+}
+
+/// Forgets what an earlier start logged, before a new one: the log and its "started" file.
+pub(crate) fn forget_start(log: &Path) {
+    let _ = fs::remove_file(log);
+    let _ = fs::remove_file(started_file(log));
+}
+
+/// Healthy = `port` accepts connections and this start's log said `marker` (the log is removed
+/// before each start, [`forget_start`]). The first sighting is kept in a file, so the check
+/// neither rereads a log that grew nor loses the marker when the log rolls over.
 pub(crate) fn health(port: u16, log: &Path, marker: &str, what: &str) -> Result<String> {
     if !super::process::port_open(port) {
         bail!("port {port} does not accept connections yet");
     }
-    let text = fs::read_to_string(log).unwrap_or_default();
-    if !text.contains(marker) {
-        bail!("{} does not say {marker:?} yet", log.display());
+    let started = started_file(log);
+    if !started.exists() {
+        if !fs::read_to_string(log).unwrap_or_default().contains(marker) {
+            bail!("{} does not say {marker:?} yet", log.display());
+        }
+        fs::write(&started, marker)?;
     }
     Ok(format!("{what} on 127.0.0.1:{port}"))
 }
@@ -357,6 +372,28 @@ mod tests {
                 .iter()
                 .all(|g| g.contains(&"User:statehouse".to_owned()))
         );
+    }
+
+    #[test]
+    fn health_needs_the_marker_of_this_start_and_keeps_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("xtask-health-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        fs::write(&log, "starting\n").unwrap();
+        assert!(health(port, &log, "Server started", "x").is_err());
+        fs::write(&log, "starting\nServer started\n").unwrap();
+        assert!(health(port, &log, "Server started", "x").is_ok());
+        // The log rolled over: the sighting is kept.
+        fs::write(&log, "later lines\n").unwrap();
+        assert!(health(port, &log, "Server started", "x").is_ok());
+        // A new start forgets it.
+        forget_start(&log);
+        fs::write(&log, "starting again\n").unwrap();
+        assert!(health(port, &log, "Server started", "x").is_err());
+        drop(listener);
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
