@@ -382,9 +382,17 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
     assert!(out.contains("TopicAuthorizationFailed"), "{out}");
     // A plaintext Kafka client gets nowhere.
     let mut plaintext = env("SCRAM-SHA-512", &kafka_password);
-    plaintext[0].1 = "SASL_PLAINTEXT".to_owned();
+    for (key, value) in &mut plaintext {
+        if key.ends_with("__SECURITY_PROTOCOL") {
+            *value = "SASL_PLAINTEXT".to_owned();
+        }
+    }
     let (ok, out) = statehouse(&short, &plaintext);
     assert!(!ok, "a plaintext Kafka client was served:\n{out}");
+    assert!(
+        out.contains(&format!("Kafka at {}", secured.kafka)),
+        "the failure names the brokers and librdkafka's reason:\n{out}"
+    );
     // A plaintext Cassandra client neither.
     let plain_cassandra: Vec<String> = stack
         .common_sets()
@@ -396,6 +404,13 @@ async fn the_cart_runs_on_secured_kafka_and_cassandra_over_tls_and_jwt() {
     args.extend(["admin".to_owned(), "migrate".to_owned()]);
     let (ok, out) = statehouse(&args, &env("SCRAM-SHA-512", &kafka_password));
     assert!(!ok, "a plaintext Cassandra client was served:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot connect to Cassandra at {}",
+            secured.cassandra
+        )),
+        "the failure is the connection to Cassandra:\n{out}"
+    );
 
     // No secret and no token in any log.
     let mut logs = vec![stack.gateway.log()];
